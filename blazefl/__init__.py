@@ -1,0 +1,113 @@
+"""BlazeFL: fast, exactly reproducible federated-learning simulation for PyTorch.
+
+Every public name is importable from here. The core needs only torch and numpy; torchvision is
+imported when a real dataset or ResNet-18 is asked for, safetensors/zarr only by the pipeline.
+"""
+
+from blazefl.algorithms import (
+    ClientPartition,
+    FedAvgClientWorkload,
+    FedAvgDownlinkPackage,
+    FedAvgServerHandler,
+    FedAvgUplinkPackage,
+    ModelSpec,
+    TrainHParams,
+    evaluate_model,
+)
+from blazefl.core import (
+    EXECUTION_MODES,
+    IPC_MODES,
+    BaseClientTrainer,
+    BaseServerHandler,
+    ClientResult,
+    ClientTask,
+    ClientTrainer,
+    ClientTrainingError,
+    ClientWorker,
+    ClientWorkload,
+    DownlinkPackage,
+    ProcessPoolClientTrainer,
+    RoundResult,
+    ServerHandler,
+    ThreadPoolClientTrainer,
+    UplinkPackage,
+    WorkerCrashedError,
+    make_trainer,
+    package_sha256,
+    run_round,
+)
+from blazefl.data import (
+    DATASETS,
+    PARTITIONERS,
+    FilteredDataset,
+    ImageDataset,
+    PartitionedDataset,
+    load_dataset,
+    partition_indices,
+    synthetic_dataset,
+)
+from blazefl.experiment import Experiment, ExperimentSpec, build_experiment, simulate
+from blazefl.models import CNN, MODELS, ModelSelector, build_model
+from blazefl.reproducibility import (
+    SERVER_STREAM_ID,
+    RandomStateSnapshot,
+    RNGSuite,
+    create_rng_suite,
+    seed_everything,
+    setup_reproducibility,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CNN",
+    "DATASETS",
+    "EXECUTION_MODES",
+    "IPC_MODES",
+    "MODELS",
+    "PARTITIONERS",
+    "SERVER_STREAM_ID",
+    "BaseClientTrainer",
+    "BaseServerHandler",
+    "ClientPartition",
+    "ClientResult",
+    "ClientTask",
+    "ClientTrainer",
+    "ClientTrainingError",
+    "ClientWorker",
+    "ClientWorkload",
+    "DownlinkPackage",
+    "Experiment",
+    "ExperimentSpec",
+    "FedAvgClientWorkload",
+    "FedAvgDownlinkPackage",
+    "FedAvgServerHandler",
+    "FedAvgUplinkPackage",
+    "FilteredDataset",
+    "ImageDataset",
+    "ModelSelector",
+    "ModelSpec",
+    "PartitionedDataset",
+    "ProcessPoolClientTrainer",
+    "RNGSuite",
+    "RandomStateSnapshot",
+    "RoundResult",
+    "ServerHandler",
+    "ThreadPoolClientTrainer",
+    "TrainHParams",
+    "UplinkPackage",
+    "WorkerCrashedError",
+    "build_experiment",
+    "build_model",
+    "create_rng_suite",
+    "evaluate_model",
+    "load_dataset",
+    "make_trainer",
+    "package_sha256",
+    "partition_indices",
+    "run_round",
+    "seed_everything",
+    "setup_reproducibility",
+    "simulate",
+    "synthetic_dataset",
+]

@@ -1,0 +1,24 @@
+"""FL algorithms built on the core: each is package types + server handler + client work."""
+
+from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.fedavg import (
+    FedAvgClientWorkload,
+    FedAvgDownlinkPackage,
+    FedAvgServerHandler,
+    FedAvgUplinkPackage,
+    FedAvgWorker,
+    ModelSpec,
+)
+
+__all__ = [
+    "ClientPartition",
+    "FedAvgClientWorkload",
+    "FedAvgDownlinkPackage",
+    "FedAvgServerHandler",
+    "FedAvgUplinkPackage",
+    "FedAvgWorker",
+    "LocalSGD",
+    "ModelSpec",
+    "TrainHParams",
+    "evaluate_model",
+]

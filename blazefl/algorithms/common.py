@@ -1,0 +1,149 @@
+"""Pieces shared by algorithms: client partitions as flat index arrays, and the local SGD loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blazefl.data import ImageDataset, random_crop, random_horizontal_flip
+
+__all__ = ["ClientPartition", "TrainHParams", "LocalSGD", "evaluate_model"]
+
+
+@dataclass
+class ClientPartition:
+    """Every client's sample indices in one flat array (client `c` owns
+    `indices[offsets[c]:offsets[c+1]]`). Per-client cost is two integers, never a tensor.
+
+    Args:
+        indices: int64 flat indices.
+        offsets: int64, length num_clients + 1.
+
+    Example:
+        >>> part = ClientPartition.from_lists([np.array([0, 2]), np.array([1])])
+        >>> part.client(1)
+        tensor([1])
+    """
+
+    indices: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def from_lists(cls, parts: Sequence[np.ndarray]) -> ClientPartition:
+        """Build from one index array per client."""
+        sizes = np.array([len(p) for p in parts], dtype=np.int64)
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return cls(torch.from_numpy(flat), torch.from_numpy(offsets))
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.offsets.numel()) - 1
+
+    def client(self, cid: int) -> torch.Tensor:
+        """Indices of client `cid` (a view)."""
+        if not 0 <= cid < self.num_clients:
+            raise IndexError(f"client id {cid} out of range [0, {self.num_clients})")
+        return self.indices[int(self.offsets[cid]) : int(self.offsets[cid + 1])]
+
+    def sizes(self) -> list[int]:
+        """Number of samples per client."""
+        return torch.diff(self.offsets).tolist()
+
+    def share_memory_(self) -> ClientPartition:
+        self.indices.share_memory_()
+        self.offsets.share_memory_()
+        return self
+
+
+@dataclass(frozen=True)
+class TrainHParams:
+    """Local training hyper-parameters (all change result bits)."""
+
+    local_epochs: int = 1
+    batch_size: int = 50
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    augment: bool = False  # random crop (padding 4) + horizontal flip, generator-driven
+
+
+class LocalSGD:
+    """One worker's reusable training machinery: model, optimizer and batch buffers.
+
+    Built once per worker; `run` trains on one client's indices with that client's generator.
+    Nothing here survives from one client to the next except allocations: the optimizer's
+    state is cleared and the model weights are overwritten by the caller.
+
+    Args:
+        model: the worker's model (its float state already flattened by the caller).
+        data: the training set (uint8 images in memory).
+        hp: hyper-parameters.
+    """
+
+    def __init__(self, model: nn.Module, data: ImageDataset, hp: TrainHParams) -> None:
+        self.model = model
+        self.data = data
+        self.hp = hp
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+        )
+        shape = (hp.batch_size, *data.images.shape[1:])
+        self._u8 = torch.empty(shape, dtype=torch.uint8)
+        self._x = torch.empty(shape, dtype=torch.float32)
+
+    def run(self, indices: torch.Tensor, generator: torch.Generator) -> float:
+        """Train `local_epochs` epochs over `indices`, shuffled by `generator`.
+
+        Returns:
+            Mean training loss over all steps.
+        """
+        self.optimizer.state.clear()  # every client starts from fresh momentum
+        self.model.train()
+        n = int(indices.numel())
+        total, steps = 0.0, 0
+        for _ in range(self.hp.local_epochs):
+            order = indices[torch.randperm(n, generator=generator)]
+            for start in range(0, n, self.hp.batch_size):
+                batch = order[start : start + self.hp.batch_size]
+                b = int(batch.numel())
+                u8 = torch.index_select(self.data.images, 0, batch, out=self._u8[:b])
+                if self.hp.augment:
+                    u8 = random_horizontal_flip(random_crop(u8, 4, generator), 0.5, generator)
+                x = self.data.normalize(u8, out=self._x[:b])
+                y = self.data.labels[batch]
+                loss = F.cross_entropy(self.model(x), y)
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+        return total / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, data: ImageDataset, batch_size: int = 1000
+) -> dict[str, float]:
+    """Loss and accuracy of `model` on `data` (fixed batch order, float64 sums).
+
+    Returns:
+        {"loss": mean cross-entropy, "accuracy": fraction correct, "samples": n}.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, len(data)
+    for start in range(0, n, batch_size):
+        x = data.normalize(data.images[start : start + batch_size])
+        y = data.labels[start : start + batch_size]
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum").double())
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "samples": n}

@@ -1,0 +1,179 @@
+"""FedAvg: clients run local SGD from the global model; the server averages their models
+weighted by sample count, in ascending client-id order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
+from blazefl.core.serialization import flatten_module_
+from blazefl.core.server import BaseServerHandler
+from blazefl.data import ImageDataset
+from blazefl.models import build_model
+from blazefl.reproducibility import RNGSuite
+
+__all__ = [
+    "FedAvgDownlinkPackage",
+    "FedAvgUplinkPackage",
+    "FedAvgClientWorkload",
+    "FedAvgWorker",
+    "FedAvgServerHandler",
+    "ModelSpec",
+]
+
+
+@dataclass
+class FedAvgDownlinkPackage(DownlinkPackage):
+    """The global model's float state as one flat vector."""
+
+    model: torch.Tensor
+
+
+@dataclass
+class FedAvgUplinkPackage(UplinkPackage):
+    """A client's trained model vector, its sample count and mean training loss."""
+
+    cid: int
+    model: torch.Tensor
+    num_samples: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the model (architecture only; weights come from artifacts or downlinks)."""
+
+    name: str = "cnn"
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: int = 32
+    dropout: float = 0.0
+
+    def build(self, generator: torch.Generator | None = None) -> nn.Module:
+        return build_model(
+            self.name,
+            self.num_classes,
+            self.in_channels,
+            self.image_size,
+            dropout=self.dropout,
+            generator=generator,
+        )
+
+
+class FedAvgWorker:
+    """One worker's model/optimizer/buffers; trains any client from the downlink."""
+
+    def __init__(self, workload: FedAvgClientWorkload) -> None:
+        self.workload = workload
+        self.model = workload.model.build()
+        self.flat = flatten_module_(self.model)
+        self.sgd = LocalSGD(self.model, workload.train, workload.hparams)
+
+    def train(
+        self, task: ClientTask, payload: FedAvgDownlinkPackage, rng: RNGSuite
+    ) -> tuple[FedAvgUplinkPackage, None]:
+        self.flat.copy_(payload.model)
+        if hasattr(self.model, "generator"):
+            self.model.generator = rng.torch  # generator-driven dropout
+        indices = self.workload.partition.client(task.cid)
+        loss = self.sgd.run(indices, rng.torch)
+        uplink = FedAvgUplinkPackage(task.cid, self.flat.clone(), int(indices.numel()), loss)
+        return uplink, None
+
+
+@dataclass
+class FedAvgClientWorkload:
+    """Picklable FedAvg client work: data, partition, model spec and hyper-parameters.
+
+    Example:
+        >>> workload = FedAvgClientWorkload(train, partition, ModelSpec("cnn"), TrainHParams())
+        >>> trainer = ThreadPoolClientTrainer(workload, seed=0, num_workers=2)
+    """
+
+    train: ImageDataset
+    partition: ClientPartition
+    model: ModelSpec = field(default_factory=ModelSpec)
+    hparams: TrainHParams = field(default_factory=TrainHParams)
+
+    def make_worker(self) -> FedAvgWorker:
+        return FedAvgWorker(self)
+
+    def share_memory(self) -> None:
+        self.train.images.share_memory_()
+        self.train.labels.share_memory_()
+        self.partition.share_memory_()
+
+
+class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkPackage]):
+    """FedAvg server: weighted average of client models, server-side test evaluation.
+
+    Uplinks are folded into a float64 running sum as they arrive (ascending client id), so
+    memory does not grow with the number of clients.
+
+    Args:
+        model: the global model (its float state is flattened in place).
+        num_clients / clients_per_round / total_rounds / generator: see `BaseServerHandler`.
+        test_set: evaluation data (None disables evaluation).
+
+    Example:
+        >>> server = FedAvgServerHandler(model, num_clients=100, clients_per_round=10,
+        ...                              total_rounds=5, generator=suite.torch, test_set=test)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_clients: int,
+        clients_per_round: int,
+        total_rounds: int,
+        generator: torch.Generator,
+        test_set: ImageDataset | None = None,
+    ) -> None:
+        super().__init__(num_clients, clients_per_round, total_rounds, generator)
+        self.model = model
+        self.flat = flatten_module_(model)
+        self.test_set = test_set
+        self._reset_buffer()
+
+    def _reset_buffer(self) -> None:
+        self._sum = torch.zeros(self.flat.numel(), dtype=torch.float64)
+        self._weight = 0
+        self._loss_sum = 0.0
+        self._last_cid = -1
+        self._loaded = 0
+
+    def downlink_package(self) -> FedAvgDownlinkPackage:
+        return FedAvgDownlinkPackage(self.flat)  # read in place by threads; untouched until update
+
+    def load(self, payload: FedAvgUplinkPackage) -> bool:
+        if payload.cid <= self._last_cid:
+            raise ValueError("uplinks must be loaded in ascending client-id order")
+        self._last_cid = payload.cid
+        self._sum.add_(payload.model, alpha=payload.num_samples)
+        self._weight += payload.num_samples
+        self._loss_sum += payload.loss * payload.num_samples
+        self._loaded += 1
+        return self._loaded >= self.clients_per_round
+
+    def global_update(self) -> None:
+        if self._weight == 0:
+            raise RuntimeError("global_update called before any uplink was loaded")
+        self.flat.copy_(self._sum.div_(self._weight))
+        self.train_loss = self._loss_sum / self._weight
+        self.round += 1
+        self._reset_buffer()
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"round": self.round}
+        if getattr(self, "train_loss", None) is not None:
+            out["train_loss"] = self.train_loss
+        if self.test_set is not None:
+            metrics = evaluate_model(self.model, self.test_set)
+            out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
+        return out

@@ -1,0 +1,55 @@
+"""Core of the framework: packages, protocols, server handler, trainers, IPC, round loop."""
+
+from blazefl.core.loop import EXECUTION_MODES, RoundResult, make_trainer, run_round
+from blazefl.core.memory import tune_malloc
+from blazefl.core.packages import (
+    ClientResult,
+    ClientTask,
+    DownlinkPackage,
+    UplinkPackage,
+    package_layout,
+    package_sha256,
+)
+from blazefl.core.process_pool import IPC_MODES, ProcessPoolClientTrainer, WorkerCrashedError
+from blazefl.core.protocols import ClientTrainer, ClientWorker, ClientWorkload, ServerHandler
+from blazefl.core.serialization import (
+    flatten_module_,
+    load_model_state_dict,
+    model_state_dict,
+)
+from blazefl.core.server import BaseServerHandler
+from blazefl.core.trainers import (
+    BaseClientTrainer,
+    ClientTrainingError,
+    ThreadPoolClientTrainer,
+    run_client_task,
+)
+
+__all__ = [
+    "EXECUTION_MODES",
+    "IPC_MODES",
+    "BaseClientTrainer",
+    "BaseServerHandler",
+    "ClientResult",
+    "ClientTask",
+    "ClientTrainer",
+    "ClientTrainingError",
+    "ClientWorker",
+    "ClientWorkload",
+    "DownlinkPackage",
+    "ProcessPoolClientTrainer",
+    "RoundResult",
+    "ServerHandler",
+    "ThreadPoolClientTrainer",
+    "UplinkPackage",
+    "WorkerCrashedError",
+    "flatten_module_",
+    "load_model_state_dict",
+    "make_trainer",
+    "model_state_dict",
+    "package_layout",
+    "package_sha256",
+    "run_client_task",
+    "run_round",
+    "tune_malloc",
+]

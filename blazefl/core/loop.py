@@ -1,0 +1,103 @@
+"""The FL round loop: one function, readable in a sitting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from blazefl.core.process_pool import ProcessPoolClientTrainer
+from blazefl.core.protocols import ClientWorkload, ServerHandler
+from blazefl.core.trainers import BaseClientTrainer, ThreadPoolClientTrainer
+
+__all__ = ["RoundResult", "run_round", "make_trainer", "EXECUTION_MODES"]
+
+EXECUTION_MODES = ("sequential", "threads", "processes")
+
+
+@dataclass
+class RoundResult:
+    """What one round did: the clients, their uplink hashes, the server summary."""
+
+    round: int
+    clients: list[int]
+    uplink_sha256: dict[int, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_round(
+    server: ServerHandler[Any, Any],
+    trainer: BaseClientTrainer[Any, Any],
+    round: int,
+    on_client: Callable[[int, int], None] | None = None,
+    evaluate: bool = True,
+) -> RoundResult:
+    """Run one FL round: sample, broadcast, train, aggregate in ascending client-id order.
+
+    Args:
+        server: the server handler.
+        trainer: any trainer (sequential, threads, processes).
+        round: round number (1-based), recorded in client tasks.
+        on_client: progress callback `(done, total)` after each client result.
+        evaluate: call `server.summary()` after the update.
+
+    Returns:
+        The round's clients, per-client uplink hashes and summary metrics.
+
+    Example:
+        >>> for t in range(1, rounds + 1):
+        ...     print(run_round(server, trainer, t).summary)
+    """
+    clients = server.sample_clients()
+    payload = server.downlink_package()
+    result = RoundResult(round, clients)
+    for i, client in enumerate(trainer.train_round(payload, clients, round), 1):
+        server.load(client.uplink)
+        result.uplink_sha256[client.cid] = client.sha256
+        if on_client is not None:
+            on_client(i, len(clients))
+    server.global_update()
+    if evaluate:
+        result.summary = server.summary()
+    return result
+
+
+def make_trainer(
+    mode: Literal["sequential", "threads", "processes"],
+    workload: ClientWorkload[Any, Any],
+    *,
+    seed: int,
+    workers: int = 1,
+    ipc: Literal["shared_memory", "storage"] = "shared_memory",
+    threads_per_client: int = 1,
+) -> BaseClientTrainer[Any, Any]:
+    """Build the trainer for an execution mode (all modes give the same bytes).
+
+    Args:
+        mode: "sequential", "threads" or "processes".
+        workload: client work.
+        seed: experiment seed.
+        workers: worker threads/processes (ignored for sequential).
+        ipc: process-pool IPC mode.
+        threads_per_client: intra-op threads for client work.
+
+    Returns:
+        A trainer; use it as a context manager so pools are released.
+    """
+    if workers <= 0:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if mode == "sequential":
+        return BaseClientTrainer(workload, seed=seed, threads_per_client=threads_per_client)
+    if mode == "threads":
+        return ThreadPoolClientTrainer(
+            workload, seed=seed, num_workers=workers, threads_per_client=threads_per_client
+        )
+    if mode == "processes":
+        return ProcessPoolClientTrainer(
+            workload,
+            seed=seed,
+            num_workers=workers,
+            ipc_mode=ipc,
+            threads_per_client=threads_per_client,
+        )
+    raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")

@@ -1,0 +1,193 @@
+"""Typed packages exchanged between server and clients, and their wire format.
+
+Packages are plain dataclasses. Tensor fields travel through the IPC channel of the trainer
+(shared memory, files, or plain references in threads); every other field must be a small
+picklable value (int, float, str, ...). The same flattening is used to hash an uplink, so the
+hash names exactly the bytes a client sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = [
+    "DownlinkPackage",
+    "UplinkPackage",
+    "ClientTask",
+    "ClientResult",
+    "PackageLayout",
+    "package_layout",
+    "package_sha256",
+    "DownlinkT",
+    "UplinkT",
+]
+
+_ALIGN = 64  # byte alignment of every tensor inside an arena (cache line, SIMD friendly)
+
+
+@dataclass
+class DownlinkPackage:
+    """Base class of what the server sends to the sampled clients each round.
+
+    Subclass it as a dataclass with tensor and scalar fields.
+
+    Example:
+        >>> @dataclass
+        ... class MyDownlink(DownlinkPackage):
+        ...     model: torch.Tensor
+    """
+
+
+@dataclass
+class UplinkPackage:
+    """Base class of what one client sends back to the server after local work.
+
+    Subclass it as a dataclass; tensor fields are moved by the trainer's IPC channel.
+
+    Example:
+        >>> @dataclass
+        ... class MyUplink(UplinkPackage):
+        ...     model: torch.Tensor
+        ...     num_samples: int
+    """
+
+
+DownlinkT = TypeVar("DownlinkT", bound=DownlinkPackage)
+UplinkT = TypeVar("UplinkT", bound=UplinkPackage)
+
+
+@dataclass
+class ClientTask:
+    """One unit of client work: which client, in which round, from which RNG state.
+
+    Attributes:
+        round: the round being computed (1-based).
+        cid: client id.
+        rng: the client's RNG state tensors (see `RNGSuite.state_tensors`).
+        state: the client's persistent algorithm state (stateful algorithms only).
+    """
+
+    round: int
+    cid: int
+    rng: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class ClientResult:
+    """What the trainer yields per client, in sorted client-id order.
+
+    Attributes:
+        cid: client id.
+        uplink: the client's uplink package.
+        rng: the client's RNG state after its work (next round starts from it).
+        state: the client's new persistent state, or None.
+        sha256: hash of the uplink's canonical bytes (see `package_sha256`).
+    """
+
+    cid: int
+    uplink: Any
+    rng: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] | None = None
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PackageLayout:
+    """Where each tensor field of a package lives inside a flat byte arena.
+
+    Attributes:
+        cls: the package dataclass.
+        tensors: (field, dtype, shape, byte offset, nbytes) per tensor field, field order.
+        scalars: the non-tensor fields and their values.
+        nbytes: arena bytes needed.
+    """
+
+    cls: type
+    tensors: tuple[_TensorSlot, ...]
+    scalars: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
+
+    def write(self, package: Any, arena: torch.Tensor) -> None:
+        """Copy the package's tensors into `arena` (a 1-D uint8 tensor)."""
+        for slot in self.tensors:
+            src = getattr(package, slot.name).detach().reshape(-1)
+            dst = arena[slot.offset : slot.offset + slot.nbytes]
+            dst.view(slot.dtype).copy_(src)
+
+    def read(self, arena: torch.Tensor, copy: bool = False) -> Any:
+        """Rebuild the package from `arena`; tensors are views unless `copy`."""
+        values: dict[str, Any] = dict(self.scalars)
+        for slot in self.tensors:
+            raw = arena[slot.offset : slot.offset + slot.nbytes]
+            t = raw.view(slot.dtype).view(slot.shape)
+            values[slot.name] = t.clone() if copy else t
+        return self.cls(**values)
+
+
+def package_layout(package: Any) -> PackageLayout:
+    """Compute the arena layout of a package dataclass instance.
+
+    Args:
+        package: a dataclass instance whose fields are tensors or picklable scalars.
+
+    Returns:
+        The layout; `layout.nbytes` is the arena size it needs.
+
+    Example:
+        >>> layout = package_layout(pkg); arena = torch.empty(layout.nbytes, dtype=torch.uint8)
+        >>> layout.write(pkg, arena); same = layout.read(arena)
+    """
+    if not dataclasses.is_dataclass(package):
+        raise TypeError(f"packages must be dataclass instances, got {type(package).__name__}")
+    slots: list[_TensorSlot] = []
+    scalars: dict[str, Any] = {}
+    offset = 0
+    for f in dataclasses.fields(package):
+        value = getattr(package, f.name)
+        if isinstance(value, torch.Tensor):
+            nbytes = value.numel() * value.element_size()
+            slots.append(_TensorSlot(f.name, value.dtype, tuple(value.shape), offset, nbytes))
+            offset += -(-nbytes // _ALIGN) * _ALIGN
+        else:
+            scalars[f.name] = value
+    return PackageLayout(type(package), tuple(slots), scalars, offset)
+
+
+def package_sha256(package: Any) -> str:
+    """SHA-256 of a package's canonical bytes: every field in declaration order.
+
+    Tensors contribute name, dtype, shape and raw bytes; other fields their canonical JSON.
+    Equal packages give equal hashes on every execution mode.
+
+    Args:
+        package: a dataclass instance.
+
+    Returns:
+        Hex digest.
+    """
+    h = hashlib.sha256()
+    for f in dataclasses.fields(package):
+        value = getattr(package, f.name)
+        if isinstance(value, torch.Tensor):
+            t = value.detach().contiguous()
+            h.update(f"{f.name}:{t.dtype}:{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        else:
+            h.update(f"{f.name}={json.dumps(value, sort_keys=True)};".encode())
+    return h.hexdigest()

@@ -1,0 +1,400 @@
+"""`ProcessPoolClientTrainer`: clients in a persistent pool of worker processes.
+
+The pool is started once (spawn or forkserver, never fork: forking after torch has started
+threads can hang) and reused for every round. Tensors move without pickling:
+
+- ``shared_memory``: the downlink is written once per round into a shared arena that every
+  worker reads in place; each in-flight client writes its uplink into a preallocated slot of a
+  shared uplink arena. The arenas are torch shared-memory tensors whose files are unlinked
+  as soon as they are created, so nothing is left in /dev/shm, even after a crash or kill -9.
+- ``storage``: the downlink is written once per round to a file that workers memory-map; each
+  client writes its uplink to a file that the main process reads and deletes. Lower memory.
+
+Only small control messages (task ids, RNG state bytes, layouts) cross the pipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import shutil
+import signal
+import tempfile
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.multiprocessing  # noqa: F401  (registers tensor reductions for shared arenas)
+
+from blazefl.core.memory import tune_malloc
+from blazefl.core.packages import (
+    ClientResult,
+    ClientTask,
+    DownlinkT,
+    PackageLayout,
+    UplinkT,
+    package_layout,
+)
+from blazefl.core.protocols import ClientWorkload
+from blazefl.core.trainers import BaseClientTrainer, ClientTrainingError, run_client_task
+from blazefl.reproducibility import setup_reproducibility
+
+__all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "IPC_MODES"]
+
+IPC_MODES = ("shared_memory", "storage")
+IpcMode = Literal["shared_memory", "storage"]
+
+
+class WorkerCrashedError(RuntimeError):
+    """A worker process died; `cid` names the client it was training."""
+
+    def __init__(self, cid: int, round: int, pid: int | None, exitcode: int | None) -> None:
+        how = (
+            f"signal {signal.Signals(-exitcode).name}"
+            if exitcode is not None and exitcode < 0
+            else f"exit code {exitcode}"
+        )
+        super().__init__(
+            f"worker process {pid} died ({how}) while training client {cid} in round {round}; "
+            "the pool was shut down"
+        )
+        self.cid = cid
+        self.round = round
+
+
+# -- wire format: numpy arrays pickle by value; torch tensors would go through fd passing ----
+def _tensors_to_wire(d: dict[str, torch.Tensor] | None) -> dict[str, np.ndarray] | None:
+    return None if d is None else {k: v.detach().cpu().numpy() for k, v in d.items()}
+
+
+def _tensors_from_wire(d: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    return None if d is None else {k: torch.from_numpy(v) for k, v in d.items()}
+
+
+def _uplink_to_wire(uplink: Any) -> Any:
+    values = {
+        k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+        for k, v in vars(uplink).items()
+    }
+    return type(uplink), values
+
+
+def _uplink_from_wire(wire: Any) -> Any:
+    cls, values = wire
+    return cls(
+        **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in values.items()}
+    )
+
+
+@dataclass(frozen=True)
+class _DownlinkRef:
+    version: int
+    layout: PackageLayout
+    path: str | None  # storage mode: file holding the arena bytes
+
+
+def _map_file(path: str, nbytes: int) -> torch.Tensor:
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    # copy-on-write map: zero copy from the page cache, writable so torch does not warn
+    return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(nbytes,)))
+
+
+def _worker_main(
+    conn: mpc.Connection, workload: ClientWorkload[Any, Any], threads: int, ipc_mode: str
+) -> None:
+    """Worker process loop: pin threads, build one worker, serve tasks until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
+    setup_reproducibility(threads)
+    tune_malloc()
+    worker = workload.make_worker()
+    down_arena: torch.Tensor | None = None
+    up_arena: torch.Tensor | None = None
+    cached: tuple[int, Any] = (-1, None)
+    scratch = torch.empty(0, dtype=torch.uint8)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # parent went away
+            return
+        if msg[0] == "stop":
+            return
+        if msg[0] == "arenas":
+            down_arena, up_arena = msg[1], msg[2]
+            continue
+        _, task_wire, ref, slot = msg
+        task = ClientTask(
+            task_wire[0],
+            task_wire[1],
+            _tensors_from_wire(task_wire[2]) or {},
+            _tensors_from_wire(task_wire[3]),
+        )
+        try:
+            if cached[0] != ref.version:
+                arena = down_arena if ref.path is None else _map_file(ref.path, ref.layout.nbytes)
+                assert arena is not None
+                cached = (ref.version, ref.layout.read(arena))
+            result = run_client_task(worker, task, cached[1])
+            layout = package_layout(result.uplink)
+            if ipc_mode == "storage":
+                if scratch.numel() < layout.nbytes:
+                    scratch = torch.empty(layout.nbytes, dtype=torch.uint8)
+                layout.write(result.uplink, scratch)
+                scratch[: layout.nbytes].numpy().tofile(slot)
+                body: Any = ("layout", layout)
+            elif up_arena is not None and layout.nbytes <= up_arena.shape[1]:
+                layout.write(result.uplink, up_arena[slot])
+                body = ("layout", layout)
+            else:  # larger than a slot: slow path by value; the pool grows its slots next round
+                body = ("value", _uplink_to_wire(result.uplink), layout.nbytes)
+            conn.send(
+                (
+                    "done",
+                    task.cid,
+                    body,
+                    _tensors_to_wire(result.rng),
+                    _tensors_to_wire(result.state),
+                    result.sha256,
+                )
+            )
+        except ClientTrainingError as exc:
+            conn.send(("error", task.cid, str(exc), traceback.format_exc()))
+        except Exception as exc:
+            conn.send(
+                (
+                    "error",
+                    task.cid,
+                    f"client {task.cid}: {type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
+            )
+
+
+class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
+    """Clients in a persistent pool of worker processes (true parallelism, isolated memory).
+
+    The pool starts on the first round and lives until `close()`; each worker builds one
+    model/optimizer once. If a worker dies, the round stops with `WorkerCrashedError` naming
+    the client, every other worker is terminated, and no shared-memory segment is left.
+
+    Args:
+        workload: picklable client work; its tensors are moved to shared memory once.
+        seed: experiment seed.
+        num_workers: worker processes (>= 1).
+        ipc_mode: "shared_memory" (fastest) or "storage" (files on disk, lower memory).
+        threads_per_client: intra-op threads pinned in every worker.
+        storage_dir: parent folder for storage-mode files (default: system temp dir).
+        start_method: "spawn" or "forkserver".
+
+    Example:
+        >>> with ProcessPoolClientTrainer(workload, seed=0, num_workers=2) as trainer:
+        ...     for result in trainer.train_round(downlink, cids):
+        ...         server.load(result.uplink)
+    """
+
+    def __init__(
+        self,
+        workload: ClientWorkload[UplinkT, DownlinkT],
+        *,
+        seed: int,
+        num_workers: int,
+        ipc_mode: IpcMode = "shared_memory",
+        threads_per_client: int = 1,
+        storage_dir: str | os.PathLike[str] | None = None,
+        start_method: Literal["spawn", "forkserver"] = "spawn",
+    ) -> None:
+        super().__init__(workload, seed=seed, threads_per_client=threads_per_client)
+        if num_workers <= 0:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if ipc_mode not in IPC_MODES:
+            raise ValueError(f"ipc_mode must be one of {', '.join(IPC_MODES)}, got {ipc_mode!r}")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(
+                f"start_method must be 'spawn' or 'forkserver' (fork hangs after torch has "
+                f"started threads), got {start_method!r}"
+            )
+        self.num_workers = num_workers
+        self.ipc_mode = ipc_mode
+        self.start_method = start_method
+        self._storage_parent = storage_dir
+        self._procs: list[Any] = []
+        self._conns: list[mpc.Connection] = []
+        self._window = 2 * num_workers
+        self._down_arena: torch.Tensor | None = None
+        self._up_arena: torch.Tensor | None = None
+        self._slot_nbytes = 0
+        self._version = 0
+        self._storage: Path | None = None
+
+    # -- pool lifecycle ----------------------------------------------------------------
+    def _start(self) -> None:
+        if self._procs:
+            return
+        setup_reproducibility(self.threads_per_client)
+        ctx = mp.get_context(self.start_method)
+        self.workload.share_memory()
+        if self.ipc_mode == "storage":
+            self._storage = Path(tempfile.mkdtemp(prefix="blazefl-ipc-", dir=self._storage_parent))
+        try:
+            for _ in range(self.num_workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(child, self.workload, self.threads_per_client, self.ipc_mode),
+                    daemon=True,
+                    name="blazefl-worker",
+                )
+                proc.start()
+                child.close()
+                self._procs.append(proc)
+                self._conns.append(parent)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the live worker processes (empty before the first round)."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def close(self) -> None:
+        """Stop the workers (terminate any that hang) and release shared arenas and files."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):  # worker already gone
+                conn.send(("stop",))
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+        self._down_arena = self._up_arena = None
+        self._slot_nbytes = 0
+        if self._storage is not None:
+            shutil.rmtree(self._storage, ignore_errors=True)
+            self._storage = None
+
+    def _abort(self) -> None:
+        """Kill the pool at once (crash, Ctrl-C): no waiting for clients to finish."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        self.close()
+
+    # -- per-round IPC -------------------------------------------------------------------
+    def _publish_downlink(self, payload: DownlinkT) -> _DownlinkRef:
+        layout = package_layout(payload)
+        self._version += 1
+        if self.ipc_mode == "storage":
+            assert self._storage is not None
+            for old in self._storage.glob("downlink-*.bin"):
+                old.unlink()
+            path = self._storage / f"downlink-{self._version}.bin"
+            arena = torch.empty(layout.nbytes, dtype=torch.uint8)
+            layout.write(payload, arena)
+            arena.numpy().tofile(path)
+            return _DownlinkRef(self._version, layout, str(path))
+        grow_down = self._down_arena is None or self._down_arena.numel() < layout.nbytes
+        want_slot = max(self._slot_nbytes, layout.nbytes)  # uplinks are usually model-sized
+        if grow_down or want_slot > self._slot_nbytes:
+            self._down_arena = torch.empty(layout.nbytes, dtype=torch.uint8).share_memory_()
+            self._slot_nbytes = want_slot
+            self._up_arena = torch.empty(
+                (self._window, want_slot), dtype=torch.uint8
+            ).share_memory_()
+            for conn in self._conns:
+                conn.send(("arenas", self._down_arena, self._up_arena))
+        assert self._down_arena is not None
+        layout.write(payload, self._down_arena)
+        return _DownlinkRef(self._version, layout, None)
+
+    def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
+        self._start()
+        ref = self._publish_downlink(payload)
+        idle = list(range(self.num_workers))
+        free_slots = list(range(self._window))
+        inflight: dict[int, tuple[int, ClientTask, Any]] = {}  # worker -> (index, task, slot)
+        done: dict[int, tuple[Any, Any]] = {}  # task index -> (message, slot)
+        submitted = yielded = 0
+        ok = False
+        try:
+            while yielded < len(tasks):
+                while idle and free_slots and submitted < len(tasks):
+                    w, slot_id = idle.pop(), free_slots.pop()
+                    task = tasks[submitted]
+                    slot: Any = slot_id
+                    if self.ipc_mode == "storage":
+                        assert self._storage is not None
+                        slot = str(self._storage / f"uplink-{task.cid}.bin")
+                    wire = (
+                        task.round,
+                        task.cid,
+                        _tensors_to_wire(task.rng),
+                        _tensors_to_wire(task.state),
+                    )
+                    self._conns[w].send(("task", wire, ref, slot))
+                    inflight[w] = (submitted, task, (slot_id, slot))
+                    submitted += 1
+                if yielded in done:
+                    msg, (slot_id, slot) = done.pop(yielded)
+                    result = self._receive(msg, (slot_id, slot))
+                    free_slots.append(slot_id)
+                    yielded += 1
+                    yield result
+                    continue
+                self._wait(inflight, idle, done)
+            ok = True
+        finally:
+            if not ok:
+                self._abort()
+
+    def _wait(self, inflight: dict[int, Any], idle: list[int], done: dict[int, Any]) -> None:
+        busy = list(inflight)
+        ready = mpc.wait([self._conns[w] for w in busy] + [self._procs[w].sentinel for w in busy])
+        for w in busy:
+            conn, proc = self._conns[w], self._procs[w]
+            if conn not in ready and proc.sentinel not in ready:
+                continue
+            index, task, slot = inflight[w]
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                proc.join(timeout=5)
+                raise WorkerCrashedError(task.cid, task.round, proc.pid, proc.exitcode) from None
+            if msg[0] == "error":
+                error = ClientTrainingError(task.cid, task.round, msg[2])
+                error.add_note(f"worker traceback:\n{msg[3]}")
+                raise error
+            del inflight[w]
+            idle.append(w)
+            done[index] = (msg, slot)
+
+    def _receive(self, msg: Any, slot: tuple[int, Any]) -> ClientResult:
+        _, cid, body, rng, state, sha = msg
+        if body[0] == "value":
+            uplink = _uplink_from_wire(body[1])
+            self._slot_nbytes = max(self._slot_nbytes, body[2])  # grow slots next round
+            self._down_arena = None
+        elif self.ipc_mode == "storage":
+            path = Path(slot[1])
+            layout: PackageLayout = body[1]
+            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+            path.unlink()
+            uplink = layout.read(data)
+        else:
+            assert self._up_arena is not None
+            uplink = body[1].read(self._up_arena[slot[0]], copy=True)
+        return ClientResult(
+            cid, uplink, _tensors_from_wire(rng) or {}, _tensors_from_wire(state), sha
+        )

@@ -1,0 +1,173 @@
+"""Build a complete FL experiment from one frozen spec, and simulate it in memory.
+
+The pipeline (artifacts, CLI, DVC) builds the same objects from params.yaml; this module is
+the library-only path: `simulate(spec, mode="threads", workers=2)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from blazefl.algorithms.common import ClientPartition, TrainHParams
+from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler, ModelSpec
+from blazefl.core.loop import RoundResult, make_trainer, run_round
+from blazefl.data import ImageDataset, load_dataset, partition_indices
+from blazefl.reproducibility import SERVER_STREAM_ID, create_rng_suite
+
+__all__ = ["ExperimentSpec", "Experiment", "build_experiment", "simulate", "MODEL_INIT_STREAM_ID"]
+
+#: RNG stream of the initial global model's weights (distinct from server and clients).
+MODEL_INIT_STREAM_ID = SERVER_STREAM_ID + 1
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Everything that determines an experiment's bytes (execution mode and workers do not).
+
+    Example:
+        >>> spec = ExperimentSpec(seed=1, num_clients=10, clients_per_round=5, rounds=3)
+    """
+
+    seed: int = 0
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    data_size: int = 20000
+    test_size: int = 2000
+    num_clients: int = 100
+    partition: str = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    model: str = "cnn"
+    dropout: float = 0.0
+    algorithm: str = "fedavg"
+    rounds: int = 3
+    clients_per_round: int | None = None  # None: every client every round
+    hparams: TrainHParams = field(default_factory=TrainHParams)
+    threads_per_client: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.num_clients <= 0:
+            raise ValueError(f"number of clients must be >= 1, got {self.num_clients}")
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.algorithm != "fedavg":
+            raise ValueError(f"algorithm must be one of fedavg, got {self.algorithm!r}")
+        k = self.clients_per_round
+        if k is not None and not 1 <= k <= self.num_clients:
+            raise ValueError(f"clients_per_round must be between 1 and {self.num_clients}, got {k}")
+        if self.threads_per_client <= 0:
+            raise ValueError(f"threads_per_client must be >= 1, got {self.threads_per_client}")
+
+
+@dataclass
+class Experiment:
+    """The built pieces of an experiment."""
+
+    spec: ExperimentSpec
+    train: ImageDataset
+    test: ImageDataset
+    partition: ClientPartition
+    model_spec: ModelSpec
+
+    def workload(self) -> FedAvgClientWorkload:
+        return FedAvgClientWorkload(self.train, self.partition, self.model_spec, self.spec.hparams)
+
+    def server(self, round: int = 0) -> FedAvgServerHandler:
+        """A server with the initial global model and the server's round-0 generator."""
+        suite = create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
+        model = self.model_spec.build(create_rng_suite(self.spec.seed, MODEL_INIT_STREAM_ID).torch)
+        server = FedAvgServerHandler(
+            model,
+            num_clients=self.spec.num_clients,
+            clients_per_round=self.spec.clients_per_round or self.spec.num_clients,
+            total_rounds=self.spec.rounds,
+            generator=suite.torch,
+            test_set=self.test,
+        )
+        server.round = round
+        return server
+
+
+def build_data(spec: ExperimentSpec) -> tuple[ImageDataset, ImageDataset]:
+    """Train and test sets of the spec (synthetic ones are generated from the seed)."""
+    train = load_dataset(spec.dataset, root=spec.data_root, size=spec.data_size, seed=spec.seed)
+    test = load_dataset(
+        spec.dataset, root=spec.data_root, size=spec.test_size, seed=spec.seed, train=False
+    )
+    return train, test
+
+
+def build_partition(spec: ExperimentSpec, labels: Any) -> ClientPartition:
+    """Partition the training labels among clients, deterministically from the seed."""
+    parts = partition_indices(
+        np.asarray(labels),
+        spec.num_clients,
+        spec.partition,
+        spec.seed,
+        alpha=spec.alpha,
+        shards_per_client=spec.shards_per_client,
+    )
+    return ClientPartition.from_lists(parts)
+
+
+def build_experiment(spec: ExperimentSpec) -> Experiment:
+    """Load data, partition it and describe the model.
+
+    Returns:
+        The experiment, ready for `workload()` and `server()`.
+    """
+    train, test = build_data(spec)
+    if spec.num_clients > len(train):
+        raise ValueError(
+            f"number of clients ({spec.num_clients}) exceeds training samples ({len(train)})"
+        )
+    partition = build_partition(spec, train.labels)
+    c, h, _ = train.images.shape[1:]
+    model_spec = ModelSpec(spec.model, train.num_classes, c, h, spec.dropout)
+    return Experiment(spec, train, test, partition, model_spec)
+
+
+def simulate(
+    spec: ExperimentSpec,
+    mode: Literal["sequential", "threads", "processes"] = "sequential",
+    workers: int = 1,
+    ipc: Literal["shared_memory", "storage"] = "shared_memory",
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> tuple[FedAvgServerHandler, list[RoundResult]]:
+    """Run the whole experiment in memory.
+
+    Args:
+        spec: the experiment.
+        mode / workers / ipc: execution mode (never changes the result bytes).
+        on_round: called after every round.
+
+    Returns:
+        The final server (its `model` is the global model) and every round's result.
+
+    Example:
+        >>> server, rounds = simulate(ExperimentSpec(rounds=2), mode="threads", workers=2)
+        >>> rounds[-1].summary["test_accuracy"]
+    """
+    exp = build_experiment(spec)
+    server = exp.server()
+    results = []
+    with make_trainer(
+        mode,
+        exp.workload(),
+        seed=spec.seed,
+        workers=workers,
+        ipc=ipc,
+        threads_per_client=spec.threads_per_client,
+    ) as trainer:
+        for t in range(1, spec.rounds + 1):
+            result = run_round(server, trainer, t)
+            results.append(result)
+            if on_round is not None:
+                on_round(result)
+    return server, results

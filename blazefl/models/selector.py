@@ -1,0 +1,158 @@
+"""Model construction by name, optionally with initial weights drawn from an explicit generator."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from blazefl.models.cnn import CNN
+from blazefl.models.resnet import resnet18
+
+__all__ = ["MODELS", "ModelSelector", "build_model"]
+
+MODELS: tuple[str, ...] = ("cnn", "resnet18")
+"""Names accepted by :func:`build_model` and :meth:`ModelSelector.select_model`."""
+
+_SMALL_INPUT_MAX_SIDE = 64
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Build a model by name.
+
+    Without ``generator`` the model is built as usual, drawing its initial weights from torch's
+    global RNG. With a (CPU) ``generator`` the model is built on the meta device, so the global
+    RNG is neither read nor advanced, and every parameter and buffer is then initialised from
+    ``generator`` in sorted module-name order: Linear and (for ``"cnn"``) Conv weights with
+    PyTorch's default kaiming-uniform (``a=sqrt(5)``, i.e. ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``),
+    ResNet convs with torchvision's kaiming-normal (``fan_out``, relu), biases
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, norm weights 1 and biases 0, running stats reset.
+    Same generator state -> identical weights, whatever thread builds the model.
+
+    Args:
+        name: one of :data:`MODELS`.
+        num_classes: number of output logits.
+        in_channels: image channels.
+        image_size: square input side; ResNet uses the small-image stem when it is <= 64.
+        dropout: dropout probability (``"cnn"`` only; set ``model.generator`` before training).
+        generator: CPU generator for the initial weights; advanced by the draws.
+
+    Returns:
+        The model on the CPU, in training mode.
+
+    Raises:
+        ValueError: unknown ``name``, dropout for a model without dropout, non-CPU generator.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = build_model("cnn", num_classes=10, generator=g)
+        >>> sum(p.numel() for p in model.parameters())
+        62006
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; allowed names: {', '.join(MODELS)}")
+    if name != "cnn" and dropout:
+        raise ValueError(f"model {name!r} has no dropout; dropout={dropout} is only for 'cnn'")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
+    if generator is None:
+        return _construct(name, num_classes, in_channels, image_size, dropout)
+    with torch.device("meta"):  # no storage, no global RNG draws
+        model = _construct(name, num_classes, in_channels, image_size, dropout)
+    model.to_empty(device="cpu")
+    conv_init = "kaiming_normal_fan_out" if name == "resnet18" else "default"
+    _init_from_generator(model, generator, conv_init)
+    return model
+
+
+def _construct(
+    name: str, num_classes: int, in_channels: int, image_size: int, dropout: float
+) -> nn.Module:
+    if name == "cnn":
+        return CNN(num_classes, in_channels, image_size, dropout)
+    return resnet18(num_classes, in_channels, small_input=image_size <= _SMALL_INPUT_MAX_SIDE)
+
+
+@torch.no_grad()
+def _init_from_generator(module: nn.Module, generator: torch.Generator, conv_init: str) -> None:
+    """Initialise every parameter and buffer of ``module`` from ``generator``, in name order."""
+    done: set[int] = set()
+    for _, sub in sorted(module.named_modules(), key=lambda item: item[0]):
+        if isinstance(sub, _ConvNd | nn.Linear):
+            weight = sub.weight
+            if isinstance(sub, _ConvNd) and conv_init == "kaiming_normal_fan_out":
+                nn.init.kaiming_normal_(
+                    weight, mode="fan_out", nonlinearity="relu", generator=generator
+                )
+            else:
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+            done.add(id(weight))
+            if sub.bias is not None:
+                fan_in = weight[0].numel()  # in_channels/groups * kernel elements
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(sub.bias, -bound, bound, generator=generator)
+                done.add(id(sub.bias))
+        elif isinstance(sub, _BatchNorm | nn.GroupNorm | nn.LayerNorm):
+            if sub.weight is not None:
+                nn.init.ones_(sub.weight)
+                done.add(id(sub.weight))
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+                done.add(id(sub.bias))
+            if isinstance(sub, _BatchNorm):
+                sub.reset_running_stats()
+                done.update(id(b) for b in sub.buffers(recurse=False))
+    # to_empty() leaves garbage in anything not handled above: refuse rather than return it.
+    left = [
+        n for n, t in (*module.named_parameters(), *module.named_buffers()) if id(t) not in done
+    ]
+    if left:
+        raise RuntimeError(f"no generator-driven initialisation rule for {left}")
+
+
+class ModelSelector:
+    """BlazeFL-compatible factory: pick a model by name for a fixed data shape.
+
+    Args:
+        num_classes: number of output logits.
+        in_channels: image channels.
+        image_size: square input side length.
+
+    Example:
+        >>> ModelSelector(num_classes=10).select_model("cnn")
+        CNN(...)
+    """
+
+    MODELS: tuple[str, ...] = MODELS
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32) -> None:
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.image_size = image_size
+
+    def select_model(self, name: str, generator: torch.Generator | None = None) -> nn.Module:
+        """Build the model called ``name`` (see :func:`build_model`).
+
+        Args:
+            name: one of :data:`MODELS`.
+            generator: optional CPU generator for the initial weights.
+
+        Returns:
+            The model.
+
+        Raises:
+            ValueError: unknown ``name``.
+        """
+        return build_model(
+            name, self.num_classes, self.in_channels, self.image_size, generator=generator
+        )

@@ -1,0 +1,77 @@
+"""The one place that sets torch's determinism flags.
+
+Call :func:`setup_reproducibility` in the main thread before any pool starts, and again in every
+worker initializer (thread or process). The intra-op thread count changes result bits on CPU
+(conv backward, large reductions and some GEMMs split work differently), no flag fixes that, and
+the count is per thread / per process state: a new worker does not inherit it reliably
+(DESIGN section 4, rule 1). The thread count is part of the config and of the manifest;
+:func:`determinism_flags` reports what is in effect.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["CUBLAS_WORKSPACE_CONFIG", "determinism_flags", "setup_reproducibility"]
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+"""Value set for the ``CUBLAS_WORKSPACE_CONFIG`` env var (deterministic cuBLAS) if unset."""
+
+
+def setup_reproducibility(threads: int = 1) -> None:
+    """Fix the intra-op thread count and every determinism flag torch offers.
+
+    Sets ``torch.set_num_threads(threads)``,
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``,
+    ``torch.backends.cudnn.deterministic = True``, ``torch.backends.cudnn.benchmark = False`` and
+    the env var ``CUBLAS_WORKSPACE_CONFIG=":4096:8"`` when it is not already set (cuBLAS reads it
+    when CUDA initialises, so call this before the first CUDA op).
+
+    Must run in the main thread before pools start and in every worker initializer: the thread
+    count is per-thread / per-process state, and a different count gives different bits on CPU.
+    ``warn_only=True`` keeps ops without a deterministic implementation usable (they warn).
+
+    Args:
+        threads: intra-op threads for this thread/process, ``>= 1`` (the default 1 per client).
+
+    Raises:
+        ValueError: ``threads < 1`` or not an integer.
+
+    Example:
+        >>> setup_reproducibility(threads=1)
+        >>> determinism_flags()["num_threads"]
+        1
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def determinism_flags() -> dict[str, object]:
+    """Report the determinism-relevant settings currently in effect (for tests and manifests).
+
+    Returns:
+        ``num_threads`` (int), ``deterministic_algorithms`` (bool),
+        ``deterministic_algorithms_warn_only`` (bool), ``cudnn_deterministic`` (bool),
+        ``cudnn_benchmark`` (bool), ``cublas_workspace_config`` (str or None). JSON-serialisable.
+
+    Example:
+        >>> sorted(determinism_flags())[:2]
+        ['cublas_workspace_config', 'cudnn_benchmark']
+    """
+    return {
+        "num_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_algorithms_warn_only": (
+            torch.is_deterministic_algorithms_warn_only_enabled()
+        ),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }

@@ -1,0 +1,202 @@
+"""Global-RNG strategy: seed, capture and restore the process-global generators.
+
+This mirrors BlazeFL's ``seed_everything`` / ``RandomStateSnapshot``. It is meant for scripts and
+the sequential trainer. Client work in thread pools must use an explicit
+:class:`~blazefl.reproducibility.rng.RNGSuite` instead: the global generators are shared by all
+threads of a process, so concurrent clients would race on them (DESIGN section 4, rule 2).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from blazefl.reproducibility.rng import (
+    bytes_to_tensor,
+    decode_python_state,
+    encode_python_state,
+    tensor_to_bytes,
+)
+
+__all__ = ["RandomStateSnapshot", "seed_everything"]
+
+_NP_MAGIC = b"NPM1"
+_NP_WORDS = 624
+# magic, 624 MT19937 key words, position, has_gauss flag, cached gaussian
+_NP_LAYOUT = struct.Struct(f"<4s{_NP_WORDS}IIBd")
+_CUDA_PREFIX = "cuda."
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's legacy global RNG, torch (CPU and CUDA) and PYTHONHASHSEED.
+
+    For scripts and sequential runs. Do not call it from client work: the global generators are
+    shared by every thread in the process, so concurrent clients would race on them. Setting
+    ``PYTHONHASHSEED`` only affects interpreters started afterwards (e.g. spawned workers).
+
+    Args:
+        seed: integer in ``[0, 2**32)`` (numpy's legacy ``np.random.seed`` accepts no more).
+
+    Raises:
+        ValueError: ``seed`` out of range.
+
+    Example:
+        >>> seed_everything(42)
+        >>> a = torch.rand(1)
+        >>> seed_everything(42)
+        >>> bool(torch.equal(a, torch.rand(1)))
+        True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():  # torch.manual_seed already does this; explicit for clarity
+        torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def _encode_numpy_legacy(state: tuple[Any, ...]) -> bytes:
+    name, keys, pos, has_gauss, cached_gaussian = state
+    if name != "MT19937" or len(keys) != _NP_WORDS:
+        raise ValueError(f"unsupported numpy global RNG state {name!r}")
+    return _NP_LAYOUT.pack(
+        _NP_MAGIC, *keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian)
+    )
+
+
+def _decode_numpy_legacy(data: bytes) -> tuple[Any, ...]:
+    if len(data) != _NP_LAYOUT.size:
+        raise ValueError(
+            f"numpy global RNG state must be {_NP_LAYOUT.size} bytes, got {len(data)} (truncated?)"
+        )
+    magic, *rest = _NP_LAYOUT.unpack(data)
+    if magic != _NP_MAGIC:
+        raise ValueError(f"numpy global RNG state has bad magic {magic!r}, expected {_NP_MAGIC!r}")
+    keys = np.asarray(rest[:_NP_WORDS], dtype=np.uint32)
+    pos, has_gauss, cached = rest[_NP_WORDS], rest[_NP_WORDS + 1], rest[_NP_WORDS + 2]
+    if pos > _NP_WORDS or has_gauss not in (0, 1):
+        raise ValueError(f"numpy global RNG state is corrupt (pos={pos}, has_gauss={has_gauss})")
+    return ("MT19937", keys, pos, has_gauss, cached)
+
+
+@dataclass(eq=False)
+class RandomStateSnapshot:
+    """Exact state of the process-global generators at one point in time.
+
+    Holds python's ``random`` state, numpy's legacy global state (``np.random.get_state()``), the
+    torch CPU generator state and, when CUDA is available, one state per CUDA device. Capture and
+    restore are not atomic with respect to other threads using the global generators.
+
+    Example:
+        >>> snap = RandomStateSnapshot.capture()
+        >>> a = torch.rand(3)
+        >>> snap.restore()
+        >>> bool(torch.equal(a, torch.rand(3)))
+        True
+    """
+
+    python: tuple[Any, ...]
+    numpy: tuple[Any, ...]
+    torch: Tensor
+    torch_cuda: tuple[Tensor, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def capture(cls) -> RandomStateSnapshot:
+        """Capture the current global RNG states.
+
+        Returns:
+            A snapshot; restoring it makes the global generators repeat their next draws.
+        """
+        cuda_states: tuple[Tensor, ...] = ()
+        if torch.cuda.is_available():
+            cuda_states = tuple(s.clone() for s in torch.cuda.get_rng_state_all())
+        np_state = np.random.get_state(legacy=True)
+        if not isinstance(np_state, tuple):
+            raise ValueError("numpy's global RNG is not MT19937; cannot snapshot its legacy state")
+        return cls(
+            python=random.getstate(),
+            numpy=(np_state[0], np_state[1].copy(), *np_state[2:]),
+            torch=torch.get_rng_state().clone(),
+            torch_cuda=cuda_states,
+        )
+
+    def restore(self) -> None:
+        """Set the global generators back to the captured states.
+
+        Raises:
+            RuntimeError: the snapshot holds CUDA states for more devices than are available.
+        """
+        if self.torch_cuda:
+            available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if available < len(self.torch_cuda):
+                raise RuntimeError(
+                    f"snapshot holds {len(self.torch_cuda)} CUDA RNG states, "
+                    f"but only {available} CUDA devices are available"
+                )
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch)
+        for device, state in enumerate(self.torch_cuda):
+            torch.cuda.set_rng_state(state, device)
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Encode the snapshot exactly as 1-D ``uint8`` tensors (deterministic bytes).
+
+        Returns:
+            Keys ``"python"``, ``"numpy"``, ``"torch"`` and ``"cuda.<i>"`` per CUDA device.
+        """
+        tensors = {
+            "python": bytes_to_tensor(encode_python_state(self.python)),
+            "numpy": bytes_to_tensor(_encode_numpy_legacy(self.numpy)),
+            "torch": self.torch.clone(),
+        }
+        for device, state in enumerate(self.torch_cuda):
+            tensors[f"{_CUDA_PREFIX}{device}"] = state.clone()
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> RandomStateSnapshot:
+        """Decode :meth:`to_tensors` output.
+
+        Args:
+            tensors: mapping with keys ``"python"``, ``"numpy"``, ``"torch"``, optional
+                ``"cuda.0"``, ``"cuda.1"``, ...
+
+        Returns:
+            The snapshot (not yet restored; call :meth:`restore`).
+
+        Raises:
+            ValueError: missing key, wrong dtype/shape, corrupt or truncated state.
+        """
+        missing = [key for key in ("python", "numpy", "torch") if key not in tensors]
+        if missing:
+            raise ValueError(f"snapshot tensors lack keys {missing}")
+        cuda_keys = [key for key in tensors if key.startswith(_CUDA_PREFIX)]
+        expected = [f"{_CUDA_PREFIX}{i}" for i in range(len(cuda_keys))]
+        if sorted(cuda_keys) != sorted(expected):
+            raise ValueError(f"snapshot CUDA keys must be {expected}, got {sorted(cuda_keys)}")
+        cpu_state = tensors["torch"]
+        tensor_to_bytes(cpu_state, "torch")  # dtype / shape check
+        try:
+            torch.Generator().set_state(cpu_state.detach().cpu().contiguous())
+        except RuntimeError as exc:
+            raise ValueError(f"torch RNG state is invalid: {exc}") from exc
+        for key in expected:
+            tensor_to_bytes(tensors[key], key)
+        return cls(
+            python=decode_python_state(tensor_to_bytes(tensors["python"], "python")),
+            numpy=_decode_numpy_legacy(tensor_to_bytes(tensors["numpy"], "numpy")),
+            torch=tensors["torch"].detach().cpu().clone(),
+            torch_cuda=tuple(tensors[key].detach().cpu().clone() for key in expected),
+        )

@@ -1,0 +1,88 @@
+"""setup_reproducibility sets every flag it claims; determinism_flags reports them."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from blazefl.reproducibility import determinism_flags, setup_reproducibility
+
+
+@pytest.fixture(autouse=True)
+def keep_flags() -> Any:
+    """Undo setup_reproducibility so other tests see the process as it was."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_deterministic = torch.backends.cudnn.deterministic
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+def reset_to_non_deterministic() -> None:
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.benchmark = True
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_setup_reproducibility_sets_every_flag(threads: int) -> None:
+    reset_to_non_deterministic()
+    setup_reproducibility(threads=threads)
+
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() is True
+    assert torch.is_deterministic_algorithms_warn_only_enabled() is True
+    assert torch.backends.cudnn.deterministic is True
+    assert torch.backends.cudnn.benchmark is False
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+    assert determinism_flags() == {
+        "num_threads": threads,
+        "deterministic_algorithms": True,
+        "deterministic_algorithms_warn_only": True,
+        "cudnn_deterministic": True,
+        "cudnn_benchmark": False,
+        "cublas_workspace_config": ":4096:8",
+    }
+
+
+def test_determinism_flags_reflect_non_deterministic_state() -> None:
+    reset_to_non_deterministic()
+    flags = determinism_flags()
+    assert flags["deterministic_algorithms"] is False
+    assert flags["cudnn_deterministic"] is False
+    assert flags["cudnn_benchmark"] is True
+    assert flags["cublas_workspace_config"] is None
+
+
+def test_existing_cublas_workspace_config_is_kept() -> None:
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"
+    setup_reproducibility()
+    assert determinism_flags()["cublas_workspace_config"] == ":16:8"
+
+
+def test_determinism_flags_are_json_serialisable() -> None:
+    setup_reproducibility()
+    flags = determinism_flags()
+    assert json.loads(json.dumps(flags, sort_keys=True)) == flags
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_invalid_thread_count_raises_value_error(threads: Any) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        setup_reproducibility(threads=threads)
