@@ -16,7 +16,7 @@ from blazefl.algorithms.common import ClientPartition, TrainHParams
 from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler, ModelSpec
 from blazefl.core.loop import RoundResult, make_trainer, run_round
 from blazefl.data import ImageDataset, load_dataset, partition_indices
-from blazefl.reproducibility import SERVER_STREAM_ID, create_rng_suite
+from blazefl.reproducibility import SERVER_STREAM_ID, RNGSuite, create_rng_suite
 
 __all__ = ["ExperimentSpec", "Experiment", "build_experiment", "simulate", "MODEL_INIT_STREAM_ID"]
 
@@ -78,9 +78,15 @@ class Experiment:
     def workload(self) -> FedAvgClientWorkload:
         return FedAvgClientWorkload(self.train, self.partition, self.model_spec, self.spec.hparams)
 
-    def server(self, round: int = 0) -> FedAvgServerHandler:
-        """A server with the initial global model and the server's round-0 generator."""
-        suite = create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
+    def server(self, rng: RNGSuite | None = None, round: int = 0) -> FedAvgServerHandler:
+        """A server with the initial global model.
+
+        Args:
+            rng: the server's RNG suite (default: its round-0 suite from the seed); kept as
+                `server.rng` so it can be snapshotted with the round.
+            round: rounds already done.
+        """
+        suite = rng if rng is not None else create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
         model = self.model_spec.build(create_rng_suite(self.spec.seed, MODEL_INIT_STREAM_ID).torch)
         server = FedAvgServerHandler(
             model,
@@ -90,6 +96,7 @@ class Experiment:
             generator=suite.torch,
             test_set=self.test,
         )
+        server.rng = suite
         server.round = round
         return server
 

@@ -139,6 +139,7 @@ class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkP
         self.model = model
         self.flat = flatten_module_(model)
         self.test_set = test_set
+        self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:

@@ -1,0 +1,54 @@
+"""Datasets, client partitioners and generator-driven transforms.
+
+Everything random here takes an explicit seed or ``torch.Generator``; nothing reads or advances
+the process-global RNG (see DESIGN.md section 4).
+"""
+
+from blazefl.data.dataset import FilteredDataset, PartitionedDataset
+from blazefl.data.datasets import (
+    DATASETS,
+    DatasetNotFoundError,
+    ImageDataset,
+    load_dataset,
+    load_torchvision_dataset,
+    synthetic_dataset,
+)
+from blazefl.data.partitioners import (
+    PARTITIONERS,
+    dirichlet_partition,
+    iid_partition,
+    partition_indices,
+    quantity_partition,
+    shard_partition,
+)
+from blazefl.data.transforms import (
+    GeneratorDropout,
+    GeneratorRandomCrop,
+    GeneratorRandomHorizontalFlip,
+    dropout,
+    random_crop,
+    random_horizontal_flip,
+)
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONERS",
+    "DatasetNotFoundError",
+    "FilteredDataset",
+    "GeneratorDropout",
+    "GeneratorRandomCrop",
+    "GeneratorRandomHorizontalFlip",
+    "ImageDataset",
+    "PartitionedDataset",
+    "dirichlet_partition",
+    "dropout",
+    "iid_partition",
+    "load_dataset",
+    "load_torchvision_dataset",
+    "partition_indices",
+    "quantity_partition",
+    "random_crop",
+    "random_horizontal_flip",
+    "shard_partition",
+    "synthetic_dataset",
+]

@@ -1,0 +1,444 @@
+"""Image datasets as plain uint8 tensors: a built-in synthetic set and torchvision loaders.
+
+Every dataset is held in memory as one ``uint8`` tensor ``[N, C, H, W]`` plus ``int64`` labels;
+normalisation to float happens per batch (``ImageDataset.normalize``) so that the stored bytes
+are what gets hashed, partitioned and shipped to workers.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "ImageDataset",
+    "load_dataset",
+    "load_torchvision_dataset",
+    "synthetic_dataset",
+]
+
+DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
+
+
+class DatasetNotFoundError(ValueError):
+    """A real dataset's files are missing (or corrupted) under the given root folder."""
+
+
+# eq=False: the generated __eq__ would compare tensors elementwise and fail on bool().
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """An in-memory image classification dataset.
+
+    Args:
+        images: ``uint8`` tensor ``[N, C, H, W]`` (made contiguous if it is not).
+        labels: ``int64`` tensor ``[N]``.
+        num_classes: number of classes; labels lie in ``[0, num_classes)``.
+        mean: per-channel mean in ``[0, 1]`` pixel units, used by ``normalize``.
+        std: per-channel standard deviation in ``[0, 1]`` pixel units.
+
+    Example:
+        >>> ds = synthetic_dataset(100, seed=0)
+        >>> image, label = ds[0]
+        >>> image.shape, image.dtype, ds.shape
+        (torch.Size([3, 32, 32]), torch.float32, (3, 32, 32))
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 tensor [N, C, H, W], got {self.images.dtype} "
+                f"with shape {tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ValueError(
+                f"labels must be an int64 tensor [N], got {self.labels.dtype} "
+                f"with shape {tuple(self.labels.shape)}"
+            )
+        if len(self.labels) != len(self.images):
+            raise ValueError(
+                f"images and labels differ in length: {len(self.images)} != {len(self.labels)}"
+            )
+        if len(self.labels) and (
+            int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes
+        ):
+            raise ValueError(
+                f"labels must lie in [0, num_classes={self.num_classes}), got range "
+                f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
+        channels = self.images.shape[1]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"mean/std need one value per channel ({channels}), "
+                f"got mean={self.mean}, std={self.std}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be > 0, got {self.std}")
+        # frozen dataclass: object.__setattr__ is the sanctioned way to fix fields up in init.
+        if not self.images.is_contiguous():
+            object.__setattr__(self, "images", self.images.contiguous())
+        # x_norm = (x/255 - mean)/std = x * scale + shift; precomputed once, shaped [C, 1, 1]
+        # so it broadcasts over both [C, H, W] and [B, C, H, W].
+        std = torch.tensor(self.std, dtype=torch.float64)
+        mean = torch.tensor(self.mean, dtype=torch.float64)
+        scale = (1.0 / (255.0 * std)).to(torch.float32).view(-1, 1, 1)
+        shift = (-mean / std).to(torch.float32).view(-1, 1, 1)
+        object.__setattr__(self, "_scale", scale)
+        object.__setattr__(self, "_shift", shift)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Return ``(normalised float32 image [C, H, W], label)``."""
+        return self.normalize(self.images[index]), int(self.labels[index])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image shape ``(C, H, W)``."""
+        _, c, h, w = self.images.shape
+        return int(c), int(h), int(w)
+
+    def normalize(self, batch_uint8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Convert ``uint8`` images (``[C, H, W]`` or ``[B, C, H, W]``) to normalised float32.
+
+        Args:
+            batch_uint8: ``uint8`` images with this dataset's channel count.
+            out: optional preallocated float32 tensor of the same shape, written in place so
+                that hot training loops do not allocate per batch.
+
+        Returns:
+            ``out`` (or a new tensor) holding ``(x / 255 - mean) / std``.
+
+        Example:
+            >>> ds = synthetic_dataset(8, seed=0)
+            >>> buf = torch.empty(8, 3, 32, 32)
+            >>> ds.normalize(ds.images, out=buf) is buf
+            True
+        """
+        if batch_uint8.dtype != torch.uint8:
+            raise ValueError(f"normalize expects a uint8 tensor, got {batch_uint8.dtype}")
+        if out is None:
+            out = torch.empty(batch_uint8.shape, dtype=torch.float32)
+        elif out.dtype != torch.float32 or out.shape != batch_uint8.shape:
+            raise ValueError(
+                f"out must be float32 with shape {tuple(batch_uint8.shape)}, "
+                f"got {out.dtype} {tuple(out.shape)}"
+            )
+        # Same three elementwise passes whether or not `out` is given, so bits never differ.
+        out.copy_(batch_uint8)
+        out.mul_(self._scale)  # type: ignore[attr-defined]
+        out.add_(self._shift)  # type: ignore[attr-defined]
+        return out
+
+
+# --- synthetic ---------------------------------------------------------------------------------
+
+# Knobs of the synthetic task, tuned so a LeNet with FedAvg (10 IID clients, 1 local epoch)
+# goes from ~30% after round 1 to ~80% after round 5: learnable, but not in one batch.
+_MAX_SHIFT = 3  # samples are the prototype shifted by up to this many pixels each way
+_GRID = 6  # prototypes are smooth: random values on a GRID x GRID lattice, upsampled
+_SHARED_WEIGHT = 1.0  # a component common to all classes makes prototypes look alike
+_MAX_MIX = 0.6  # up to this share of another class's prototype is blended in (lam > .5: hard)
+_NOISE = 1.0  # per-pixel uniform noise, std in units of the prototype std
+_PIXEL_SCALE = 52.0  # prototype units -> uint8 levels around 128; little clipping at 0/255
+_CHUNK = 2048  # samples per vectorised chunk: bounds peak float32 memory to ~25 MB
+_SYNTH_MEAN = 0.5
+_SYNTH_STD = 0.25
+
+
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Smoothstep interpolation weights ``[n_out, n_in]`` from a coarse lattice to pixels."""
+    pos = np.linspace(0.0, n_in - 1.0, n_out)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 2)
+    frac = pos - i0
+    frac = frac * frac * (3.0 - 2.0 * frac)  # C1-smooth at lattice points, no visible creases
+    weights = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    weights[rows, i0] = 1.0 - frac
+    weights[rows, i0 + 1] = frac
+    return weights
+
+
+def _shifted_prototypes(seed: int, num_classes: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Return ``[K, S*S, C, H, W]`` float32: every class prototype at every pixel shift.
+
+    Prototypes depend only on ``seed`` (stream 0), so train and test share them.
+    """
+    c, h, w = shape
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    shared = rng.standard_normal((1, c, _GRID, _GRID))
+    specific = rng.standard_normal((num_classes, c, _GRID, _GRID))
+    lattice = _SHARED_WEIGHT * shared + specific
+    pad = 2 * _MAX_SHIFT
+    # einsum without `optimize` runs numpy's own loops (no BLAS), so the bits never depend on
+    # a BLAS build or its thread count.
+    protos = np.einsum(
+        "hi,kcij,wj->kchw", _interp_matrix(h + pad, _GRID), lattice, _interp_matrix(w + pad, _GRID)
+    )
+    protos -= protos.mean(axis=(1, 2, 3), keepdims=True)
+    protos /= protos.std(axis=(1, 2, 3), keepdims=True)
+    # Precomputing all shifts (K * 49 images) turns per-sample shifting into one gather.
+    n_off = pad + 1
+    table = np.empty((num_classes, n_off * n_off, c, h, w), dtype=np.float32)
+    for dy in range(n_off):
+        for dx in range(n_off):
+            table[:, dy * n_off + dx] = protos[:, :, dy : dy + h, dx : dx + w]
+    return table
+
+
+def synthetic_dataset(
+    size: int,
+    seed: int,
+    train: bool = True,
+    num_classes: int = 10,
+    shape: tuple[int, int, int] = (3, 32, 32),
+) -> ImageDataset:
+    """Generate the built-in CIFAR-shaped synthetic classification dataset.
+
+    Each class has a smooth random prototype image derived from ``seed`` alone. A sample is its
+    class prototype shifted by up to 3 pixels, blended with up to 60% of another class's
+    prototype, with random contrast, a per-channel brightness offset and per-pixel noise. Labels
+    are a shuffled balanced sequence, so every class appears when ``size >= num_classes``.
+    Train and test samples come from different streams derived from ``seed``.
+
+    Only explicit numpy Generators are used (never global RNG state), so the same arguments give
+    identical bytes on every call and in any thread. 20,000 samples take well under a second.
+
+    Args:
+        size: number of samples (> 0).
+        seed: non-negative experiment seed.
+        train: draw the train split (True) or the test split (False).
+        num_classes: number of classes (>= 2).
+        shape: per-image ``(C, H, W)``.
+
+    Returns:
+        An ``ImageDataset`` with mean 0.5 and std 0.25 per channel.
+
+    Example:
+        >>> ds = synthetic_dataset(1000, seed=0)
+        >>> len(ds), ds.images.dtype, ds.num_classes
+        (1000, torch.uint8, 10)
+    """
+    if size <= 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape}")
+    c, h, w = (int(v) for v in shape)
+    table = _shifted_prototypes(seed, num_classes, (c, h, w))
+    n_off = table.shape[1]
+
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1 if train else 2,)))
+    labels = rng.permutation(np.arange(size, dtype=np.int64) % num_classes)
+    other = (labels + rng.integers(1, num_classes, size)) % num_classes  # never the own class
+    shift = rng.integers(0, n_off, size)
+    other_shift = rng.integers(0, n_off, size)
+    lam = rng.uniform(0.0, _MAX_MIX, size)
+    contrast = rng.uniform(0.5, 1.3, size)
+    own_weight = (contrast * (1.0 - lam)).astype(np.float32)[:, None, None, None]
+    other_weight = (contrast * lam).astype(np.float32)[:, None, None, None]
+    brightness = rng.normal(0.0, 0.3, (size, c)).astype(np.float32)[:, :, None, None]
+    # uniform on [-.5, .5) has std 1/sqrt(12); it is ~8x faster to draw than Gaussian noise.
+    noise_scale = np.float32(_NOISE * np.sqrt(12.0))
+
+    images = np.empty((size, c, h, w), dtype=np.uint8)
+    for start in range(0, size, _CHUNK):
+        part = slice(start, min(size, start + _CHUNK))
+        x = table[labels[part], shift[part]]
+        x *= own_weight[part]
+        mix = table[other[part], other_shift[part]]
+        mix *= other_weight[part]
+        x += mix
+        x += brightness[part]
+        noise = rng.random(x.shape, dtype=np.float32)
+        noise -= np.float32(0.5)
+        noise *= noise_scale
+        x += noise
+        x *= np.float32(_PIXEL_SCALE)
+        x += np.float32(128.0)
+        np.clip(x, 0.0, 255.0, out=x)
+        np.rint(x, out=x)
+        images[part] = x
+    return ImageDataset(
+        images=torch.from_numpy(images),
+        labels=torch.from_numpy(labels),
+        num_classes=num_classes,
+        mean=(_SYNTH_MEAN,) * c,
+        std=(_SYNTH_STD,) * c,
+    )
+
+
+# --- torchvision datasets ----------------------------------------------------------------------
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_CIFAR10_FILES = (
+    *(f"data_batch_{i}" for i in range(1, 6)),
+    "test_batch",
+    "batches.meta",
+)
+
+
+@dataclass(frozen=True)
+class _TorchvisionSpec:
+    class_name: str  # attribute of torchvision.datasets
+    folder: str  # what torchvision expects directly under root
+    files: tuple[str, ...]  # files torchvision requires inside `folder`
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_TORCHVISION_SPECS = {
+    "cifar10": _TorchvisionSpec(
+        "CIFAR10",
+        "cifar-10-batches-py",
+        _CIFAR10_FILES,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    "mnist": _TorchvisionSpec("MNIST", "MNIST/raw", _MNIST_FILES, (0.1307,), (0.3081,)),
+    "fashion_mnist": _TorchvisionSpec(
+        "FashionMNIST", "FashionMNIST/raw", _MNIST_FILES, (0.2860,), (0.3530,)
+    ),
+}
+
+
+def _to_nchw_uint8(data: object, channels: int) -> torch.Tensor:
+    """torchvision stores CIFAR as numpy [N, H, W, C] and MNIST as a tensor [N, H, W]."""
+    tensor = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.asarray(data))
+    tensor = tensor.to(torch.uint8)
+    if channels == 1:
+        return tensor.unsqueeze(1).contiguous()
+    return tensor.permute(0, 3, 1, 2).contiguous()
+
+
+def load_torchvision_dataset(
+    name: str, root: str | os.PathLike[str], train: bool = True
+) -> ImageDataset:
+    """Load CIFAR-10, MNIST or Fashion-MNIST from a local folder in torchvision's layout.
+
+    Downloads are disabled: the files must already be under ``root`` (e.g.
+    ``root/cifar-10-batches-py/data_batch_1`` or ``root/MNIST/raw/train-images-idx3-ubyte``).
+    torchvision is imported here, lazily, so the rest of blazefl works without it.
+
+    Args:
+        name: ``"cifar10"``, ``"mnist"`` or ``"fashion_mnist"``.
+        root: folder holding torchvision's dataset folder.
+        train: load the train split (True) or the test split (False).
+
+    Returns:
+        An ``ImageDataset`` with ``uint8 [N, C, H, W]`` images and the dataset's standard
+        mean/std.
+
+    Raises:
+        DatasetNotFoundError: the folder or one of its files is missing, or torchvision rejects
+            the files (e.g. CIFAR-10 checksum mismatch).
+
+    Example:
+        >>> load_torchvision_dataset("mnist", "/data").shape  # doctest: +SKIP
+        (1, 28, 28)
+    """
+    if name not in _TORCHVISION_SPECS:
+        raise ValueError(
+            f"unknown torchvision dataset {name!r}; allowed: {', '.join(_TORCHVISION_SPECS)}"
+        )
+    spec = _TORCHVISION_SPECS[name]
+    root_path = Path(root).expanduser()
+    folder = root_path / spec.folder
+    missing = [f for f in spec.files if not (folder / f).is_file()]
+    # torchvision's MNIST also accepts its legacy processed/{training,test}.pt files.
+    legacy = folder.parent / "processed"
+    has_legacy = spec.folder.endswith("/raw") and all(
+        (legacy / f).is_file() for f in ("training.pt", "test.pt")
+    )
+    if missing and not has_legacy:
+        what = f"{folder} lacks " + ", ".join(missing) if folder.is_dir() else f"no {folder}"
+        raise DatasetNotFoundError(
+            f"{name} not found under {root_path} ({what}): put the "
+            f"torchvision {spec.folder!r} folder there (downloads are disabled)"
+        )
+
+    try:
+        import torchvision.datasets as tv_datasets
+    except ImportError as exc:  # pragma: no cover - torchvision is a declared dependency
+        raise ImportError(f"loading {name} needs torchvision: pip install torchvision") from exc
+    dataset_cls: Callable[..., object] = getattr(tv_datasets, spec.class_name)
+    try:
+        tv_dataset = dataset_cls(root=str(root_path), train=train, download=False)
+    except (
+        RuntimeError,
+        ValueError,
+        TypeError,
+        pickle.UnpicklingError,
+        EOFError,
+        AssertionError,
+    ) as exc:
+        raise DatasetNotFoundError(
+            f"{name} under {root_path} is unreadable or corrupted ({exc}); replace the "
+            f"torchvision {spec.folder!r} folder with an intact copy (downloads are disabled)"
+        ) from exc
+
+    images = _to_nchw_uint8(tv_dataset.data, len(spec.mean))  # type: ignore[attr-defined]
+    labels = torch.as_tensor(np.asarray(tv_dataset.targets), dtype=torch.int64)  # type: ignore[attr-defined]
+    num_classes = len(tv_dataset.classes)  # type: ignore[attr-defined]
+    return ImageDataset(images, labels, num_classes, spec.mean, spec.std)
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    size: int = 20000,
+    seed: int = 0,
+    train: bool = True,
+) -> ImageDataset:
+    """Load a dataset by name: the built-in synthetic one or a local torchvision one.
+
+    Args:
+        name: one of ``DATASETS``.
+        root: local folder for the real datasets (config key ``data.root``); unused for
+            ``"synthetic"``.
+        size: number of samples of the synthetic dataset (> 0); real datasets load whole.
+        seed: seed of the synthetic dataset; real datasets ignore it.
+        train: train split (True) or test split (False).
+
+    Returns:
+        The ``ImageDataset``.
+
+    Example:
+        >>> load_dataset("synthetic", size=500, seed=1, train=False).shape
+        (3, 32, 32)
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if size <= 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    if name == "synthetic":
+        return synthetic_dataset(size, seed, train=train)
+    if root is None:
+        raise ValueError(
+            f"dataset {name!r} is read from a local folder: set data.root to the folder holding "
+            "the torchvision files (downloads are disabled)"
+        )
+    return load_torchvision_dataset(name, root, train=train)

@@ -1,0 +1,291 @@
+"""Split a dataset's sample indices among clients: IID, Dirichlet label skew, shards, quantity skew.
+
+Every partitioner returns one sorted ``int64`` index array per client; the arrays are pairwise
+disjoint, their union is exactly ``range(len(labels))`` and every client gets at least
+``min_samples`` indices. All randomness comes from ``np.random.default_rng(seed)``, so a seed
+fixes the partition on any machine with the same numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PARTITIONERS",
+    "dirichlet_partition",
+    "iid_partition",
+    "partition_indices",
+    "quantity_partition",
+    "shard_partition",
+]
+
+PARTITIONERS = ("iid", "dirichlet", "shards", "quantity")
+
+# Dirichlet draws that leave a client under min_samples are redrawn this many times before the
+# deterministic rebalance kicks in (tiny alpha with many clients may never succeed by chance).
+_MAX_DIRICHLET_TRIES = 100
+
+
+def _as_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+    array = np.asarray(array)
+    if array.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_common(num_samples: int, num_clients: int, min_samples: int) -> None:
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int | np.integer):
+        raise ValueError(f"num_clients must be an int, got {num_clients!r}")
+    if num_clients <= 0:
+        raise ValueError(f"num_clients must be > 0, got {num_clients}")
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be >= 1, got {min_samples}")
+    if num_samples < num_clients * min_samples:
+        raise ValueError(
+            f"num_clients={num_clients} with min_samples={min_samples} needs at least "
+            f"{num_clients * min_samples} samples, got {num_samples}"
+        )
+
+
+def _check_alpha(alpha: float) -> None:
+    if not alpha > 0 or not np.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
+
+
+def _finish(parts: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def iid_partition(
+    labels: np.ndarray | torch.Tensor, num_clients: int, seed: int, *, min_samples: int = 1
+) -> list[np.ndarray]:
+    """Shuffle all indices and deal them into ``num_clients`` near-equal parts.
+
+    Args:
+        labels: one label per sample (only its length is used).
+        num_clients: number of clients (> 0).
+        seed: seed of ``np.random.default_rng``.
+        min_samples: smallest allowed client size (>= 1).
+
+    Returns:
+        One sorted ``int64`` index array per client; sizes differ by at most one.
+
+    Example:
+        >>> [len(p) for p in iid_partition(np.zeros(10, dtype=int), 3, seed=0)]
+        [4, 3, 3]
+    """
+    y = _as_labels(labels)
+    _check_common(len(y), num_clients, min_samples)
+    rng = np.random.default_rng(seed)
+    return _finish(np.array_split(rng.permutation(len(y)), num_clients))
+
+
+def _rebalance(parts: list[np.ndarray], min_samples: int) -> list[np.ndarray]:
+    """Move samples from the largest clients to those under ``min_samples``.
+
+    Deterministic: clients are served in id order, the donor is the largest client (lowest id on
+    ties) and it gives away its last indices, so the result depends only on the input parts.
+    """
+    parts = [p.copy() for p in parts]
+    for cid in range(len(parts)):
+        while len(parts[cid]) < min_samples:
+            sizes = np.array([len(p) for p in parts])
+            donor = int(np.argmax(sizes))
+            give = min(min_samples - len(parts[cid]), len(parts[donor]) - min_samples)
+            parts[cid] = np.concatenate([parts[cid], parts[donor][-give:]])
+            parts[donor] = parts[donor][:-give]
+    return parts
+
+
+def dirichlet_partition(
+    labels: np.ndarray | torch.Tensor,
+    num_clients: int,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    min_samples: int = 1,
+) -> list[np.ndarray]:
+    """Label skew: each class is split over clients by proportions drawn from Dirichlet(alpha).
+
+    Smaller ``alpha`` concentrates each class on fewer clients (alpha -> inf approaches IID).
+    Draws leaving a client under ``min_samples`` are redrawn (up to 100 times); if that still
+    fails, the largest clients deterministically hand samples to the small ones.
+
+    Args:
+        labels: one integer label per sample.
+        num_clients: number of clients (> 0).
+        seed: seed of ``np.random.default_rng``.
+        alpha: Dirichlet concentration (> 0).
+        min_samples: smallest allowed client size (>= 1).
+
+    Returns:
+        One sorted ``int64`` index array per client.
+
+    Example:
+        >>> y = np.repeat(np.arange(10), 100)
+        >>> parts = dirichlet_partition(y, 5, seed=0, alpha=0.1)
+        >>> sum(len(p) for p in parts)
+        1000
+    """
+    y = _as_labels(labels)
+    _check_common(len(y), num_clients, min_samples)
+    _check_alpha(alpha)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y == k) for k in np.unique(y)]
+    parts: list[np.ndarray] = []
+    for _ in range(_MAX_DIRICHLET_TRIES):
+        buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for members in by_class:
+            shuffled = rng.permutation(members)
+            shares = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(shuffled)).astype(np.int64)
+            for cid, chunk in enumerate(np.split(shuffled, cuts)):
+                buckets[cid].append(chunk)
+        parts = [np.concatenate(b) if b else np.empty(0, np.int64) for b in buckets]
+        if min(len(p) for p in parts) >= min_samples:
+            return _finish(parts)
+    return _finish(_rebalance(parts, min_samples))
+
+
+def shard_partition(
+    labels: np.ndarray | torch.Tensor,
+    num_clients: int,
+    seed: int,
+    *,
+    shards_per_client: int = 2,
+    min_samples: int = 1,
+) -> list[np.ndarray]:
+    """Pathological non-IID (McMahan et al.): sort by label, cut into shards, deal shards out.
+
+    Indices are sorted by label (stable), cut into ``num_clients * shards_per_client`` shards of
+    near-equal size, and each client gets ``shards_per_client`` shards chosen at random. When
+    shards are label-pure a client sees at most ``shards_per_client`` labels.
+
+    Args:
+        labels: one integer label per sample.
+        num_clients: number of clients (> 0).
+        seed: seed of ``np.random.default_rng``.
+        shards_per_client: shards per client (> 0).
+        min_samples: smallest allowed client size (>= 1).
+
+    Returns:
+        One sorted ``int64`` index array per client.
+
+    Example:
+        >>> y = np.repeat(np.arange(10), 10)
+        >>> parts = shard_partition(y, 5, seed=0, shards_per_client=2)
+        >>> max(len(np.unique(y[p])) for p in parts) <= 2
+        True
+    """
+    y = _as_labels(labels)
+    _check_common(len(y), num_clients, min_samples)
+    if isinstance(shards_per_client, bool) or shards_per_client <= 0:
+        raise ValueError(f"shards_per_client must be > 0, got {shards_per_client}")
+    num_shards = num_clients * shards_per_client
+    if num_shards > len(y):
+        raise ValueError(
+            f"num_clients * shards_per_client = {num_shards} shards exceed the "
+            f"{len(y)} samples; lower num_clients or shards_per_client"
+        )
+    smallest_client = (len(y) // num_shards) * shards_per_client
+    if smallest_client < min_samples:
+        raise ValueError(
+            f"min_samples={min_samples} cannot be met: {num_shards} shards of {len(y)} samples "
+            f"give some clients only {smallest_client}"
+        )
+    rng = np.random.default_rng(seed)
+    shards = np.array_split(np.argsort(y, kind="stable"), num_shards)
+    owned = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
+    return _finish([np.concatenate([shards[s] for s in row]) for row in owned])
+
+
+def quantity_partition(
+    labels: np.ndarray | torch.Tensor,
+    num_clients: int,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    min_samples: int = 1,
+) -> list[np.ndarray]:
+    """Quantity skew: client sizes follow Dirichlet(alpha) proportions; labels stay IID.
+
+    Every client first gets ``min_samples``; the rest is shared by the Dirichlet proportions
+    (largest remainders get the leftover units), so no redraw is ever needed.
+
+    Args:
+        labels: one label per sample (only its length is used).
+        num_clients: number of clients (> 0).
+        seed: seed of ``np.random.default_rng``.
+        alpha: Dirichlet concentration (> 0); smaller means more unequal sizes.
+        min_samples: smallest allowed client size (>= 1).
+
+    Returns:
+        One sorted ``int64`` index array per client.
+
+    Example:
+        >>> parts = quantity_partition(np.zeros(100, dtype=int), 4, seed=0, alpha=0.5)
+        >>> sum(len(p) for p in parts), min(len(p) for p in parts) >= 1
+        (100, True)
+    """
+    y = _as_labels(labels)
+    _check_common(len(y), num_clients, min_samples)
+    _check_alpha(alpha)
+    rng = np.random.default_rng(seed)
+    shares = rng.dirichlet(np.full(num_clients, alpha))
+    spare = len(y) - num_clients * min_samples
+    exact = shares * spare
+    sizes = np.floor(exact).astype(np.int64)
+    # Largest-remainder rounding; argsort is stable so ties go to the lower client id.
+    leftover = spare - int(sizes.sum())
+    sizes[np.argsort(-(exact - sizes), kind="stable")[:leftover]] += 1
+    sizes += min_samples
+    perm = rng.permutation(len(y))
+    return _finish(np.split(perm, np.cumsum(sizes)[:-1]))
+
+
+def partition_indices(
+    labels: np.ndarray | torch.Tensor,
+    num_clients: int,
+    method: str,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    shards_per_client: int = 2,
+    min_samples: int = 1,
+) -> list[np.ndarray]:
+    """Partition sample indices among clients with one of ``PARTITIONERS``.
+
+    Args:
+        labels: one integer label per sample (numpy array or tensor).
+        num_clients: number of clients (> 0).
+        method: ``"iid"``, ``"dirichlet"``, ``"shards"`` or ``"quantity"``.
+        seed: seed of ``np.random.default_rng`` (the only randomness used).
+        alpha: Dirichlet concentration for ``"dirichlet"`` and ``"quantity"``.
+        shards_per_client: shards per client for ``"shards"``.
+        min_samples: smallest allowed client size.
+
+    Returns:
+        ``num_clients`` sorted, pairwise disjoint ``int64`` arrays covering
+        ``range(len(labels))``.
+
+    Example:
+        >>> y = np.arange(100) % 10
+        >>> parts = partition_indices(y, 4, "dirichlet", seed=0, alpha=0.5)
+        >>> sorted(np.concatenate(parts).tolist()) == list(range(100))
+        True
+    """
+    if method == "iid":
+        return iid_partition(labels, num_clients, seed, min_samples=min_samples)
+    if method == "dirichlet":
+        return dirichlet_partition(labels, num_clients, seed, alpha=alpha, min_samples=min_samples)
+    if method == "shards":
+        return shard_partition(
+            labels, num_clients, seed, shards_per_client=shards_per_client, min_samples=min_samples
+        )
+    if method == "quantity":
+        return quantity_partition(labels, num_clients, seed, alpha=alpha, min_samples=min_samples)
+    raise ValueError(f"unknown partition method {method!r}; allowed: {', '.join(PARTITIONERS)}")

@@ -1,0 +1,187 @@
+"""The `blazefl` command line. Heavy imports (torch) happen inside commands, so `--help`
+is instant.
+
+Exit codes: 0 ok; 1 verify/diff found a difference (or client work failed); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_OUT = "artifacts/default"
+
+
+def _user_errors(fn: F) -> F:
+    """Turn user mistakes into a one-line message and exit code 2 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted: no partial round was committed; run again to resume", err=True)
+            sys.exit(130)
+        except ValueError as exc:  # ConfigError, ArtifactError, DatasetNotFoundError, ...
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except RuntimeError as exc:
+            from blazefl.core import ClientTrainingError, WorkerCrashedError
+
+            if isinstance(exc, ClientTrainingError | WorkerCrashedError):
+                click.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+                sys.exit(1)
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config_options(fn: F) -> F:
+    fn = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                      help="Override a config key (dotted), repeatable.")(fn)
+    fn = click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT,
+                      show_default=True, help="Run directory.")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                      default="params.yaml", show_default=True, help="Config file.")(fn)
+    return fn
+
+
+def _runtime_options(fn: F) -> F:
+    fn = click.option("--ipc", type=click.Choice(["shared_memory", "storage"]), default=None,
+                      help="Process-pool IPC (default: runtime.ipc).")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=1), default=None,
+                      help="Worker threads/processes (default: runtime.workers).")(fn)
+    fn = click.option("--mode", type=click.Choice(["sequential", "threads", "processes"]),
+                      default=None, help="Execution mode (default: runtime.mode).")(fn)
+    return fn
+
+
+def _load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
+    from pipeline.config import load_config, parse_set
+
+    return load_config(config_path, parse_set(sets))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="blazefl")
+def main() -> None:
+    """BlazeFL: reproducible federated-learning simulation as a snapshot pipeline."""
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@_config_options
+@_runtime_options
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_user_errors
+def run(config: str | None, config_path: str, out: str, sets: tuple[str, ...], mode: str | None,
+        workers: int | None, ipc: str | None, quiet: bool) -> None:
+    """Run init and every round in one process; resume after the last complete round."""
+    from pipeline.runner import run_experiment
+    from pipeline.store import RunDir
+
+    cfg = _load(config or config_path, sets)
+    result = run_experiment(cfg, RunDir(out), mode, workers, ipc, quiet)
+    if not quiet:
+        s = result["summary"]
+        acc = s.get("test_accuracy")
+        click.echo(
+            f"done: {s['rounds']} rounds in {out}; final test accuracy "
+            f"{acc:.4f}" if acc is not None else f"done: {s['rounds']} rounds in {out}",
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["prepare", "partition", "init", "round", "evaluate",
+                                           "report"]))
+@click.option("--round", "round_", type=int, default=None, help="Round (round/evaluate).")
+@_config_options
+@_runtime_options
+@_user_errors
+def stage(name: str, round_: int | None, config_path: str, out: str, sets: tuple[str, ...],
+          mode: str | None, workers: int | None, ipc: str | None) -> None:
+    """Run one stage, as dvc.yaml calls it."""
+    import stages
+    from pipeline.store import RunDir
+
+    cfg = _load(config_path, sets)
+    run_dir = RunDir(out)
+    if name in ("round", "evaluate") and round_ is None:
+        raise click.UsageError(f"stage {name} needs --round N")
+    from pipeline.runner import check_run_config
+
+    if name in ("round", "evaluate", "report"):
+        check_run_config(cfg, run_dir)
+    if name == "round":
+        stages.round_stage(cfg, run_dir, round_, mode, workers, ipc)  # type: ignore[arg-type]
+    elif name == "evaluate":
+        stages.evaluate(cfg, run_dir, round_)  # type: ignore[arg-type]
+    else:
+        getattr(stages, name)(cfg, run_dir)
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@_config_options
+@click.option("--dvc-file", type=click.Path(dir_okay=False), default="dvc.yaml",
+              show_default=True, help="Where to write the pipeline.")
+@_user_errors
+def dvc(config: str | None, config_path: str, out: str, sets: tuple[str, ...],
+        dvc_file: str) -> None:
+    """Write dvc.yaml (one stage per round) and params.yaml for the config."""
+    from pipeline.dvcgen import write_dvc
+
+    path = config or config_path
+    cfg = _load(path, sets)
+    written = write_dvc(cfg, out=out, dvc_file=Path(dvc_file), params_file=Path(path))
+    click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--rounds", default=None, help="Rounds to check, e.g. 3,5-7 (default: all).")
+@_runtime_options
+@_user_errors
+def verify(run_dir: str, rounds: str | None, mode: str | None, workers: int | None,
+           ipc: str | None) -> None:
+    """Re-execute rounds from their recorded inputs and compare with the manifests."""
+    from pipeline.verify import verify_run
+
+    ok = verify_run(Path(run_dir), rounds, mode, workers, ipc, echo=click.echo)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@_user_errors
+def diff(run_a: str, run_b: str) -> None:
+    """First differing round of two runs: files, tensors, clients."""
+    from pipeline.verify import diff_runs
+
+    same = diff_runs(Path(run_a), Path(run_b), echo=click.echo)
+    sys.exit(0 if same else 1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_user_errors
+def show(run_dir: str) -> None:
+    """Rounds, hashes and metrics of a run at a glance."""
+    from pipeline.verify import show_run
+
+    show_run(Path(run_dir), echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

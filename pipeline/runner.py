@@ -1,0 +1,126 @@
+"""`blazefl run`: every stage in one process, pools kept warm, resuming after the last
+complete round."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from blazefl.core.memory import tune_malloc
+from pipeline.config import ConfigError, byte_config, config_sha256
+from pipeline.store import MANIFEST, RunDir
+
+__all__ = ["check_run_config", "run_experiment", "Progress"]
+
+
+class Progress:
+    """Per-round progress bar on stderr (clients done / total) and one summary line per round."""
+
+    def __init__(self, total_rounds: int, stream: TextIO | None = None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.total = total_rounds
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.round = 0
+
+    def client(self, done: int, total: int) -> None:
+        if self.quiet or not self.tty:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\rround {self.round}/{self.total} [{bar}] {done}/{total} clients")
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def check_run_config(config: dict[str, Any], run: RunDir) -> None:
+    """Refuse a run directory made with another config (before anything is written)."""
+    init = run.round_dir(0) / MANIFEST
+    if not init.exists():
+        return
+    recorded = run.read_json(init)
+    if recorded.get("config_sha256") == config_sha256(config):
+        return
+    old = recorded.get("config", {})
+    new = byte_config(config)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    detail = f" (differs in: {', '.join(changed)})" if changed else ""
+    raise ConfigError(
+        f"run directory {run.root} was made with another config{detail}: use a new --out "
+        "to start a new run, or restore the old config to resume"
+    )
+
+
+def run_experiment(
+    config: dict[str, Any],
+    run: RunDir,
+    mode: str | None = None,
+    workers: int | None = None,
+    ipc: str | None = None,
+    quiet: bool = False,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """Run prepare, partition, init and every missing round, then report.
+
+    Args:
+        config: validated flat config.
+        run: run directory (created if needed; resumed if it holds complete rounds).
+        mode / workers / ipc: execution mode overrides (never change bytes).
+        quiet: no progress output.
+        stream: where progress goes (default stderr).
+
+    Returns:
+        {"rounds_run": [...], "resumed_from": t or None, "summary": {...}}.
+    """
+    from stages import init, partition, prepare, report
+    from stages.common import Session
+    from stages.evaluate import evaluate
+
+    check_run_config(config, run)
+    tune_malloc()
+    run.clean_partials()
+    if not (run.dataset / MANIFEST).exists():
+        prepare(config, run)
+    if not (run.partitions / MANIFEST).exists():
+        partition(config, run)
+    if not (run.round_dir(0) / MANIFEST).exists():
+        init(config, run)
+    last = run.last_complete_round() or 0
+    total = config["fl.rounds"]
+    progress = Progress(total, stream, quiet)
+    if last > 0:
+        progress.line(f"resuming after round {last} in {run.root}")
+    for t in range(1, min(last, total) + 1):  # a crash may have left a round without metrics
+        if not run.metrics_path(t).exists():
+            evaluate(config, run, t)
+    rounds_run = []
+    if last < total:
+        with Session(config, run, mode, workers, ipc) as session:
+            session.load(last)
+            for t in range(last + 1, total + 1):
+                progress.round = t
+                start = time.perf_counter()
+                out = session.compute(t, on_client=progress.client)
+                session.commit(out)
+                m = out.metrics
+                progress.line(
+                    f"round {t:>3}/{total}  train_loss {m['train_loss']:.4f}  "
+                    f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  "
+                    f"{time.perf_counter() - start:.2f}s"
+                )
+                rounds_run.append(t)
+    summary_path = report(config, run)
+    return {
+        "rounds_run": rounds_run,
+        "resumed_from": last if last > 0 else None,
+        "summary": run.read_json(summary_path),
+    }

@@ -1,0 +1,60 @@
+"""init: round 0 = the initial global model and every RNG stream's starting state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from blazefl.core.serialization import model_state_dict
+from blazefl.reproducibility import create_rng_suite
+from pipeline.config import byte_config, config_sha256
+from pipeline.store import (
+    MANIFEST,
+    RunDir,
+    atomic_dir,
+    canonical_json,
+    environment,
+    safetensors_bytes,
+    sha256_bytes,
+)
+from stages.common import GLOBAL, RNG, build_from_stores, rng_tensors
+
+
+def init(config: dict[str, Any], run: RunDir) -> Path:
+    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server + every client's
+    stream derived from (seed, client id)) and the manifest that starts the chain.
+
+    Returns:
+        The round-0000 directory.
+    """
+    exp = build_from_stores(config, run)
+    server = exp.server()
+    clients = {
+        cid: create_rng_suite(exp.spec.seed, cid).state_tensors()
+        for cid in range(exp.spec.num_clients)
+    }
+    files = {
+        GLOBAL: safetensors_bytes(model_state_dict(server.model)),
+        RNG: safetensors_bytes(rng_tensors(server.rng, clients)),
+    }
+    manifest = {
+        "clients": [],
+        "config": byte_config(config),
+        "config_sha256": config_sha256(config),
+        "environment": environment(config["runtime.threads_per_client"]),
+        "inputs": {
+            "dataset/manifest.json": run.manifest_sha256(run.dataset / MANIFEST),
+            "partitions/manifest.json": run.manifest_sha256(run.partitions / MANIFEST),
+        },
+        "kind": "init",
+        "outputs": {name: sha256_bytes(data) for name, data in files.items()},
+        "parent": None,
+        "round": 0,
+        "summary": {},
+        "uplinks": {},
+    }
+    with atomic_dir(run.round_dir(0)) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / MANIFEST).write_bytes(canonical_json(manifest))
+    return run.round_dir(0)

@@ -1,0 +1,56 @@
+"""prepare: dataset -> zarr store (once per run). Later stages read the store, never the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import to_spec
+from pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
+
+DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` except the manifest, by relative posix path."""
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def prepare(config: dict[str, Any], run: RunDir) -> Path:
+    """Write the train and test sets of the config into `RUN/dataset` (zarr, uint8).
+
+    Args:
+        config: validated flat config.
+        run: the run directory.
+
+    Returns:
+        The dataset directory.
+    """
+    import zarr
+
+    from blazefl.experiment import build_data
+
+    train, test = build_data(to_spec(config))
+    with atomic_dir(run.dataset) as tmp:
+        group = zarr.open_group(str(tmp), mode="w")
+        for split, ds in (("train", train), ("test", test)):
+            images = ds.images.numpy()
+            chunk = (max(1, min(len(images), 4096)), *images.shape[1:])
+            group.create_array(f"{split}_images", data=images, chunks=chunk)
+            group.create_array(f"{split}_labels", data=ds.labels.numpy().astype(np.int64))
+        group.attrs.update(
+            {"mean": list(train.mean), "num_classes": train.num_classes, "std": list(train.std)}
+        )
+        manifest = {
+            "config": {k: config[k] for k in DATA_KEYS},
+            "files": tree_hashes(tmp),
+            "kind": "dataset",
+        }
+        (tmp / MANIFEST).write_bytes(canonical_json(manifest))
+    return run.dataset

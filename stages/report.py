@@ -1,0 +1,73 @@
+"""report: every round's metrics -> summary.json (a small metric for `dvc exp show`) and a
+PNG plot of loss and accuracy per round (needs the optional matplotlib)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.store import ArtifactError, RunDir, atomic_write, canonical_json
+
+
+def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:
+    """Metrics of rounds 1..rounds, in order; a missing file is an `ArtifactError`."""
+    return [run.read_json(run.metrics_path(t)) for t in range(1, rounds + 1)]
+
+
+def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
+    """Write `RUN/summary.json` and, if matplotlib is installed, `RUN/plots/metrics.png`.
+
+    Returns:
+        The summary file.
+    """
+    rounds = config["fl.rounds"]
+    if run.last_complete_round() is None or (run.last_complete_round() or 0) < rounds:
+        raise ArtifactError(
+            f"report needs rounds 1-{rounds} in {run.root}; run them first (blazefl run)"
+        )
+    metrics = collect_metrics(run, rounds)
+    final = metrics[-1] if metrics else {}
+    accs = [m["test_accuracy"] for m in metrics if m.get("test_accuracy") is not None]
+    summary = {
+        "best_test_accuracy": max(accs) if accs else None,
+        "rounds": rounds,
+        "test_accuracy": final.get("test_accuracy"),
+        "test_loss": final.get("test_loss"),
+        "train_loss": final.get("train_loss"),
+    }
+    atomic_write(run.summary_path, canonical_json(summary))
+    if plot and metrics:
+        write_plot(metrics, run.plot_path)
+    return run.summary_path
+
+
+def write_plot(metrics: list[dict[str, Any]], path: Path) -> bool:
+    """Plot loss and accuracy per round; returns False (with a message) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            "report: matplotlib is not installed, so no plot was written; "
+            "install it with: pip install 'blazefl[plot]'",
+            file=sys.stderr,
+        )
+        return False
+    rounds = [m["round"] for m in metrics]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(rounds, [m["train_loss"] for m in metrics], marker="o", label="train")
+    ax_loss.plot(rounds, [m["test_loss"] for m in metrics], marker="o", label="test")
+    ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(rounds, [m["test_accuracy"] for m in metrics], marker="o", color="C2")
+    ax_acc.set(xlabel="round", ylabel="accuracy", title="Test accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial"
+    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return True

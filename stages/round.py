@@ -1,0 +1,42 @@
+"""round: round t-1's artifacts -> round t's artifacts (+ its metrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.store import ArtifactError, RunDir
+from stages.common import Session
+
+
+def round_stage(
+    config: dict[str, Any],
+    run: RunDir,
+    t: int,
+    mode: str | None = None,
+    workers: int | None = None,
+    ipc: str | None = None,
+) -> Path:
+    """Compute round `t` from `RUN/round-(t-1)` and commit `RUN/round-t` and its metrics.
+
+    Args:
+        config: validated flat config.
+        run: run directory.
+        t: round number (>= 1); round t-1 must be complete.
+        mode / workers / ipc: execution mode (never changes bytes).
+
+    Returns:
+        The round directory.
+    """
+    if t < 1:
+        raise ArtifactError(f"--round must be >= 1 (round 0 is the init stage), got {t}")
+    last = run.last_complete_round()
+    if last is None or t > last + 1:
+        have = "no complete round" if last is None else f"last complete round is {last}"
+        raise ArtifactError(
+            f"cannot run round {t}: {have}; run round {0 if last is None else last + 1} first"
+        )
+    with Session(config, run, mode, workers, ipc) as session:
+        session.load(t - 1)
+        session.commit(session.compute(t))
+    return run.round_dir(t)
