@@ -46,22 +46,50 @@ def _user_errors(fn: F) -> F:
 
 
 def _config_options(fn: F) -> F:
-    fn = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                      help="Override a config key (dotted), repeatable.")(fn)
-    fn = click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT,
-                      show_default=True, help="Run directory.")(fn)
-    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                      default="params.yaml", show_default=True, help="Config file.")(fn)
+    fn = click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config key (dotted), repeatable.",
+    )(fn)
+    fn = click.option(
+        "--out",
+        type=click.Path(file_okay=False),
+        default=DEFAULT_OUT,
+        show_default=True,
+        help="Run directory.",
+    )(fn)
+    fn = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default="params.yaml",
+        show_default=True,
+        help="Config file.",
+    )(fn)
     return fn
 
 
 def _runtime_options(fn: F) -> F:
-    fn = click.option("--ipc", type=click.Choice(["shared_memory", "storage"]), default=None,
-                      help="Process-pool IPC (default: runtime.ipc).")(fn)
-    fn = click.option("--workers", type=click.IntRange(min=1), default=None,
-                      help="Worker threads/processes (default: runtime.workers).")(fn)
-    fn = click.option("--mode", type=click.Choice(["sequential", "threads", "processes"]),
-                      default=None, help="Execution mode (default: runtime.mode).")(fn)
+    fn = click.option(
+        "--ipc",
+        type=click.Choice(["shared_memory", "storage"]),
+        default=None,
+        help="Process-pool IPC (default: runtime.ipc).",
+    )(fn)
+    fn = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Worker threads/processes (default: runtime.workers).",
+    )(fn)
+    fn = click.option(
+        "--mode",
+        type=click.Choice(["sequential", "threads", "processes"]),
+        default=None,
+        help="Execution mode (default: runtime.mode).",
+    )(fn)
     return fn
 
 
@@ -83,8 +111,16 @@ def main() -> None:
 @_runtime_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_user_errors
-def run(config: str | None, config_path: str, out: str, sets: tuple[str, ...], mode: str | None,
-        workers: int | None, ipc: str | None, quiet: bool) -> None:
+def run(
+    config: str | None,
+    config_path: str,
+    out: str,
+    sets: tuple[str, ...],
+    mode: str | None,
+    workers: int | None,
+    ipc: str | None,
+    quiet: bool,
+) -> None:
     """Run init and every round in one process; resume after the last complete round."""
     from pipeline.runner import run_experiment
     from pipeline.store import RunDir
@@ -95,21 +131,31 @@ def run(config: str | None, config_path: str, out: str, sets: tuple[str, ...], m
         s = result["summary"]
         acc = s.get("test_accuracy")
         click.echo(
-            f"done: {s['rounds']} rounds in {out}; final test accuracy "
-            f"{acc:.4f}" if acc is not None else f"done: {s['rounds']} rounds in {out}",
+            f"done: {s['rounds']} rounds in {out}; final test accuracy {acc:.4f}"
+            if acc is not None
+            else f"done: {s['rounds']} rounds in {out}",
             err=True,
         )
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["prepare", "partition", "init", "round", "evaluate",
-                                           "report"]))
+@click.argument(
+    "name", type=click.Choice(["prepare", "partition", "init", "round", "evaluate", "report"])
+)
 @click.option("--round", "round_", type=int, default=None, help="Round (round/evaluate).")
 @_config_options
 @_runtime_options
 @_user_errors
-def stage(name: str, round_: int | None, config_path: str, out: str, sets: tuple[str, ...],
-          mode: str | None, workers: int | None, ipc: str | None) -> None:
+def stage(
+    name: str,
+    round_: int | None,
+    config_path: str,
+    out: str,
+    sets: tuple[str, ...],
+    mode: str | None,
+    workers: int | None,
+    ipc: str | None,
+) -> None:
     """Run one stage, as dvc.yaml calls it."""
     import stages
     from pipeline.store import RunDir
@@ -133,11 +179,17 @@ def stage(name: str, round_: int | None, config_path: str, out: str, sets: tuple
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @_config_options
-@click.option("--dvc-file", type=click.Path(dir_okay=False), default="dvc.yaml",
-              show_default=True, help="Where to write the pipeline.")
+@click.option(
+    "--dvc-file",
+    type=click.Path(dir_okay=False),
+    default="dvc.yaml",
+    show_default=True,
+    help="Where to write the pipeline.",
+)
 @_user_errors
-def dvc(config: str | None, config_path: str, out: str, sets: tuple[str, ...],
-        dvc_file: str) -> None:
+def dvc(
+    config: str | None, config_path: str, out: str, sets: tuple[str, ...], dvc_file: str
+) -> None:
     """Write dvc.yaml (one stage per round) and params.yaml for the config."""
     from pipeline.dvcgen import write_dvc
 
@@ -152,8 +204,9 @@ def dvc(config: str | None, config_path: str, out: str, sets: tuple[str, ...],
 @click.option("--rounds", default=None, help="Rounds to check, e.g. 3,5-7 (default: all).")
 @_runtime_options
 @_user_errors
-def verify(run_dir: str, rounds: str | None, mode: str | None, workers: int | None,
-           ipc: str | None) -> None:
+def verify(
+    run_dir: str, rounds: str | None, mode: str | None, workers: int | None, ipc: str | None
+) -> None:
     """Re-execute rounds from their recorded inputs and compare with the manifests."""
     from pipeline.verify import verify_run
 

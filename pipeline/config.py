@@ -74,8 +74,15 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 _POSITIVE = (
-    "data.size", "data.test_size", "data.clients", "data.shards_per_client", "fl.clients_per_round",
-    "train.local_epochs", "train.batch_size", "runtime.workers", "runtime.threads_per_client",
+    "data.size",
+    "data.test_size",
+    "data.clients",
+    "data.shards_per_client",
+    "fl.clients_per_round",
+    "train.local_epochs",
+    "train.batch_size",
+    "runtime.workers",
+    "runtime.threads_per_client",
 )
 
 
@@ -150,7 +157,9 @@ def _validate(flat: dict[str, Any]) -> dict[str, Any]:
         if merged[key] <= 0:
             raise ConfigError(f"config key {key} must be > 0, got {merged[key]}")
     if not 0 <= merged["model.dropout"] < 1:
-        raise ConfigError(f"config key model.dropout must be in [0, 1), got {merged['model.dropout']}")
+        raise ConfigError(
+            f"config key model.dropout must be in [0, 1), got {merged['model.dropout']}"
+        )
     if merged["train.lr"] <= 0:
         raise ConfigError(f"config key train.lr must be > 0, got {merged['train.lr']}")
     for key in ("train.momentum", "train.weight_decay"):

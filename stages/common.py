@@ -32,7 +32,6 @@ from pipeline.store import (
     atomic_write,
     canonical_json,
     environment,
-    read_safetensors,
     safetensors_bytes,
     sha256_bytes,
     sha256_file,
@@ -54,14 +53,18 @@ def _open_group(path: Any, what: str) -> Any:
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:  # zarr raises many types for a damaged store
-        raise ArtifactError(f"{what} store {path} is corrupt ({exc}): delete it and rerun") from None
+        raise ArtifactError(
+            f"{what} store {path} is corrupt ({exc}): delete it and rerun"
+        ) from None
 
 
 def _read_array(group: Any, name: str, where: Any) -> np.ndarray:
     try:
         return np.asarray(group[name][...])
     except Exception as exc:
-        raise ArtifactError(f"{where}/{name} is missing or corrupt ({exc}): delete and rerun") from None
+        raise ArtifactError(
+            f"{where}/{name} is missing or corrupt ({exc}): delete and rerun"
+        ) from None
 
 
 def load_labels(run: RunDir) -> np.ndarray:
@@ -106,11 +109,14 @@ def build_from_stores(config: dict[str, Any], run: RunDir) -> Experiment:
             f"{spec.num_clients}: rerun the partition stage or use a new --out"
         )
     c, h, _ = train.images.shape[1:]
-    return Experiment(spec, train, test, part, ModelSpec(spec.model, train.num_classes, c, h,
-                                                         spec.dropout))
+    return Experiment(
+        spec, train, test, part, ModelSpec(spec.model, train.num_classes, c, h, spec.dropout)
+    )
 
 
-def rng_tensors(server_rng: Any, client_states: dict[int, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def rng_tensors(
+    server_rng: Any, client_states: dict[int, dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """All RNG streams of a round as one flat dict (server.* and client-NNNNN.*)."""
     out = {f"server.{k}": v for k, v in server_rng.state_tensors().items()}
     for cid, state in client_states.items():

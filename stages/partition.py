@@ -11,7 +11,11 @@ from stages.common import load_labels
 from stages.prepare import tree_hashes
 
 PARTITION_KEYS = (
-    "seed", "data.clients", "data.partition", "data.alpha", "data.shards_per_client",
+    "seed",
+    "data.clients",
+    "data.partition",
+    "data.alpha",
+    "data.shards_per_client",
 )
 
 
