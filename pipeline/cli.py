@@ -29,7 +29,7 @@ def _user_errors(fn: F) -> F:
         except click.exceptions.Exit:
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted: no partial round was committed; run again to resume", err=True)
+            click.echo("interrupted: completed rounds are kept; run again to resume", err=True)
             sys.exit(130)
         except ValueError as exc:  # ConfigError, ArtifactError, DatasetNotFoundError, ...
             click.echo(f"error: {exc}", err=True)

@@ -188,6 +188,13 @@ class Session:
         d = self.run.round_dir(t)
         global_bytes = self._read(d / GLOBAL)
         rng_bytes = self._read(d / RNG)
+        recorded = manifest.get("outputs", {})
+        for name, data in ((GLOBAL, global_bytes), (RNG, rng_bytes)):
+            if recorded.get(name) != sha256_bytes(data):
+                raise ArtifactError(
+                    f"round-{t:04d}/{name} does not match the hash in its manifest (changed "
+                    f"after it was written): restore it, or delete {d} and run again"
+                )
         from safetensors.torch import load
 
         try:
@@ -204,10 +211,9 @@ class Session:
         pre = f"round-{t:04d}/"
         self.parent = {
             pre + MANIFEST: sha256_file(d / MANIFEST),
-            pre + GLOBAL: sha256_bytes(global_bytes),
-            pre + RNG: sha256_bytes(rng_bytes),
+            pre + GLOBAL: recorded[GLOBAL],
+            pre + RNG: recorded[RNG],
         }
-        del manifest
 
     def _read(self, path: Any) -> bytes:
         try:

@@ -22,3 +22,26 @@ __all__ = [
     "TrainHParams",
     "evaluate_model",
 ]
+
+# DS-FL (distillation-based semi-supervised FL)
+from blazefl.algorithms.dsfl import (  # noqa: E402
+    DSFLClientWorkload,
+    DSFLDownlinkPackage,
+    DSFLHParams,
+    DSFLServerHandler,
+    DSFLUplinkPackage,
+    DSFLWorker,
+    entropy_reduction_aggregation,
+    split_open_set,
+)
+
+__all__ += [
+    "DSFLClientWorkload",
+    "DSFLDownlinkPackage",
+    "DSFLHParams",
+    "DSFLServerHandler",
+    "DSFLUplinkPackage",
+    "DSFLWorker",
+    "entropy_reduction_aggregation",
+    "split_open_set",
+]

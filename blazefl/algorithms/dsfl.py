@@ -1,0 +1,484 @@
+"""DS-FL: distillation-based semi-supervised FL (Itahara et al., 2020).
+
+Clients never send weights. Each round the server names a slice of a shared unlabeled open set;
+every sampled client trains its own persistent local model (distill on last round's global soft
+labels, then SGD on its private data) and uploads its softmax outputs on that slice. The server
+averages them in ascending client-id order, sharpens the mean with Entropy Reduction
+Aggregation (ERA, a low-temperature softmax), distils its own global model on the result and
+broadcasts the ERA labels next round.
+
+State that outlives a round, and so must be snapshotted by a pipeline:
+
+- client: `{"model": flat float vector}` (`ClientTask.state`; the trainer keeps it in
+  `trainer.client_states[cid]`);
+- server: `server.state_tensors()` = `{"soft_labels": [n, C] float32, "indices": [n] int64}`
+  (the ERA labels and the open-set indices they belong to), plus the global model weights and
+  the server's RNG suite. The next round's open-set indices are not state: they are drawn from
+  the server generator when the round's downlink is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.fedavg import ModelSpec
+from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
+from blazefl.core.serialization import flatten_module_
+from blazefl.core.server import BaseServerHandler
+from blazefl.data import ImageDataset
+from blazefl.reproducibility import RNGSuite
+
+__all__ = [
+    "DSFLClientWorkload",
+    "DSFLDownlinkPackage",
+    "DSFLHParams",
+    "DSFLServerHandler",
+    "DSFLUplinkPackage",
+    "DSFLWorker",
+    "distill",
+    "entropy_reduction_aggregation",
+    "predict_soft_labels",
+    "split_open_set",
+]
+
+
+@dataclass
+class DSFLDownlinkPackage(DownlinkPackage):
+    """What the server broadcasts in a round.
+
+    Attributes:
+        soft_labels: ERA soft labels of the previous round, float32 `[n, C]` (n = 0 in round 1).
+        indices: int64 `[n]` open-set indices `soft_labels` belong to (sorted).
+        next_indices: int64 `[m]` open-set indices clients must label this round (sorted).
+    """
+
+    soft_labels: torch.Tensor
+    indices: torch.Tensor
+    next_indices: torch.Tensor
+
+
+@dataclass
+class DSFLUplinkPackage(UplinkPackage):
+    """A client's softmax outputs on `next_indices`, its sample count and mean private loss."""
+
+    cid: int
+    soft_labels: torch.Tensor
+    num_samples: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class DSFLHParams:
+    """DS-FL hyper-parameters (all change result bits).
+
+    Args:
+        public_size_per_round: open-set samples labelled by clients each round.
+        kd_epochs: distillation epochs (clients and server).
+        kd_batch_size: distillation (and soft-label inference) batch size.
+        kd_lr: distillation SGD learning rate (no momentum: the optimizer keeps no state).
+        era_temperature: ERA softmax temperature; lower sharpens more.
+    """
+
+    public_size_per_round: int = 100
+    kd_epochs: int = 1
+    kd_batch_size: int = 50
+    kd_lr: float = 0.1
+    era_temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("public_size_per_round", "kd_epochs", "kd_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("kd_lr", "era_temperature"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+
+
+# -- building blocks shared by client and server ----------------------------------------------
+
+
+def entropy_reduction_aggregation(mean_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """ERA: sharpen averaged soft labels with a temperature softmax, `softmax(mean / T)`.
+
+    Args:
+        mean_probs: `[n, C]` averaged client probabilities (any float dtype).
+        temperature: `T > 0`; `T < 1 / C` sharpens near-uniform rows too.
+
+    Returns:
+        `[n, C]` float32 probabilities (computed in float64, rounded once).
+
+    Example:
+        >>> era = entropy_reduction_aggregation(torch.tensor([[0.6, 0.3, 0.1]]), 0.1)
+        >>> era.argmax(1), bool(era[0, 0] > 0.6)
+        (tensor([0]), True)
+    """
+    return F.softmax(mean_probs.double() / temperature, dim=1).float()
+
+
+def distill(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: ImageDataset,
+    indices: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
+    """Train `model` towards soft `targets` on `data[indices]` with KL(targets || model).
+
+    Samples are shuffled per epoch by `generator` (one `randperm` per epoch).
+
+    Args:
+        model / optimizer: the student and its (stateless) optimizer.
+        data: the open set.
+        indices: int64 `[n]` positions in `data`.
+        targets: float32 `[n, C]` probabilities aligned with `indices`.
+        epochs / batch_size: the schedule.
+        generator: the caller's torch generator.
+
+    Returns:
+        Mean KL loss over all steps (0.0 when `indices` is empty).
+    """
+    n = int(indices.numel())
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs if n else 0):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            pick = order[start : start + batch_size]
+            x = data.normalize(data.images.index_select(0, indices[pick]))
+            log_probs = F.log_softmax(model(x), dim=1)
+            loss = F.kl_div(log_probs, targets[pick], reduction="batchmean")
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict_soft_labels(
+    model: nn.Module, data: ImageDataset, indices: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Softmax outputs of `model` (eval mode) on `data[indices]`, in fixed batches.
+
+    Returns:
+        float32 `[len(indices), num_classes]`.
+    """
+    was_training = model.training
+    model.eval()
+    parts = [
+        F.softmax(model(data.normalize(data.images.index_select(0, chunk))), dim=1)
+        for chunk in indices.split(batch_size)
+    ]
+    model.train(was_training)
+    if not parts:
+        return torch.empty((0, data.num_classes), dtype=torch.float32)
+    return torch.cat(parts).float()
+
+
+def split_open_set(data: ImageDataset, open_size: int) -> tuple[ImageDataset, ImageDataset]:
+    """Split a dataset into (private training part, open set = its last `open_size` samples).
+
+    Both parts own contiguous copies. The open set keeps its labels (for analysis only; DS-FL
+    never trains on them).
+
+    Example:
+        >>> train, open_set = split_open_set(synthetic_dataset(900, seed=0), 300)
+        >>> len(train), len(open_set)
+        (600, 300)
+    """
+    if not 0 < open_size < len(data):
+        raise ValueError(f"open_size must be in [1, {len(data) - 1}], got {open_size}")
+    cut = len(data) - open_size
+
+    def part(sl: slice) -> ImageDataset:
+        return ImageDataset(
+            data.images[sl].clone(), data.labels[sl].clone(), data.num_classes, data.mean, data.std
+        )
+
+    return part(slice(0, cut)), part(slice(cut, None))
+
+
+# -- client ----------------------------------------------------------------------------------
+
+
+class DSFLWorker:
+    """One worker's model, optimizers and buffers; runs any client from its stored state.
+
+    Nothing survives from one client to the next except allocations: the model's weights are
+    overwritten from the client's state, the local SGD state is cleared, and the distillation
+    optimizer (plain SGD) has no state.
+    """
+
+    def __init__(self, workload: DSFLClientWorkload) -> None:
+        self.workload = workload
+        # built from a throwaway generator: never touches the global RNG, weights overwritten
+        self.model = workload.model.build(torch.Generator())
+        self.flat = flatten_module_(self.model)
+        self.sgd = LocalSGD(self.model, workload.train, workload.hparams)
+        self.kd_optimizer = torch.optim.SGD(self.model.parameters(), lr=workload.dsfl.kd_lr)
+
+    def _initial_vector(self, rng: RNGSuite) -> torch.Tensor:
+        if self.workload.init_model is not None:
+            return self.workload.init_model
+        # first participation without a shared init: the client's own generator draws weights
+        return flatten_module_(self.workload.model.build(rng.torch))
+
+    def train(
+        self, task: ClientTask, payload: DSFLDownlinkPackage, rng: RNGSuite
+    ) -> tuple[DSFLUplinkPackage, dict[str, torch.Tensor]]:
+        """Distil on last round's labels, train on private data, label `next_indices`.
+
+        Returns:
+            The uplink and the client's new state `{"model": flat vector}`.
+        """
+        hp = self.workload.dsfl
+        start = self._initial_vector(rng) if task.state is None else task.state["model"]
+        if start.shape != self.flat.shape:
+            raise ValueError(
+                f"client {task.cid} model state has shape {tuple(start.shape)}, "
+                f"expected {tuple(self.flat.shape)}"
+            )
+        self.flat.copy_(start)
+        if hasattr(self.model, "generator"):
+            self.model.generator = rng.torch  # generator-driven dropout
+        open_set = self.workload.open_set
+        distill(
+            self.model,
+            self.kd_optimizer,
+            open_set,
+            payload.indices,
+            payload.soft_labels,
+            epochs=hp.kd_epochs,
+            batch_size=hp.kd_batch_size,
+            generator=rng.torch,
+        )
+        indices = self.workload.partition.client(task.cid)
+        loss = self.sgd.run(indices, rng.torch)
+        labels = predict_soft_labels(self.model, open_set, payload.next_indices, hp.kd_batch_size)
+        uplink = DSFLUplinkPackage(task.cid, labels, int(indices.numel()), loss)
+        return uplink, {"model": self.flat.clone()}
+
+
+@dataclass
+class DSFLClientWorkload:
+    """Picklable DS-FL client work: private data, open set, partition, model and hyper-parameters.
+
+    Args:
+        train: the labelled training set clients' partitions index into.
+        open_set: the shared unlabelled open set (its labels are never read).
+        partition: every client's private indices into `train`.
+        model: architecture.
+        hparams: private local training.
+        dsfl: distillation / ERA hyper-parameters.
+        init_model: flat float vector every client starts from on first participation
+            (typically the server's initial model); None draws it from the client's generator.
+
+    Example:
+        >>> workload = DSFLClientWorkload(train, open_set, partition, ModelSpec("cnn"),
+        ...                               init_model=flatten_module_(init_model).clone())
+        >>> trainer = make_trainer("threads", workload, seed=0, workers=2)
+    """
+
+    train: ImageDataset
+    open_set: ImageDataset
+    partition: ClientPartition
+    model: ModelSpec = field(default_factory=ModelSpec)
+    hparams: TrainHParams = field(default_factory=TrainHParams)
+    dsfl: DSFLHParams = field(default_factory=DSFLHParams)
+    init_model: torch.Tensor | None = None
+
+    def make_worker(self) -> DSFLWorker:
+        return DSFLWorker(self)
+
+    def share_memory(self) -> None:
+        for data in (self.train, self.open_set):
+            data.images.share_memory_()
+            data.labels.share_memory_()
+        self.partition.share_memory_()
+        if self.init_model is not None:
+            self.init_model.share_memory_()
+
+
+# -- server ----------------------------------------------------------------------------------
+
+
+class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage]):
+    """DS-FL server: averages client soft labels, applies ERA, distils the global model.
+
+    Randomness (all from `generator`, in this order per round): client sampling, the round's
+    open-set indices (drawn once, when the round's downlink is first built), the shuffling of
+    the server's distillation. Client soft labels are summed in float64 in ascending client-id
+    order; the mean is unweighted, as in the paper. Distillation runs in the calling thread, so
+    its bits depend on that thread's intra-op thread count; every trainer pins it when it starts
+    (a caller running `global_update` without a trainer must call `setup_reproducibility`).
+
+    Args:
+        model: the global model (distilled in place each round).
+        open_set: the shared open set (same one the clients use).
+        num_clients / clients_per_round / total_rounds / generator: see `BaseServerHandler`.
+        dsfl: DS-FL hyper-parameters (must equal the clients').
+        test_set: evaluation data (None disables evaluation).
+
+    Example:
+        >>> server = DSFLServerHandler(model, open_set=open_set, num_clients=6,
+        ...                            clients_per_round=3, total_rounds=3,
+        ...                            generator=suite.torch, test_set=test)
+        >>> run_round(server, trainer, 1).summary["test_accuracy"]
+        >>> snapshot = server.state_tensors()   # + model weights + server RNG state
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        open_set: ImageDataset,
+        num_clients: int,
+        clients_per_round: int,
+        total_rounds: int,
+        generator: torch.Generator,
+        dsfl: DSFLHParams | None = None,
+        test_set: ImageDataset | None = None,
+    ) -> None:
+        super().__init__(num_clients, clients_per_round, total_rounds, generator)
+        self.dsfl = dsfl if dsfl is not None else DSFLHParams()
+        if self.dsfl.public_size_per_round > len(open_set):
+            raise ValueError(
+                f"public_size_per_round ({self.dsfl.public_size_per_round}) exceeds the open "
+                f"set ({len(open_set)} samples)"
+            )
+        self.model = model
+        self.open_set = open_set
+        self.test_set = test_set
+        self.num_classes = open_set.num_classes
+        self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=self.dsfl.kd_lr)
+        self.soft_labels = torch.empty((0, self.num_classes), dtype=torch.float32)
+        self.soft_indices = torch.empty(0, dtype=torch.int64)
+        self.train_loss: float | None = None
+        self.distill_loss: float | None = None
+        self._next_indices: torch.Tensor | None = None
+        self._reset_buffer()
+
+    def _reset_buffer(self) -> None:
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._weight = 0
+        self._loss_sum = 0.0
+        self._last_cid = -1
+
+    # -- state for snapshots ------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The server state carried to the next round (besides model weights and RNG).
+
+        Returns:
+            `{"indices": int64 [n], "soft_labels": float32 [n, C]}`, fresh contiguous tensors
+            (n = 0 before the first round); ready for safetensors.
+        """
+        return {
+            "indices": self.soft_indices.clone().contiguous(),
+            "soft_labels": self.soft_labels.clone().contiguous(),
+        }
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore `state_tensors()` output (call between rounds, after loading the model).
+
+        Raises:
+            ValueError: missing keys, wrong dtype/shape, or indices outside the open set.
+        """
+        missing = sorted({"indices", "soft_labels"} - set(tensors))
+        if missing:
+            raise ValueError(f"DS-FL server state lacks keys {missing}")
+        indices, labels = tensors["indices"], tensors["soft_labels"]
+        n = indices.numel()
+        if indices.dtype != torch.int64 or indices.dim() != 1:
+            raise ValueError(
+                f"indices must be int64 [n], got {indices.dtype} {list(indices.shape)}"
+            )
+        if labels.dtype != torch.float32 or tuple(labels.shape) != (n, self.num_classes):
+            raise ValueError(
+                f"soft_labels must be float32 [{n}, {self.num_classes}], "
+                f"got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if n and (int(indices.min()) < 0 or int(indices.max()) >= len(self.open_set)):
+            raise ValueError(f"indices must lie in [0, {len(self.open_set)})")
+        self.soft_indices = indices.clone().contiguous()
+        self.soft_labels = labels.clone().contiguous()
+        self._next_indices = None
+        self._reset_buffer()
+
+    # -- the round ----------------------------------------------------------------------------
+    def downlink_package(self) -> DSFLDownlinkPackage:
+        """This round's package; the open-set indices are drawn on the first call per round."""
+        if self._next_indices is None:
+            perm = torch.randperm(len(self.open_set), generator=self.generator)
+            self._next_indices = perm[: self.dsfl.public_size_per_round].sort().values
+        # read in place by threads: global_update replaces these tensors, never mutates them
+        return DSFLDownlinkPackage(self.soft_labels, self.soft_indices, self._next_indices)
+
+    def load(self, payload: DSFLUplinkPackage) -> bool:
+        if self._next_indices is None:
+            raise RuntimeError("load called before downlink_package")
+        if payload.cid <= self._last_cid:
+            raise ValueError("uplinks must be loaded in ascending client-id order")
+        expected = (self._next_indices.numel(), self.num_classes)
+        if tuple(payload.soft_labels.shape) != expected:
+            raise ValueError(
+                f"client {payload.cid} sent soft labels of shape "
+                f"{tuple(payload.soft_labels.shape)}, expected {expected}"
+            )
+        self._last_cid = payload.cid
+        if self._sum is None:
+            self._sum = torch.zeros(expected, dtype=torch.float64)
+        self._sum.add_(payload.soft_labels)
+        self._count += 1
+        self._weight += payload.num_samples
+        self._loss_sum += payload.loss * payload.num_samples
+        return self._count >= self.clients_per_round
+
+    def global_update(self) -> None:
+        """Mean -> ERA -> distil the global model; the ERA labels go out next round."""
+        if self._sum is None or self._next_indices is None:
+            raise RuntimeError("global_update called before any uplink was loaded")
+        mean = self._sum / self._count
+        self.soft_labels = entropy_reduction_aggregation(mean, self.dsfl.era_temperature)
+        self.soft_indices = self._next_indices
+        if hasattr(self.model, "generator"):
+            self.model.generator = self.generator  # generator-driven dropout
+        self.distill_loss = distill(
+            self.model,
+            self.optimizer,
+            self.open_set,
+            self.soft_indices,
+            self.soft_labels,
+            epochs=self.dsfl.kd_epochs,
+            batch_size=self.dsfl.kd_batch_size,
+            generator=self.generator,
+        )
+        self.train_loss = self._loss_sum / max(self._weight, 1)
+        self.round += 1
+        self._next_indices = None
+        self._reset_buffer()
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"round": self.round}
+        if self.train_loss is not None:
+            out["train_loss"] = self.train_loss
+        if self.distill_loss is not None:
+            out["distill_loss"] = self.distill_loss
+        if self.test_set is not None:
+            metrics = evaluate_model(self.model, self.test_set)
+            out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
+        return out
