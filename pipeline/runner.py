@@ -81,19 +81,22 @@ def run_experiment(
     Returns:
         {"rounds_run": [...], "resumed_from": t or None, "summary": {...}}.
     """
-    from stages import init, partition, prepare, report
+    from stages import init, partition, report
     from stages.common import Session
     from stages.evaluate import evaluate
+    from stages.prepare import build_datasets, write_dataset_store
 
     check_run_config(config, run)
     tune_malloc()
     run.clean_partials()
+    data = None  # what prepare wrote, kept in memory instead of being read back
     if not (run.dataset / MANIFEST).exists():
-        prepare(config, run)
+        data = build_datasets(config)
+        write_dataset_store(config, run, *data)
     if not (run.partitions / MANIFEST).exists():
         partition(config, run)
     if not (run.round_dir(0) / MANIFEST).exists():
-        init(config, run)
+        init(config, run, data)
     last = run.last_complete_round() or 0
     total = config["fl.rounds"]
     progress = Progress(total, stream, quiet)
@@ -104,7 +107,7 @@ def run_experiment(
             evaluate(config, run, t)
     rounds_run = []
     if last < total:
-        with Session(config, run, mode, workers, ipc) as session:
+        with Session(config, run, mode, workers, ipc, data) as session:
             session.load(last)
             for t in range(last + 1, total + 1):
                 progress.round = t

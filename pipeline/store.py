@@ -8,7 +8,8 @@ Layout (DESIGN §3)::
     RUN/round-NNNN/         same, plus state/ for stateful algorithms     (round)
     RUN/metrics/round-NNNN.json                                           (evaluate)
     RUN/timings/round-NNNN.json   wall times: the only files allowed to vary
-    RUN/summary.json, RUN/plots/metrics.png                               (report)
+    RUN/summary.json, RUN/plots/metrics.json (all rounds' metrics as one list, for
+        `dvc plots`), RUN/plots/metrics.png                               (report)
 
 A directory is written as a hidden `.NAME.partial` sibling, fsync'ed, then renamed into place:
 it exists complete or not at all. A round counts as complete only with its manifest.json.
@@ -212,6 +213,12 @@ class RunDir:
     @property
     def plot_path(self) -> Path:
         return self.root / "plots" / "metrics.png"
+
+    @property
+    def plot_data_path(self) -> Path:
+        """Every round's metrics as one JSON list: what `dvc plots` draws (it cannot draw a
+        series from per-round files that each hold one JSON object)."""
+        return self.root / "plots" / "metrics.json"
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -98,10 +98,21 @@ def load_partition(run: RunDir) -> ClientPartition:
     return ClientPartition(torch.from_numpy(indices), torch.from_numpy(offsets))
 
 
-def build_from_stores(config: dict[str, Any], run: RunDir) -> Experiment:
-    """The experiment with data and partition read from the run's stores."""
+def build_from_stores(
+    config: dict[str, Any],
+    run: RunDir,
+    data: tuple[ImageDataset, ImageDataset] | None = None,
+) -> Experiment:
+    """The experiment with data and partition read from the run's stores.
+
+    Args:
+        config: validated flat config.
+        run: the run directory.
+        data: the (train, test) sets already in memory, equal to the store's (the runner
+            passes what `prepare` just wrote, instead of reading it back).
+    """
     spec = to_spec(config)
-    train, test = load_dataset_store(run)
+    train, test = data if data is not None else load_dataset_store(run)
     part = load_partition(run)
     if part.num_clients != spec.num_clients:
         raise ArtifactError(
@@ -112,6 +123,17 @@ def build_from_stores(config: dict[str, Any], run: RunDir) -> Experiment:
     return Experiment(
         spec, train, test, part, ModelSpec(spec.model, train.num_classes, c, h, spec.dropout)
     )
+
+
+def model_spec_from_store(config: dict[str, Any], run: RunDir) -> ModelSpec:
+    """The model spec from the dataset store's metadata, without reading any array."""
+    group = _open_group(run.dataset, "prepare")
+    try:
+        c, h, _ = group["train_images"].shape[1:]
+        num_classes = int(group.attrs["num_classes"])
+    except Exception as exc:
+        raise ArtifactError(f"{run.dataset} is corrupt ({exc}): delete it and rerun") from None
+    return ModelSpec(config["model.name"], num_classes, c, h, config["model.dropout"])
 
 
 def rng_tensors(
@@ -157,6 +179,7 @@ class Session:
         mode: str | None = None,
         workers: int | None = None,
         ipc: str | None = None,
+        data: tuple[ImageDataset, ImageDataset] | None = None,
     ) -> None:
         self.config = config
         self.run = run
@@ -164,7 +187,7 @@ class Session:
         self.workers = workers or config["runtime.workers"]
         self.ipc = ipc or config["runtime.ipc"]
         setup_reproducibility(config["runtime.threads_per_client"])
-        self.exp = build_from_stores(config, run)
+        self.exp = build_from_stores(config, run, data)
         self.server = self.exp.server()
         self.trainer = make_trainer(
             self.mode,  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.core.serialization import model_state_dict
+from blazefl.data import ImageDataset
 from blazefl.reproducibility import create_rng_suite
 from pipeline.config import byte_config, config_sha256
 from pipeline.store import (
@@ -20,14 +21,21 @@ from pipeline.store import (
 from stages.common import GLOBAL, RNG, build_from_stores, rng_tensors
 
 
-def init(config: dict[str, Any], run: RunDir) -> Path:
+def init(
+    config: dict[str, Any], run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
+) -> Path:
     """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server + every client's
     stream derived from (seed, client id)) and the manifest that starts the chain.
+
+    Args:
+        config: validated flat config.
+        run: the run directory (dataset and partitions must exist).
+        data: the in-memory (train, test) sets equal to the store's, if the caller has them.
 
     Returns:
         The round-0000 directory.
     """
-    exp = build_from_stores(config, run)
+    exp = build_from_stores(config, run, data)
     server = exp.server()
     clients = {
         cid: create_rng_suite(exp.spec.seed, cid).state_tensors()

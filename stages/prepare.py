@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from blazefl.data import ImageDataset
 from pipeline.config import to_spec
 from pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
 
@@ -32,17 +33,30 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
     Returns:
         The dataset directory.
     """
-    import zarr
+    write_dataset_store(config, run, *build_datasets(config))
+    return run.dataset
 
+
+def build_datasets(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test sets the config names (generated or read from data.root)."""
     from blazefl.experiment import build_data
 
-    train, test = build_data(to_spec(config))
+    return build_data(to_spec(config))
+
+
+def write_dataset_store(
+    config: dict[str, Any], run: RunDir, train: ImageDataset, test: ImageDataset
+) -> None:
+    """Commit `train` / `test` as the run's dataset store (atomically)."""
+    import zarr
+
     with atomic_dir(run.dataset) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         for split, ds in (("train", train), ("test", test)):
             images = ds.images.numpy()
             chunk = (max(1, min(len(images), 4096)), *images.shape[1:])
-            group.create_array(f"{split}_images", data=images, chunks=chunk)
+            # uncompressed: image noise does not compress, and reads stay a plain copy
+            group.create_array(f"{split}_images", data=images, chunks=chunk, compressors=None)
             group.create_array(f"{split}_labels", data=ds.labels.numpy().astype(np.int64))
         group.attrs.update(
             {"mean": list(train.mean), "num_classes": train.num_classes, "std": list(train.std)}
@@ -53,4 +67,3 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
             "kind": "dataset",
         }
         (tmp / MANIFEST).write_bytes(canonical_json(manifest))
-    return run.dataset

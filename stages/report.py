@@ -1,5 +1,6 @@
-"""report: every round's metrics -> summary.json (a small metric for `dvc exp show`) and a
-PNG plot of loss and accuracy per round (needs the optional matplotlib)."""
+"""report: every round's metrics -> summary.json (a small metric for `dvc exp show`),
+plots/metrics.json (all rounds as one list, the data of `dvc plots show`) and a PNG plot of
+loss and accuracy per round (needs the optional matplotlib)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:
 
 
 def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
-    """Write `RUN/summary.json` and, if matplotlib is installed, `RUN/plots/metrics.png`.
+    """Write `RUN/summary.json`, `RUN/plots/metrics.json` and, if matplotlib is installed,
+    `RUN/plots/metrics.png`.
 
     Returns:
         The summary file.
@@ -37,6 +39,7 @@ def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
         "train_loss": final.get("train_loss"),
     }
     atomic_write(run.summary_path, canonical_json(summary))
+    atomic_write(run.plot_data_path, canonical_json(metrics))
     if plot and metrics:
         write_plot(metrics, run.plot_path)
     return run.summary_path

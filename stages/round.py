@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import ArtifactError, RunDir
+from pipeline.store import MANIFEST, ArtifactError, RunDir
 from stages.common import Session
 
 
@@ -31,7 +31,7 @@ def round_stage(
     if t < 1:
         raise ArtifactError(f"--round must be >= 1 (round 0 is the init stage), got {t}")
     last = run.last_complete_round()
-    if last is None or t > last + 1:
+    if not (run.round_dir(t - 1) / MANIFEST).exists():  # only the parent round must exist
         have = "no complete round" if last is None else f"last complete round is {last}"
         raise ArtifactError(
             f"cannot run round {t}: {have}; run round {0 if last is None else last + 1} first"

@@ -129,7 +129,7 @@ class LocalSGD:
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, data: ImageDataset, batch_size: int = 1000
+    model: nn.Module, data: ImageDataset, batch_size: int = 256
 ) -> dict[str, float]:
     """Loss and accuracy of `model` on `data` (fixed batch order, float64 sums).
 

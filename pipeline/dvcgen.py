@@ -1,0 +1,201 @@
+"""`blazefl dvc`: write dvc.yaml (one explicit stage per round) and params.yaml for a config.
+
+The pipeline is a straight chain, one stage per step of the run directory (DESIGN §3)::
+
+    prepare -> partition -> round_000 (init) -> round_001 -> ... -> round_T -> report
+
+Why explicit stages: DVC templating (`foreach`) cannot make round t depend on round t-1, and
+one stage for all rounds would re-run every round when one is added. With a stage per round,
+`dvc repro -s -f round_007` re-runs one round and `git diff --exit-code dvc.lock` says whether
+it reproduced; extending `fl.rounds` only adds stages.
+
+Each stage lists as params only the keys its bytes depend on: `prepare` the dataset keys,
+`partition` the partition keys, init and rounds every byte-relevant key (their manifests
+record the whole byte config). The round count, execution mode, worker count and IPC
+(`NON_BYTE_KEYS`) are never listed, and the stage commands never pass them: the commands
+read them from the params file, so switching to processes or adding rounds makes nothing
+stale. No output is `persist`: DVC deletes a stage's outs before running it, which the
+stages expect. Per-round metrics, the summary and the plot data are `cache: false` (small,
+meant for git, `dvc exp show` and `dvc plots show`); `timings/` and the PNG are not outputs
+at all (timings vary; the PNG needs the optional matplotlib).
+
+Example:
+    >>> from pipeline.config import load_config
+    >>> write_dvc(load_config(None), out="artifacts/default", dvc_file=Path("dvc.yaml"),
+    ...           params_file=Path("params.yaml"))
+    [PosixPath('params.yaml'), PosixPath('dvc.yaml')]
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipeline.config import NON_BYTE_KEYS, dump_yaml
+
+__all__ = ["stage_name", "dvc_yaml", "write_dvc"]
+
+#: Metrics fields drawn by the top-level plot (one series each, x = round).
+PLOT_FIELDS = ("test_accuracy", "test_loss", "train_loss")
+
+
+def stage_name(t: int, rounds: int) -> str:
+    """DVC stage of round t: `round_000` is init; three digits, more when rounds >= 1000."""
+    return f"round_{t:0{max(3, len(str(rounds)))}d}"
+
+
+def _rel(path: str | os.PathLike[str], base: Path) -> str:
+    """`path` (relative to the working directory) as a posix path relative to `base`."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base))).as_posix()
+
+
+class _Flow(list):  # type: ignore[type-arg]
+    """A list dumped in YAML flow style (`[a, b]`): keeps long params lists on few lines."""
+
+
+def _dumper() -> Any:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def flow(dumper: yaml.SafeDumper, data: _Flow) -> Any:
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+    Dumper.add_representer(_Flow, flow)
+    return Dumper
+
+
+def _params(keys: list[str], params_rel: str) -> list[Any]:
+    """A stage's `params:` entry; names the file unless it is the default `params.yaml`."""
+    if params_rel == "params.yaml":
+        return _Flow(keys)
+    return [{params_rel: _Flow(keys)}]
+
+
+def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") -> str:
+    """The text of dvc.yaml.
+
+    Args:
+        config: validated flat config (`fl.rounds` sets the number of round stages).
+        out: the run directory, relative to dvc.yaml's directory (posix).
+        params: the params file, relative to dvc.yaml's directory (posix).
+        header: comment lines put first.
+
+    Returns:
+        Deterministic YAML text: the same arguments always give the same bytes.
+    """
+    import yaml
+
+    from stages.partition import PARTITION_KEYS
+    from stages.prepare import DATA_KEYS
+
+    rounds = config["fl.rounds"]
+    root = PurePosixPath(out)
+
+    def p(*parts: str) -> str:
+        return root.joinpath(*parts).as_posix()
+
+    def round_dir(t: int) -> str:
+        return p(f"round-{t:04d}")
+
+    def metrics(t: int) -> str:
+        return p("metrics", f"round-{t:04d}.json")
+
+    def cmd(*args: str) -> str:
+        return shlex.join(["blazefl", "stage", *args, "--config", params, "--out", out])
+
+    byte_keys = sorted(k for k in config if k not in NON_BYTE_KEYS)
+    stages: dict[str, Any] = {
+        "prepare": {
+            "cmd": cmd("prepare"),
+            "params": _params(sorted(DATA_KEYS), params),
+            "outs": [p("dataset")],
+        },
+        "partition": {
+            "cmd": cmd("partition"),
+            "deps": [p("dataset")],
+            "params": _params(sorted(PARTITION_KEYS), params),
+            "outs": [p("partitions")],
+        },
+        stage_name(0, rounds): {
+            "cmd": cmd("init"),
+            "deps": [p("dataset"), p("partitions")],
+            "params": _params(byte_keys, params),
+            "outs": [round_dir(0)],
+        },
+    }
+    for t in range(1, rounds + 1):
+        stages[stage_name(t, rounds)] = {
+            "cmd": cmd("round", "--round", str(t)),
+            "deps": [p("dataset"), p("partitions"), round_dir(t - 1)],
+            "params": _params(byte_keys, params),
+            "outs": [round_dir(t), {metrics(t): {"cache": False}}],
+        }
+    plot_data = p("plots", "metrics.json")
+    stages["report"] = {
+        "cmd": cmd("report"),
+        # report checks that rounds 0..T exist; with no rounds its only input is init.
+        "deps": [metrics(t) for t in range(1, rounds + 1)] or [round_dir(0)],
+        # A plain out, not a stage `plots:` entry: the top-level plot below draws it once.
+        "outs": [{plot_data: {"cache": False}}],
+        "metrics": [{p("summary.json"): {"cache": False}}],
+    }
+    # `dvc plots` draws series only from JSON lists: the per-round metrics files (one object
+    # each) give it nothing, so the plot reads report's list of all rounds.
+    plot = {"template": "linear", "x": "round", "y": {plot_data: _Flow(PLOT_FIELDS)}}
+    plots = [{"metrics": plot}]
+    doc: dict[str, Any] = {"stages": stages, "plots": plots}
+    body = yaml.dump(doc, Dumper=_dumper(), sort_keys=False, default_flow_style=False,
+                     width=72)
+    return header + body
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary sibling, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_dvc(
+    config: dict[str, Any],
+    out: str | os.PathLike[str],
+    dvc_file: Path,
+    params_file: Path,
+) -> list[Path]:
+    """Write `params_file` (the full config) and `dvc_file` (the pipeline) atomically.
+
+    Paths inside dvc.yaml are relative to its directory, which is where DVC runs the
+    commands; `out` and `params_file` are taken relative to the working directory.
+
+    Args:
+        config: validated flat config.
+        out: the run directory the stages write.
+        dvc_file: where dvc.yaml goes.
+        params_file: where params.yaml goes (read by DVC and by the stage commands).
+
+    Returns:
+        The files written: [params_file, dvc_file].
+    """
+    base = dvc_file.parent
+    out_rel = _rel(out, base)
+    params_rel = _rel(params_file, base)
+    # The regenerate hint is relative to this file's directory, so the bytes never depend on
+    # where `blazefl dvc` ran.
+    regen = ["blazefl", "dvc", "--config", params_rel, "--out", out_rel]
+    if dvc_file.name != "dvc.yaml":
+        regen += ["--dvc-file", dvc_file.name]
+    header = (
+        "# Generated by `blazefl dvc` from the params file: edit that file (or pass --set),\n"
+        f"# then regenerate, from this directory: {shlex.join(regen)}\n"
+    )
+    _write(params_file, dump_yaml(config))
+    _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header))
+    return [params_file, dvc_file]
