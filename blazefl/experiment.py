@@ -6,6 +6,7 @@ the library-only path: `simulate(spec, mode="threads", workers=2)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,7 +16,8 @@ import numpy as np
 from blazefl.algorithms.common import ClientPartition, TrainHParams
 from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler, ModelSpec
 from blazefl.core.loop import RoundResult, make_trainer, run_round
-from blazefl.data import ImageDataset, load_dataset, partition_indices
+from blazefl.data import DATASETS, PARTITIONERS, ImageDataset, load_dataset, partition_indices
+from blazefl.models import MODELS
 from blazefl.reproducibility import SERVER_STREAM_ID, RNGSuite, create_rng_suite
 
 __all__ = ["ExperimentSpec", "Experiment", "build_experiment", "simulate", "MODEL_INIT_STREAM_ID"]
@@ -54,6 +56,21 @@ class ExperimentSpec:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.num_clients <= 0:
             raise ValueError(f"number of clients must be >= 1, got {self.num_clients}")
+        # names and ranges are checked here, before any data is generated or loaded
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        if self.partition not in PARTITIONERS:
+            raise ValueError(
+                f"unknown partition method {self.partition!r}; allowed: {', '.join(PARTITIONERS)}"
+            )
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; allowed: {', '.join(MODELS)}")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
+        if self.data_size <= 0 or self.test_size <= 0:
+            raise ValueError(
+                f"data_size and test_size must be >= 1, got {self.data_size}, {self.test_size}"
+            )
         if self.rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
         if self.algorithm != "fedavg":
@@ -132,7 +149,8 @@ def build_experiment(spec: ExperimentSpec) -> Experiment:
     train, test = build_data(spec)
     if spec.num_clients > len(train):
         raise ValueError(
-            f"number of clients ({spec.num_clients}) exceeds training samples ({len(train)})"
+            f"number of clients ({spec.num_clients}) must be <= the number of training "
+            f"samples ({len(train)})"
         )
     partition = build_partition(spec, train.labels)
     c, h, _ = train.images.shape[1:]

@@ -55,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0005,
         "augment": True,
     },
+    "dsfl": {
+        "open_size": 2000,
+        "public_per_round": 500,
+        "kd_epochs": 2,
+        "kd_batch_size": 50,
+        "kd_lr": 0.1,
+        "era_temperature": 0.1,
+    },
     "runtime": {"mode": "threads", "workers": 2, "ipc": "shared_memory", "threads_per_client": 1},
 }
 
@@ -68,7 +76,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("synthetic", "cifar10", "mnist", "fashion_mnist"),
     "data.partition": ("iid", "dirichlet", "shards", "quantity"),
     "model.name": ("cnn", "resnet18"),
-    "fl.algorithm": ("fedavg",),
+    "fl.algorithm": ("fedavg", "dsfl"),
     "runtime.mode": ("sequential", "threads", "processes"),
     "runtime.ipc": ("shared_memory", "storage"),
 }
@@ -83,6 +91,10 @@ _POSITIVE = (
     "train.batch_size",
     "runtime.workers",
     "runtime.threads_per_client",
+    "dsfl.open_size",
+    "dsfl.public_per_round",
+    "dsfl.kd_epochs",
+    "dsfl.kd_batch_size",
 )
 
 
@@ -160,6 +172,21 @@ def _validate(flat: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"config key model.dropout must be in [0, 1), got {merged['model.dropout']}"
         )
+    for key in ("dsfl.kd_lr", "dsfl.era_temperature"):
+        if merged[key] <= 0:
+            raise ConfigError(f"config key {key} must be > 0, got {merged[key]}")
+    if merged["fl.algorithm"] == "dsfl":
+        private = merged["data.size"] - merged["dsfl.open_size"]
+        if private < merged["data.clients"]:
+            raise ConfigError(
+                f"dsfl.open_size ({merged['dsfl.open_size']}) leaves {private} private samples "
+                f"for {merged['data.clients']} clients: lower dsfl.open_size or raise data.size"
+            )
+        if merged["dsfl.public_per_round"] > merged["dsfl.open_size"]:
+            raise ConfigError(
+                f"dsfl.public_per_round ({merged['dsfl.public_per_round']}) must be <= "
+                f"dsfl.open_size ({merged['dsfl.open_size']})"
+            )
     if merged["train.lr"] <= 0:
         raise ConfigError(f"config key train.lr must be > 0, got {merged['train.lr']}")
     for key in ("train.momentum", "train.weight_decay"):

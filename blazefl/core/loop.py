@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from blazefl.core.process_pool import ProcessPoolClientTrainer
+from blazefl.core.process_pool import IPC_MODES, ProcessPoolClientTrainer
 from blazefl.core.protocols import ClientWorkload, ServerHandler
 from blazefl.core.trainers import BaseClientTrainer, ThreadPoolClientTrainer
 
@@ -84,8 +84,12 @@ def make_trainer(
     Returns:
         A trainer; use it as a context manager so pools are released.
     """
+    if mode not in EXECUTION_MODES:
+        raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")
     if workers <= 0:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if ipc not in IPC_MODES:  # checked in every mode: a typo must not pass silently
+        raise ValueError(f"ipc must be one of {', '.join(IPC_MODES)}, got {ipc!r}")
     if mode == "sequential":
         return BaseClientTrainer(workload, seed=seed, threads_per_client=threads_per_client)
     if mode == "threads":

@@ -21,12 +21,13 @@ import multiprocessing.connection as mpc
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -52,17 +53,19 @@ IpcMode = Literal["shared_memory", "storage"]
 
 
 class WorkerCrashedError(RuntimeError):
-    """A worker process died; `cid` names the client it was training."""
+    """A worker process died; `cid` names the client it was training (None: between rounds)."""
 
-    def __init__(self, cid: int, round: int, pid: int | None, exitcode: int | None) -> None:
-        how = (
-            f"signal {signal.Signals(-exitcode).name}"
-            if exitcode is not None and exitcode < 0
-            else f"exit code {exitcode}"
-        )
+    def __init__(self, cid: int | None, round: int, pid: int | None, exitcode: int | None) -> None:
+        if exitcode is not None and exitcode < 0:
+            try:
+                how = f"signal {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"signal {-exitcode}"
+        else:
+            how = f"exit code {exitcode}"
+        doing = f"while training client {cid}" if cid is not None else "between rounds, before"
         super().__init__(
-            f"worker process {pid} died ({how}) while training client {cid} in round {round}; "
-            "the pool was shut down"
+            f"worker process {pid} died ({how}) {doing} in round {round}; the pool was shut down"
         )
         self.cid = cid
         self.round = round
@@ -106,6 +109,19 @@ def _map_file(path: str, nbytes: int) -> torch.Tensor:
     return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(nbytes,)))
 
 
+def _exit_now() -> NoReturn:
+    """Leave the worker without interpreter finalization.
+
+    Tearing down an interpreter that imported torch takes a second or more of CPU, paid by
+    every worker on every `close()`. A worker owns nothing that needs finalizing (results go
+    through the pipe, files are closed), so flush the standard streams and exit.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _worker_main(
     conn: mpc.Connection, workload: ClientWorkload[Any, Any], threads: int, ipc_mode: str
 ) -> None:
@@ -122,9 +138,9 @@ def _worker_main(
         try:
             msg = conn.recv()
         except (EOFError, OSError):  # parent went away
-            return
+            _exit_now()
         if msg[0] == "stop":
-            return
+            _exit_now()
         if msg[0] == "arenas":
             down_arena, up_arena = msg[1], msg[2]
             continue
@@ -163,17 +179,10 @@ def _worker_main(
                     result.sha256,
                 )
             )
-        except ClientTrainingError as exc:
-            conn.send(("error", task.cid, str(exc), traceback.format_exc()))
+        except ClientTrainingError as exc:  # the main process re-raises it, naming the client
+            conn.send(("error", task.cid, exc.detail, traceback.format_exc()))
         except Exception as exc:
-            conn.send(
-                (
-                    "error",
-                    task.cid,
-                    f"client {task.cid}: {type(exc).__name__}: {exc}",
-                    traceback.format_exc(),
-                )
-            )
+            conn.send(("error", task.cid, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
 class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
@@ -231,6 +240,10 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self._slot_nbytes = 0
         self._version = 0
         self._storage: Path | None = None
+        # Identity of the round whose iterator is in flight. A round abandoned mid-way (Ctrl-C,
+        # an exception in the consumer, `break`) leaves results in the pipes and workers busy;
+        # the next round, or close(), must not mistake them for its own.
+        self._round_token: object | None = None
 
     # -- pool lifecycle ----------------------------------------------------------------
     def _start(self) -> None:
@@ -264,7 +277,16 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         return [p.pid for p in self._procs if p.pid is not None]
 
     def close(self) -> None:
-        """Stop the workers (terminate any that hang) and release shared arenas and files."""
+        """Stop the workers (terminate any that hang) and release shared arenas and files.
+
+        If a round was left unfinished (its iterator abandoned), the workers are killed at once
+        instead of being waited for: their results would be thrown away anyway.
+        """
+        if self._round_token is not None:
+            self._round_token = None
+            for proc in self._procs:
+                if proc.is_alive():
+                    proc.kill()
         for conn in self._conns:
             with contextlib.suppress(OSError, ValueError):  # worker already gone
                 conn.send(("stop",))
@@ -287,13 +309,20 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
 
     def _abort(self) -> None:
         """Kill the pool at once (crash, Ctrl-C): no waiting for clients to finish."""
+        self._round_token = None
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()
         self.close()
 
+    def _crashed(self, w: int, task: ClientTask | None, round: int) -> WorkerCrashedError:
+        proc = self._procs[w]
+        proc.join(timeout=5)
+        cid = None if task is None else task.cid
+        return WorkerCrashedError(cid, round, proc.pid, proc.exitcode)
+
     # -- per-round IPC -------------------------------------------------------------------
-    def _publish_downlink(self, payload: DownlinkT) -> _DownlinkRef:
+    def _publish_downlink(self, payload: DownlinkT, round: int) -> _DownlinkRef:
         layout = package_layout(payload)
         self._version += 1
         if self.ipc_mode == "storage":
@@ -313,15 +342,20 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             self._up_arena = torch.empty(
                 (self._window, want_slot), dtype=torch.uint8
             ).share_memory_()
-            for conn in self._conns:
-                conn.send(("arenas", self._down_arena, self._up_arena))
+            for w, conn in enumerate(self._conns):
+                try:
+                    conn.send(("arenas", self._down_arena, self._up_arena))
+                except OSError:  # the worker died while idle
+                    raise self._crashed(w, None, round) from None
         assert self._down_arena is not None
         layout.write(payload, self._down_arena)
         return _DownlinkRef(self._version, layout, None)
 
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
+        if self._round_token is not None:  # previous round abandoned: its workers are not idle
+            self._abort()
         self._start()
-        ref = self._publish_downlink(payload)
+        token = self._round_token = object()
         idle = list(range(self.num_workers))
         free_slots = list(range(self._window))
         inflight: dict[int, tuple[int, ClientTask, Any]] = {}  # worker -> (index, task, slot)
@@ -329,6 +363,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         submitted = yielded = 0
         ok = False
         try:
+            ref = self._publish_downlink(payload, tasks[0].round if tasks else 0)
             while yielded < len(tasks):
                 while idle and free_slots and submitted < len(tasks):
                     w, slot_id = idle.pop(), free_slots.pop()
@@ -343,7 +378,10 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                         _tensors_to_wire(task.rng),
                         _tensors_to_wire(task.state),
                     )
-                    self._conns[w].send(("task", wire, ref, slot))
+                    try:
+                        self._conns[w].send(("task", wire, ref, slot))
+                    except OSError:  # the worker died while idle
+                        raise self._crashed(w, task, task.round) from None
                     inflight[w] = (submitted, task, (slot_id, slot))
                     submitted += 1
                 if yielded in done:
@@ -356,8 +394,10 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 self._wait(inflight, idle, done)
             ok = True
         finally:
-            if not ok:
-                self._abort()
+            if self._round_token is token:  # else close() or a newer round already took over
+                self._round_token = None
+                if not ok:
+                    self._abort()
 
     def _wait(self, inflight: dict[int, Any], idle: list[int], done: dict[int, Any]) -> None:
         busy = list(inflight)
@@ -370,8 +410,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                proc.join(timeout=5)
-                raise WorkerCrashedError(task.cid, task.round, proc.pid, proc.exitcode) from None
+                raise self._crashed(w, task, task.round) from None
             if msg[0] == "error":
                 error = ClientTrainingError(task.cid, task.round, msg[2])
                 error.add_note(f"worker traceback:\n{msg[3]}")

@@ -30,13 +30,20 @@ def flatten_module_(module: nn.Module) -> torch.Tensor:
         >>> flat = flatten_module_(model); flat.copy_(global_vector)
     """
     entries: list[tuple[nn.Module, str, bool, torch.Tensor]] = []
-    for mod_name, mod in module.named_modules():
-        del mod_name
+    shared_buffers: list[tuple[nn.Module, str, torch.Tensor]] = []
+    seen: set[int] = set()  # tied parameters/buffers get one slot, not one per owner
+    for mod in module.modules():
         for name, p in mod._parameters.items():
-            if p is not None and p.is_floating_point():
+            if p is not None and p.is_floating_point() and id(p) not in seen:
+                seen.add(id(p))
                 entries.append((mod, name, True, p))
         for name, b in mod._buffers.items():
-            if b is not None and b.is_floating_point():
+            if b is None or not b.is_floating_point():
+                continue
+            if id(b) in seen:
+                shared_buffers.append((mod, name, b))
+            else:
+                seen.add(id(b))
                 entries.append((mod, name, False, b))
     dtypes = {t.dtype for *_, t in entries}
     if len(dtypes) > 1:
@@ -44,14 +51,18 @@ def flatten_module_(module: nn.Module) -> torch.Tensor:
     total = sum(t.numel() for *_, t in entries)
     flat = torch.empty(total, dtype=next(iter(dtypes)) if dtypes else torch.float32)
     offset = 0
+    views: dict[int, torch.Tensor] = {}
     for mod, name, is_param, t in entries:
         view = flat[offset : offset + t.numel()].view_as(t)
         view.copy_(t.detach())
         if is_param:
-            t.data = view
+            t.data = view  # the Parameter object stays (tied owners share it)
         else:
             mod._buffers[name] = view
+            views[id(t)] = view
         offset += t.numel()
+    for mod, name, b in shared_buffers:  # a buffer registered in two modules: one view
+        mod._buffers[name] = views[id(b)]
     return flat
 
 

@@ -37,12 +37,13 @@ PERTURB_ENV = "BLAZEFL_TEST_PERTURB_UPLINK"
 
 
 class ClientTrainingError(RuntimeError):
-    """Client work failed; `cid` names the client and `round` the round."""
+    """Client work failed; `cid` names the client, `round` the round, `detail` the cause."""
 
     def __init__(self, cid: int, round: int, message: str) -> None:
         super().__init__(f"client {cid} failed in round {round}: {message}")
         self.cid = cid
         self.round = round
+        self.detail = message
 
 
 def _perturb_if_requested(task: ClientTask, uplink: Any) -> None:
