@@ -1,0 +1,4 @@
+"""Performance benchmark of blazefl against a plain-PyTorch compute floor (not part of the tests).
+
+Run ``python -m benchmarks.run --help``; see benchmarks/README.md.
+"""
