@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazefl.core.optim import FlatSGD
 from blazefl.data import ImageDataset, random_crop, random_horizontal_flip
 
 __all__ = ["ClientPartition", "TrainHParams", "LocalSGD", "evaluate_model"]
@@ -82,18 +83,19 @@ class LocalSGD:
     state is cleared and the model weights are overwritten by the caller.
 
     Args:
-        model: the worker's model (its float state already flattened by the caller).
+        model: the worker's model.
+        flat: its float state, flattened by the caller with `flatten_module_`.
         data: the training set (uint8 images in memory).
         hp: hyper-parameters.
     """
 
-    def __init__(self, model: nn.Module, data: ImageDataset, hp: TrainHParams) -> None:
+    def __init__(
+        self, model: nn.Module, flat: torch.Tensor, data: ImageDataset, hp: TrainHParams
+    ) -> None:
         self.model = model
         self.data = data
         self.hp = hp
-        self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
+        self.optimizer = FlatSGD(model, flat, hp.lr, hp.momentum, hp.weight_decay)
         shape = (hp.batch_size, *data.images.shape[1:])
         self._u8 = torch.empty(shape, dtype=torch.uint8)
         self._x = torch.empty(shape, dtype=torch.float32)
@@ -104,7 +106,7 @@ class LocalSGD:
         Returns:
             Mean training loss over all steps.
         """
-        self.optimizer.state.clear()  # every client starts from fresh momentum
+        self.optimizer.reset()  # every client starts from fresh momentum
         self.model.train()
         n = int(indices.numel())
         total, steps = 0.0, 0
@@ -119,7 +121,7 @@ class LocalSGD:
                 x = self.data.normalize(u8, out=self._x[:b])
                 y = self.data.labels[batch]
                 loss = F.cross_entropy(self.model(x), y)
-                self.optimizer.zero_grad(set_to_none=False)
+                self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
                 total += float(loss.detach())
@@ -128,9 +130,7 @@ class LocalSGD:
 
 
 @torch.no_grad()
-def evaluate_model(
-    model: nn.Module, data: ImageDataset, batch_size: int = 256
-) -> dict[str, float]:
+def evaluate_model(model: nn.Module, data: ImageDataset, batch_size: int = 256) -> dict[str, float]:
     """Loss and accuracy of `model` on `data` (fixed batch order, float64 sums).
 
     Returns:

@@ -29,6 +29,7 @@ from torch import nn
 
 from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
 from blazefl.algorithms.fedavg import ModelSpec
+from blazefl.core.optim import FlatSGD
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
 from blazefl.core.server import BaseServerHandler
@@ -125,7 +126,7 @@ def entropy_reduction_aggregation(mean_probs: torch.Tensor, temperature: float) 
 
 def distill(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: FlatSGD,
     data: ImageDataset,
     indices: torch.Tensor,
     targets: torch.Tensor,
@@ -227,8 +228,10 @@ class DSFLWorker:
         # built from a throwaway generator: never touches the global RNG, weights overwritten
         self.model = workload.model.build(torch.Generator())
         self.flat = flatten_module_(self.model)
-        self.sgd = LocalSGD(self.model, workload.train, workload.hparams)
-        self.kd_optimizer = torch.optim.SGD(self.model.parameters(), lr=workload.dsfl.kd_lr)
+        self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
+        self.kd_optimizer = FlatSGD(
+            self.model, self.flat, workload.dsfl.kd_lr, grad=self.sgd.optimizer.grad
+        )
 
     def _initial_vector(self, rng: RNGSuite) -> torch.Tensor:
         if self.workload.init_model is not None:
@@ -364,7 +367,8 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
         self.test_set = test_set
         self.num_classes = open_set.num_classes
         self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=self.dsfl.kd_lr)
+        self.flat = flatten_module_(model)
+        self.optimizer = FlatSGD(model, self.flat, self.dsfl.kd_lr)
         self.soft_labels = torch.empty((0, self.num_classes), dtype=torch.float32)
         self.soft_indices = torch.empty(0, dtype=torch.int64)
         self.train_loss: float | None = None

@@ -72,7 +72,7 @@ class FedAvgWorker:
         self.workload = workload
         self.model = workload.model.build()
         self.flat = flatten_module_(self.model)
-        self.sgd = LocalSGD(self.model, workload.train, workload.hparams)
+        self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
 
     def train(
         self, task: ClientTask, payload: FedAvgDownlinkPackage, rng: RNGSuite

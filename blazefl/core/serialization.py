@@ -45,6 +45,9 @@ def flatten_module_(module: nn.Module) -> torch.Tensor:
             else:
                 seen.add(id(b))
                 entries.append((mod, name, False, b))
+    # parameters first, then buffers: the parameters then form one prefix `flat[:n]` that a
+    # flat optimizer (`FlatSGD`) updates with a single fused op per step
+    entries.sort(key=lambda e: not e[2])
     dtypes = {t.dtype for *_, t in entries}
     if len(dtypes) > 1:
         raise TypeError(f"flatten_module_ needs one float dtype, found {sorted(map(str, dtypes))}")
