@@ -9,13 +9,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
+from torch import nn
 
 from blazefl.algorithms.common import ClientPartition, TrainHParams
+from blazefl.algorithms.dsfl import (
+    DSFLClientWorkload,
+    DSFLHParams,
+    DSFLServerHandler,
+    split_open_set,
+)
 from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler, ModelSpec
 from blazefl.core.loop import RoundResult, make_trainer, run_round
+from blazefl.core.serialization import flatten_module_
 from blazefl.data import DATASETS, PARTITIONERS, ImageDataset, load_dataset, partition_indices
 from blazefl.models import MODELS
 from blazefl.reproducibility import SERVER_STREAM_ID, RNGSuite, create_rng_suite
@@ -24,6 +33,8 @@ __all__ = ["ExperimentSpec", "Experiment", "build_experiment", "simulate", "MODE
 
 #: RNG stream of the initial global model's weights (distinct from server and clients).
 MODEL_INIT_STREAM_ID = SERVER_STREAM_ID + 1
+
+ALGORITHMS = ("fedavg", "dsfl")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class ExperimentSpec:
     clients_per_round: int | None = None  # None: every client every round
     hparams: TrainHParams = field(default_factory=TrainHParams)
     threads_per_client: int = 1
+    open_size: int = 2000  # dsfl: last samples of the train set, the shared unlabeled open set
+    dsfl: DSFLHParams = field(default_factory=DSFLHParams)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -73,8 +86,15 @@ class ExperimentSpec:
             )
         if self.rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if self.algorithm != "fedavg":
-            raise ValueError(f"algorithm must be one of fedavg, got {self.algorithm!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}"
+            )
+        if self.algorithm == "dsfl" and not 0 < self.open_size < self.data_size:
+            raise ValueError(
+                f"open_size must be between 1 and data_size - 1 ({self.data_size - 1}), "
+                f"got {self.open_size}"
+            )
         k = self.clients_per_round
         if k is not None and not 1 <= k <= self.num_clients:
             raise ValueError(f"clients_per_round must be between 1 and {self.num_clients}, got {k}")
@@ -84,7 +104,11 @@ class ExperimentSpec:
 
 @dataclass
 class Experiment:
-    """The built pieces of an experiment."""
+    """The built pieces of an experiment.
+
+    `train` is the whole training set; for DS-FL its last `spec.open_size` samples are the
+    shared unlabeled open set and only the rest is partitioned among clients.
+    """
 
     spec: ExperimentSpec
     train: ImageDataset
@@ -92,10 +116,44 @@ class Experiment:
     partition: ClientPartition
     model_spec: ModelSpec
 
-    def workload(self) -> FedAvgClientWorkload:
+    @cached_property
+    def _split(self) -> tuple[ImageDataset, ImageDataset | None]:
+        if self.spec.algorithm != "dsfl":
+            return self.train, None
+        return split_open_set(self.train, self.spec.open_size)
+
+    @property
+    def private_train(self) -> ImageDataset:
+        """The samples the clients' partitions index into."""
+        return self._split[0]
+
+    @property
+    def open_set(self) -> ImageDataset | None:
+        """DS-FL's shared unlabeled set (None for FedAvg)."""
+        return self._split[1]
+
+    def initial_model(self) -> nn.Module:
+        """The round-0 global model, drawn from its own RNG stream."""
+        return self.model_spec.build(create_rng_suite(self.spec.seed, MODEL_INIT_STREAM_ID).torch)
+
+    def workload(self) -> FedAvgClientWorkload | DSFLClientWorkload:
+        """The picklable client work of the spec's algorithm."""
+        if self.spec.algorithm == "dsfl":
+            assert self.open_set is not None
+            return DSFLClientWorkload(
+                self.private_train,
+                self.open_set,
+                self.partition,
+                self.model_spec,
+                self.spec.hparams,
+                self.spec.dsfl,
+                init_model=flatten_module_(self.initial_model()),
+            )
         return FedAvgClientWorkload(self.train, self.partition, self.model_spec, self.spec.hparams)
 
-    def server(self, rng: RNGSuite | None = None, round: int = 0) -> FedAvgServerHandler:
+    def server(
+        self, rng: RNGSuite | None = None, round: int = 0
+    ) -> FedAvgServerHandler | DSFLServerHandler:
         """A server with the initial global model.
 
         Args:
@@ -104,15 +162,21 @@ class Experiment:
             round: rounds already done.
         """
         suite = rng if rng is not None else create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
-        model = self.model_spec.build(create_rng_suite(self.spec.seed, MODEL_INIT_STREAM_ID).torch)
-        server = FedAvgServerHandler(
-            model,
-            num_clients=self.spec.num_clients,
-            clients_per_round=self.spec.clients_per_round or self.spec.num_clients,
-            total_rounds=self.spec.rounds,
-            generator=suite.torch,
-            test_set=self.test,
-        )
+        common: dict[str, Any] = {
+            "num_clients": self.spec.num_clients,
+            "clients_per_round": self.spec.clients_per_round or self.spec.num_clients,
+            "total_rounds": self.spec.rounds,
+            "generator": suite.torch,
+            "test_set": self.test,
+        }
+        server: FedAvgServerHandler | DSFLServerHandler
+        if self.spec.algorithm == "dsfl":
+            assert self.open_set is not None
+            server = DSFLServerHandler(
+                self.initial_model(), open_set=self.open_set, dsfl=self.spec.dsfl, **common
+            )
+        else:
+            server = FedAvgServerHandler(self.initial_model(), **common)
         server.rng = suite
         server.round = round
         return server
@@ -128,9 +192,15 @@ def build_data(spec: ExperimentSpec) -> tuple[ImageDataset, ImageDataset]:
 
 
 def build_partition(spec: ExperimentSpec, labels: Any) -> ClientPartition:
-    """Partition the training labels among clients, deterministically from the seed."""
+    """Partition the training labels among clients, deterministically from the seed.
+
+    For DS-FL the open set (the last `open_size` samples) is left out.
+    """
+    labels = np.asarray(labels)
+    if spec.algorithm == "dsfl":
+        labels = labels[: len(labels) - spec.open_size]
     parts = partition_indices(
-        np.asarray(labels),
+        labels,
         spec.num_clients,
         spec.partition,
         spec.seed,
@@ -147,10 +217,11 @@ def build_experiment(spec: ExperimentSpec) -> Experiment:
         The experiment, ready for `workload()` and `server()`.
     """
     train, test = build_data(spec)
-    if spec.num_clients > len(train):
+    private = len(train) - (spec.open_size if spec.algorithm == "dsfl" else 0)
+    if spec.num_clients > private:
         raise ValueError(
             f"number of clients ({spec.num_clients}) must be <= the number of training "
-            f"samples ({len(train)})"
+            f"samples ({private})"
         )
     partition = build_partition(spec, train.labels)
     c, h, _ = train.images.shape[1:]
@@ -164,7 +235,7 @@ def simulate(
     workers: int = 1,
     ipc: Literal["shared_memory", "storage"] = "shared_memory",
     on_round: Callable[[RoundResult], None] | None = None,
-) -> tuple[FedAvgServerHandler, list[RoundResult]]:
+) -> tuple[FedAvgServerHandler | DSFLServerHandler, list[RoundResult]]:
     """Run the whole experiment in memory.
 
     Args:

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "shards_per_client": 2,
     },
     "model": {"name": "cnn", "dropout": 0.0},
-    "fl": {"algorithm": "fedavg", "rounds": 5, "clients_per_round": 10},
+    "fl": {"algorithm": "fedavg", "rounds": 10, "clients_per_round": 10},
     "train": {
         "local_epochs": 2,
         "batch_size": 50,
@@ -283,6 +283,7 @@ def config_sha256(config: dict[str, Any]) -> str:
 def to_spec(config: dict[str, Any]) -> Any:
     """Build the library's `ExperimentSpec` from a validated flat config."""
     from blazefl.algorithms.common import TrainHParams
+    from blazefl.algorithms.dsfl import DSFLHParams
     from blazefl.experiment import ExperimentSpec
 
     c = config
@@ -310,6 +311,14 @@ def to_spec(config: dict[str, Any]) -> Any:
             augment=c["train.augment"],
         ),
         threads_per_client=c["runtime.threads_per_client"],
+        open_size=c["dsfl.open_size"],
+        dsfl=DSFLHParams(
+            public_size_per_round=c["dsfl.public_per_round"],
+            kd_epochs=c["dsfl.kd_epochs"],
+            kd_batch_size=c["dsfl.kd_batch_size"],
+            kd_lr=c["dsfl.kd_lr"],
+            era_temperature=c["dsfl.era_temperature"],
+        ),
     )
 
 

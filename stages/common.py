@@ -39,6 +39,7 @@ from pipeline.store import (
 
 GLOBAL = "global.safetensors"
 RNG = "rng.safetensors"
+STATE = "state"  # stateful algorithms: state/server.safetensors, state/client-NNNNN.safetensors
 
 
 def client_key(cid: int) -> str:
@@ -147,6 +148,41 @@ def rng_tensors(
     return out
 
 
+def snapshot_files(
+    server: Any,
+    rng_states: dict[int, dict[str, torch.Tensor]],
+    client_states: dict[int, dict[str, torch.Tensor]],
+    cache: dict[str, bytes] | None = None,
+    changed: set[int] | None = None,
+) -> dict[str, bytes]:
+    """Every file of a round snapshot, as canonical bytes.
+
+    Args:
+        server: the server (its model, RNG suite and, if stateful, `state_tensors()`).
+        rng_states: every client's RNG state.
+        client_states: persistent client state (stateful algorithms).
+        cache: serialized client states of the previous snapshot; entries of clients not in
+            `changed` are reused instead of serialized again, and the cache is updated.
+        changed: clients whose state changed since `cache` was filled.
+
+    Returns:
+        {relative path: bytes}.
+    """
+    files = {
+        GLOBAL: safetensors_bytes(model_state_dict(server.model)),
+        RNG: safetensors_bytes(rng_tensors(server.rng, rng_states)),
+    }
+    if hasattr(server, "state_tensors"):
+        files[f"{STATE}/server.safetensors"] = safetensors_bytes(server.state_tensors())
+    cache = {} if cache is None else cache
+    for cid in sorted(client_states):
+        name = f"{STATE}/{client_key(cid)}.safetensors"
+        if name not in cache or changed is None or cid in changed:
+            cache[name] = safetensors_bytes(client_states[cid])
+        files[name] = cache[name]
+    return files
+
+
 @dataclass
 class RoundOutputs:
     """A computed round, before (or instead of) being committed."""
@@ -203,17 +239,20 @@ class Session:
         }
         self.loaded: int | None = None
         self.parent: dict[str, str] = {}
+        self._state_bytes: dict[str, bytes] = {}  # serialized client states, reused if unchanged
 
     # -- state in and out ----------------------------------------------------------------
     def load(self, t: int) -> None:
-        """Load round t's global model and RNG streams as the starting point of round t+1."""
+        """Load round t's snapshot (global model, RNG streams, algorithm state) as the
+        starting point of round t+1. Every file must match the hash in round t's manifest."""
         manifest = self.run.manifest(t)
         d = self.run.round_dir(t)
-        global_bytes = self._read(d / GLOBAL)
-        rng_bytes = self._read(d / RNG)
-        recorded = manifest.get("outputs", {})
-        for name, data in ((GLOBAL, global_bytes), (RNG, rng_bytes)):
-            if recorded.get(name) != sha256_bytes(data):
+        recorded: dict[str, str] = manifest.get("outputs", {})
+        if GLOBAL not in recorded or RNG not in recorded:
+            raise ArtifactError(f"round-{t:04d}/{MANIFEST} is corrupt (no outputs): rerun it")
+        files = {name: self._read(d / name) for name in sorted(recorded)}
+        for name, data in files.items():
+            if recorded[name] != sha256_bytes(data):
                 raise ArtifactError(
                     f"round-{t:04d}/{name} does not match the hash in its manifest (changed "
                     f"after it was written): restore it, or delete {d} and run again"
@@ -221,29 +260,46 @@ class Session:
         from safetensors.torch import load
 
         try:
-            global_state, rng = load(global_bytes), load(rng_bytes)
-            load_model_state_dict(self.server.model, global_state)
+            load_model_state_dict(self.server.model, load(files[GLOBAL]))
+            rng = load(files[RNG])
+            states = {n: load(b) for n, b in files.items() if n.startswith(STATE + "/")}
         except Exception as exc:
             raise ArtifactError(
                 f"round-{t:04d} is corrupt ({str(exc).splitlines()[0][:100]}): delete "
                 f"{d} and run again"
             ) from None
         self._load_rng(rng, t)
+        self._load_state(states, t)
+        self._state_bytes = {n: b for n, b in files.items() if n.startswith(STATE + "/")}
         self.server.round = t
         self.loaded = t
         pre = f"round-{t:04d}/"
-        self.parent = {
-            pre + MANIFEST: sha256_file(d / MANIFEST),
-            pre + GLOBAL: recorded[GLOBAL],
-            pre + RNG: recorded[RNG],
-        }
+        self.parent = {pre + MANIFEST: sha256_file(d / MANIFEST)}
+        self.parent.update({pre + name: sha for name, sha in recorded.items()})
+
+    def _load_state(self, states: dict[str, dict[str, torch.Tensor]], t: int) -> None:
+        server_file = f"{STATE}/server.safetensors"
+        try:
+            if hasattr(self.server, "load_state_tensors"):
+                self.server.load_state_tensors(states[server_file])
+            clients = {}
+            for name, tensors in states.items():
+                if name != server_file:
+                    cid = int(name.removeprefix(f"{STATE}/client-").removesuffix(".safetensors"))
+                    clients[cid] = tensors
+        except (KeyError, ValueError) as exc:
+            raise ArtifactError(
+                f"round-{t:04d}/{STATE} is incomplete or corrupt ({exc}): delete the round and "
+                "run again"
+            ) from None
+        self.trainer.client_states = clients
 
     def _read(self, path: Any) -> bytes:
         try:
             return path.read_bytes()
         except FileNotFoundError:
             raise ArtifactError(
-                f"{self.run.rel(path)} is missing: delete {path.parent} and run again"
+                f"{self.run.rel(path)} is missing: delete {self.run.rel(path.parent)} and run again"
             ) from None
 
     def _load_rng(self, rng: dict[str, torch.Tensor], t: int) -> None:
@@ -271,10 +327,13 @@ class Session:
         start = time.perf_counter()
         result = run_round(self.server, self.trainer, t, on_client=on_client)
         seconds = time.perf_counter() - start
-        files = {
-            GLOBAL: safetensors_bytes(model_state_dict(self.server.model)),
-            RNG: safetensors_bytes(rng_tensors(self.server.rng, self.trainer.rng_states)),
-        }
+        files = snapshot_files(
+            self.server,
+            self.trainer.rng_states,
+            self.trainer.client_states,
+            self._state_bytes,
+            changed=set(result.clients),
+        )
         summary = result.summary
         manifest = {
             "clients": result.clients,
@@ -311,6 +370,7 @@ class Session:
         start = time.perf_counter()
         with atomic_dir(self.run.round_dir(out.round)) as tmp:
             for name, data in out.files.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
             (tmp / MANIFEST).write_bytes(canonical_json(out.manifest))
         atomic_write(self.run.metrics_path(out.round), canonical_json(out.metrics))

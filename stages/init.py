@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazefl.core.serialization import model_state_dict
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import create_rng_suite
 from pipeline.config import byte_config, config_sha256
@@ -15,10 +14,9 @@ from pipeline.store import (
     atomic_dir,
     canonical_json,
     environment,
-    safetensors_bytes,
     sha256_bytes,
 )
-from stages.common import GLOBAL, RNG, build_from_stores, rng_tensors
+from stages.common import build_from_stores, snapshot_files
 
 
 def init(
@@ -41,10 +39,7 @@ def init(
         cid: create_rng_suite(exp.spec.seed, cid).state_tensors()
         for cid in range(exp.spec.num_clients)
     }
-    files = {
-        GLOBAL: safetensors_bytes(model_state_dict(server.model)),
-        RNG: safetensors_bytes(rng_tensors(server.rng, clients)),
-    }
+    files = snapshot_files(server, clients, {})
     manifest = {
         "clients": [],
         "config": byte_config(config),
@@ -63,6 +58,7 @@ def init(
     }
     with atomic_dir(run.round_dir(0)) as tmp:
         for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST).write_bytes(canonical_json(manifest))
     return run.round_dir(0)
