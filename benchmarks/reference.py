@@ -173,7 +173,11 @@ def client_generator(seed: int, rnd: int, cid: int) -> Any:
 
 
 def run_clients(
-    trainer: LocalTrainer, global_flat: Any, acc: Any, clients: list[tuple[int, Any]], cfg: dict,
+    trainer: LocalTrainer,
+    global_flat: Any,
+    acc: Any,
+    clients: list[tuple[int, Any]],
+    cfg: dict,
     rnd: int,
 ) -> tuple[float, int, int]:
     """Train `clients` from `global_flat`; fold n_k * model_k into `acc` (float64)."""
@@ -213,8 +217,16 @@ def _maxrss_mb() -> float:
 
 # -- worker processes -------------------------------------------------------------------------
 def _worker_main(
-    w: int, conn: Any, cfg: dict, images: Any, labels: Any, scale: Any, shift: Any,
-    down: Any, up: Any, my_clients: list[tuple[int, Any]],
+    w: int,
+    conn: Any,
+    cfg: dict,
+    images: Any,
+    labels: Any,
+    scale: Any,
+    shift: Any,
+    down: Any,
+    up: Any,
+    my_clients: list[tuple[int, Any]],
 ) -> None:
     import torch
 
@@ -230,8 +242,14 @@ def _worker_main(
             break
         conn.send(run_clients(trainer, down, up[w], clients, cfg, rnd))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    conn.send({"maxrss_mb": usage.ru_maxrss / 1024.0, "user_s": usage.ru_utime,
-               "sys_s": usage.ru_stime, "minflt": usage.ru_minflt})
+    conn.send(
+        {
+            "maxrss_mb": usage.ru_maxrss / 1024.0,
+            "user_s": usage.ru_utime,
+            "sys_s": usage.ru_stime,
+            "minflt": usage.ru_minflt,
+        }
+    )
     conn.close()
 
 
@@ -248,9 +266,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     t_data = time.perf_counter()
     train = datasets.synthetic_dataset(cfg["size"], cfg["seed"])
     test = datasets.synthetic_dataset(cfg["test_size"], cfg["seed"], train=False)
-    parts = partitioners.partition_indices(
-        train.labels.numpy(), cfg["clients"], "iid", cfg["seed"]
-    )
+    parts = partitioners.partition_indices(train.labels.numpy(), cfg["clients"], "iid", cfg["seed"])
     images, labels = train.images, train.labels
     std = torch.tensor(train.std, dtype=torch.float64)  # x * scale + shift, as blazefl does
     mean = torch.tensor(train.mean, dtype=torch.float64)
@@ -319,8 +335,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         rounds.append({"round": rnd, "seconds": time.perf_counter() - t0, "train_seconds": t_train})
         assert samples == total_samples
         if not cfg["quiet"]:
-            print(f"round {rnd:>3}/{cfg['rounds']}  test_acc {metrics['test_accuracy']:.4f}  "
-                  f"{rounds[-1]['seconds']:.2f}s", file=sys.stderr, flush=True)
+            print(
+                f"round {rnd:>3}/{cfg['rounds']}  test_acc {metrics['test_accuracy']:.4f}  "
+                f"{rounds[-1]['seconds']:.2f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     for c in conns:
         c.send(None)
         worker_stats.append(c.recv())
@@ -339,8 +359,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "rounds": rounds,
         "steady_round_seconds": sum(steady) / len(steady) if steady else None,
         "final_metrics": metrics,
-        "main": {"maxrss_mb": _maxrss_mb(), "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-                 "minflt": usage.ru_minflt},
+        "main": {
+            "maxrss_mb": _maxrss_mb(),
+            "user_s": usage.ru_utime,
+            "sys_s": usage.ru_stime,
+            "minflt": usage.ru_minflt,
+        },
         "workers": worker_stats,
         "peak_rss_sum_mb": _maxrss_mb() + sum(s["maxrss_mb"] for s in worker_stats),
         "wall_seconds": process_age(),
@@ -348,8 +372,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="cnn", choices=["cnn", "resnet18"])
     p.add_argument("--size", type=int, default=20000, help="training samples")
     p.add_argument("--test-size", type=int, default=2000)
@@ -374,10 +399,20 @@ def main(argv: list[str] | None = None) -> None:
     if a.workers < 1 or a.clients < a.workers:
         raise SystemExit("need 1 <= workers <= clients")
     cfg = {
-        "model": a.model, "size": a.size, "test_size": a.test_size, "clients": a.clients,
-        "rounds": a.rounds, "epochs": a.epochs, "batch": a.batch, "lr": a.lr,
-        "momentum": a.momentum, "weight_decay": a.weight_decay, "seed": a.seed,
-        "workers": a.workers, "threads": a.threads, "tune_malloc": not a.no_tune_malloc,
+        "model": a.model,
+        "size": a.size,
+        "test_size": a.test_size,
+        "clients": a.clients,
+        "rounds": a.rounds,
+        "epochs": a.epochs,
+        "batch": a.batch,
+        "lr": a.lr,
+        "momentum": a.momentum,
+        "weight_decay": a.weight_decay,
+        "seed": a.seed,
+        "workers": a.workers,
+        "threads": a.threads,
+        "tune_malloc": not a.no_tune_malloc,
         "quiet": a.quiet,
     }
     out = json.dumps(run(cfg), indent=1)

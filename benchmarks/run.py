@@ -132,14 +132,29 @@ def _std_variants(suffix: str = "", overrides: tuple[tuple[str, Any], ...] = ())
     return [
         Variant(r1, "ref", 1, overrides=overrides),
         Variant(r2, "ref", 2, overrides=overrides),
-        Variant(f"sequential{suffix}", "blazefl", 1, "sequential", overrides=overrides,
-                reference=r1),
+        Variant(
+            f"sequential{suffix}", "blazefl", 1, "sequential", overrides=overrides, reference=r1
+        ),
         Variant(f"threads-1{suffix}", "blazefl", 1, "threads", overrides=overrides, reference=r1),
         Variant(f"threads-2{suffix}", "blazefl", 2, "threads", overrides=overrides, reference=r2),
-        Variant(f"processes-2-shm{suffix}", "blazefl", 2, "processes", "shared_memory",
-                overrides=overrides, reference=r2),
-        Variant(f"processes-2-sto{suffix}", "blazefl", 2, "processes", "storage",
-                overrides=overrides, reference=r2),
+        Variant(
+            f"processes-2-shm{suffix}",
+            "blazefl",
+            2,
+            "processes",
+            "shared_memory",
+            overrides=overrides,
+            reference=r2,
+        ),
+        Variant(
+            f"processes-2-sto{suffix}",
+            "blazefl",
+            2,
+            "processes",
+            "storage",
+            overrides=overrides,
+            reference=r2,
+        ),
     ]
 
 
@@ -155,8 +170,14 @@ class Workload:
 
 
 def workloads() -> dict[str, Workload]:
-    quick_w = {"data.size": 500, "data.test_size": 200, "data.clients": 10,
-               "fl.clients_per_round": 10, "fl.rounds": 2, "train.local_epochs": 1}
+    quick_w = {
+        "data.size": 500,
+        "data.test_size": 200,
+        "data.clients": 10,
+        "fl.clients_per_round": 10,
+        "fl.rounds": 2,
+        "train.local_epochs": 1,
+    }
     w = Workload(
         "W",
         "CNN (62,006 params), synthetic CIFAR-shaped data, 100 clients x 200 samples, all "
@@ -171,13 +192,26 @@ def workloads() -> dict[str, Workload]:
         "ResNet-18 (CIFAR stem, 11.2M params), synthetic CIFAR-shaped data, 4 clients x 25 "
         "samples, all clients every round, 3 rounds, 1 local epoch, batch 25, SGD lr 0.1, "
         "IID, test set 50, 1 intra-op thread per client",
-        {**W_CONFIG, "model.name": "resnet18", "data.size": 100, "data.test_size": 50,
-         "data.clients": 4, "fl.clients_per_round": 4, "train.local_epochs": 1,
-         "train.batch_size": 25},
+        {
+            **W_CONFIG,
+            "model.name": "resnet18",
+            "data.size": 100,
+            "data.test_size": 50,
+            "data.clients": 4,
+            "fl.clients_per_round": 4,
+            "train.local_epochs": 1,
+            "train.batch_size": 25,
+        },
         _std_variants(),
         prepared_startup=("sequential",),
-        quick_config={"data.size": 8, "data.test_size": 8, "data.clients": 2,
-                      "fl.clients_per_round": 2, "fl.rounds": 2, "train.batch_size": 4},
+        quick_config={
+            "data.size": 8,
+            "data.test_size": 8,
+            "data.clients": 2,
+            "fl.clients_per_round": 2,
+            "fl.rounds": 2,
+            "train.batch_size": 4,
+        },
     )
     c1000 = (("data.clients", 1000), ("fl.clients_per_round", 1000))
     c100 = (("data.clients", 100), ("fl.clients_per_round", 100))
@@ -189,17 +223,35 @@ def workloads() -> dict[str, Workload]:
         [
             Variant("ref-1@1000", "ref", 1, overrides=c1000),
             Variant("threads-2@100", "blazefl", 2, "threads", overrides=c100),
-            Variant("threads-2@1000", "blazefl", 2, "threads", overrides=c1000,
-                    reference="threads-2@100"),
+            Variant(
+                "threads-2@1000",
+                "blazefl",
+                2,
+                "threads",
+                overrides=c1000,
+                reference="threads-2@100",
+            ),
             Variant("processes-2-shm@100", "blazefl", 2, "processes", overrides=c100),
-            Variant("processes-2-shm@1000", "blazefl", 2, "processes", overrides=c1000,
-                    reference="processes-2-shm@100"),
+            Variant(
+                "processes-2-shm@1000",
+                "blazefl",
+                2,
+                "processes",
+                overrides=c1000,
+                reference="processes-2-shm@100",
+            ),
         ],
         prepared_startup=("threads-2@1000",),
-        quick_config={"data.size": 1000, "data.test_size": 200, "fl.rounds": 2,
-                      "train.local_epochs": 1},
-        quick_overrides={"@1000": {"data.clients": 100, "fl.clients_per_round": 100},
-                         "@100": {"data.clients": 10, "fl.clients_per_round": 10}},
+        quick_config={
+            "data.size": 1000,
+            "data.test_size": 200,
+            "fl.rounds": 2,
+            "train.local_epochs": 1,
+        },
+        quick_overrides={
+            "@1000": {"data.clients": 100, "fl.clients_per_round": 100},
+            "@100": {"data.clients": 10, "fl.clients_per_round": 10},
+        },
     )
     return {wl.name: wl for wl in (w, resnet, clients)}
 
@@ -212,14 +264,22 @@ def apply_quick(wl: Workload) -> Workload:
         for tag, repl in wl.quick_overrides.items():
             if v.name.endswith(tag):
                 over.update(repl)
-        variants.append(Variant(v.name, v.kind, v.workers, v.mode, v.ipc,
-                                tuple(over.items()), v.reference))
+        variants.append(
+            Variant(v.name, v.kind, v.workers, v.mode, v.ipc, tuple(over.items()), v.reference)
+        )
     shrunk = ", ".join(f"{k}={v}" for k, v in wl.quick_config.items())
-    per_variant = "; ".join(f"*{tag}: " + ", ".join(f"{k}={v}" for k, v in repl.items())
-                            for tag, repl in wl.quick_overrides.items())
+    per_variant = "; ".join(
+        f"*{tag}: " + ", ".join(f"{k}={v}" for k, v in repl.items())
+        for tag, repl in wl.quick_overrides.items()
+    )
     note = f" [--quick, shrunk to: {shrunk}{'; ' + per_variant if per_variant else ''}]"
-    return Workload(wl.name, wl.description + note,
-                    {**wl.config, **wl.quick_config}, variants, wl.prepared_startup)
+    return Workload(
+        wl.name,
+        wl.description + note,
+        {**wl.config, **wl.quick_config},
+        variants,
+        wl.prepared_startup,
+    )
 
 
 # -- /proc sampling ------------------------------------------------------------------------------
@@ -279,8 +339,13 @@ class TreeSampler(threading.Thread):
     PSS from /proc/PID/smaps_rollup. The tree is re-listed every `tree_interval` s.
     """
 
-    def __init__(self, pid: int, interval: float = 0.05, pss_interval: float | None = None,
-                 tree_interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        pid: int,
+        interval: float = 0.05,
+        pss_interval: float | None = None,
+        tree_interval: float = 0.25,
+    ) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval = interval
@@ -360,15 +425,17 @@ def cpu_busy_seconds() -> float | None:
     return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
 
 
-def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], pss_interval: float | None,
-                 timeout: float) -> Proc:
+def run_measured(
+    cmd: list[str], cwd: Path, env: dict[str, str], pss_interval: float | None, timeout: float
+) -> Proc:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before = cpu_busy_seconds()
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     launched_at = time.time()
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     sampler = TreeSampler(p.pid, pss_interval=pss_interval)
     sampler.start()
     lines: list[tuple[float, str]] = []
@@ -383,8 +450,10 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], pss_interval: f
         assert p.stdout is not None
         out.append(p.stdout.read())
 
-    readers = [threading.Thread(target=read_err, daemon=True),
-               threading.Thread(target=read_out, daemon=True)]
+    readers = [
+        threading.Thread(target=read_err, daemon=True),
+        threading.Thread(target=read_out, daemon=True),
+    ]
     for r in readers:
         r.start()
     try:
@@ -405,13 +474,16 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], pss_interval: f
         "sys_s": after.ru_stime - before.ru_stime,
         "minflt": after.ru_minflt - before.ru_minflt,
         "majflt": after.ru_majflt - before.ru_majflt,
-        "harness_cpu_s": (self_after.ru_utime - self_before.ru_utime
-                          + self_after.ru_stime - self_before.ru_stime),
+        "harness_cpu_s": (
+            self_after.ru_utime - self_before.ru_utime + self_after.ru_stime - self_before.ru_stime
+        ),
     }
     if busy_before is not None and busy_after is not None:
         # CPU used by anything else on the machine during the run: a noise indicator
-        rusage["foreign_cpu_s"] = max(0.0, busy_after - busy_before - rusage["user_s"]
-                                      - rusage["sys_s"] - rusage["harness_cpu_s"])
+        rusage["foreign_cpu_s"] = max(
+            0.0,
+            busy_after - busy_before - rusage["user_s"] - rusage["sys_s"] - rusage["harness_cpu_s"],
+        )
         rusage["foreign_cpu_share"] = rusage["foreign_cpu_s"] / (wall * (os.cpu_count() or 1))
     return Proc(rc, wall, "".join(out), lines, memory, rusage, launched_at)
 
@@ -464,15 +536,37 @@ class Bench:
         out = self.workdir / f"ref-{self.counter}.json"
         self.counter += 1
         cmd = [
-            sys.executable, "-m", "benchmarks.reference",
-            "--model", cfg["model.name"], "--size", str(cfg["data.size"]),
-            "--test-size", str(cfg["data.test_size"]), "--clients", str(cfg["data.clients"]),
-            "--rounds", str(cfg["fl.rounds"]), "--epochs", str(cfg["train.local_epochs"]),
-            "--batch", str(cfg["train.batch_size"]), "--lr", str(cfg["train.lr"]),
-            "--momentum", str(cfg["train.momentum"]),
-            "--weight-decay", str(cfg["train.weight_decay"]), "--seed", str(cfg["seed"]),
-            "--workers", str(v.workers), "--threads", str(cfg["runtime.threads_per_client"]),
-            "--json", str(out),
+            sys.executable,
+            "-m",
+            "benchmarks.reference",
+            "--model",
+            cfg["model.name"],
+            "--size",
+            str(cfg["data.size"]),
+            "--test-size",
+            str(cfg["data.test_size"]),
+            "--clients",
+            str(cfg["data.clients"]),
+            "--rounds",
+            str(cfg["fl.rounds"]),
+            "--epochs",
+            str(cfg["train.local_epochs"]),
+            "--batch",
+            str(cfg["train.batch_size"]),
+            "--lr",
+            str(cfg["train.lr"]),
+            "--momentum",
+            str(cfg["train.momentum"]),
+            "--weight-decay",
+            str(cfg["train.weight_decay"]),
+            "--seed",
+            str(cfg["seed"]),
+            "--workers",
+            str(v.workers),
+            "--threads",
+            str(cfg["runtime.threads_per_client"]),
+            "--json",
+            str(out),
         ]
         p = run_measured(cmd, self.workdir, self.env, pss, self.timeout)
         rec = self._base_record(v, p)
@@ -481,25 +575,38 @@ class Bench:
         data = json.loads(out.read_text())
         out.unlink()
         rounds = data["rounds"]
-        rec.update({
-            "round_seconds": [r["seconds"] for r in rounds],
-            "steady_round_s": _mean([r["seconds"] for r in rounds[1:]]),
-            "steady_total_s": _mean([r["seconds"] for r in rounds[1:]]),
-            "startup_s": data["startup_seconds"],
-            "round1_s": rounds[0]["seconds"] if rounds else None,
-            "self_reported_wall_s": data["wall_seconds"],
-            "self_reported_peak_rss_sum_mb": data["peak_rss_sum_mb"],
-            "pool_start_s": data["pool_seconds"],
-            "final_metrics": data["final_metrics"],
-            "malloc_tuned": data["malloc_tuned"],
-        })
+        rec.update(
+            {
+                "round_seconds": [r["seconds"] for r in rounds],
+                "steady_round_s": _mean([r["seconds"] for r in rounds[1:]]),
+                "steady_total_s": _mean([r["seconds"] for r in rounds[1:]]),
+                "startup_s": data["startup_seconds"],
+                "round1_s": rounds[0]["seconds"] if rounds else None,
+                "self_reported_wall_s": data["wall_seconds"],
+                "self_reported_peak_rss_sum_mb": data["peak_rss_sum_mb"],
+                "pool_start_s": data["pool_seconds"],
+                "final_metrics": data["final_metrics"],
+                "malloc_tuned": data["malloc_tuned"],
+            }
+        )
         return rec
 
     def _run_blazefl(self, v: Variant, cfg: dict[str, Any], pss: float | None) -> dict[str, Any]:
         params = self.write_config(cfg)
         run_dir = self.workdir / f"run-{self.counter}"
-        cmd = self.blazefl + ["run", "--config", str(params), "--out", str(run_dir),
-                              "--mode", v.mode, "--workers", str(v.workers), "--ipc", v.ipc]
+        cmd = self.blazefl + [
+            "run",
+            "--config",
+            str(params),
+            "--out",
+            str(run_dir),
+            "--mode",
+            v.mode,
+            "--workers",
+            str(v.workers),
+            "--ipc",
+            v.ipc,
+        ]
         p = run_measured(cmd, self.workdir, self.env, pss, self.timeout)
         rec = self._base_record(v, p)
         try:
@@ -523,8 +630,10 @@ class Bench:
         # Whole round period incl. serialising, hashing and committing the snapshot: the time
         # between consecutive timings files (written last in every round; ns mtimes) for
         # rounds 2+, the progress line's seconds (10 ms resolution) for round 1.
-        mtimes = [(run_dir / "timings" / f"round-{t:04d}.json").stat().st_mtime_ns
-                  for t in range(1, rounds + 1)]
+        mtimes = [
+            (run_dir / "timings" / f"round-{t:04d}.json").stat().st_mtime_ns
+            for t in range(1, rounds + 1)
+        ]
         total: list[float | None] = [progress[1][1] if 1 in progress else None]
         total += [(mtimes[i] - mtimes[i - 1]) / 1e9 for i in range(1, rounds)]
         comp = [x["round_seconds"] for x in timings]
@@ -550,9 +659,11 @@ class Bench:
             rec["write_share"] = None
         # stage completion times (launch-relative) from manifest mtimes
         stages = {}
-        for name, rel in (("prepare", "dataset/manifest.json"),
-                          ("partition", "partitions/manifest.json"),
-                          ("init", "round-0000/manifest.json")):
+        for name, rel in (
+            ("prepare", "dataset/manifest.json"),
+            ("partition", "partitions/manifest.json"),
+            ("init", "round-0000/manifest.json"),
+        ):
             f = run_dir / rel
             if f.exists():
                 stages[name] = f.stat().st_mtime - p.launched_at
@@ -565,15 +676,23 @@ class Bench:
     def _failed(self, rec: dict[str, Any], p: Proc) -> dict[str, Any]:
         tail = [line for _, line in p.stderr_lines][-15:]
         rec["error"] = "\n".join(tail) or p.stdout[-2000:]
-        print(f"  !! {rec['variant']} failed (rc {p.rc}):\n    " + "\n    ".join(tail),
-              file=sys.stderr)
+        print(
+            f"  !! {rec['variant']} failed (rc {p.rc}):\n    " + "\n    ".join(tail),
+            file=sys.stderr,
+        )
         return rec
 
     # -- start-up measurements --
     def help_time(self) -> float:
         t0 = time.perf_counter()
-        subprocess.run(self.blazefl + ["run", "--help"], cwd=self.workdir, env=self.env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            self.blazefl + ["run", "--help"],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
         return time.perf_counter() - t0
 
     def prepare_stores(self, v: Variant) -> tuple[Path, Path]:
@@ -585,10 +704,24 @@ class Bench:
             return self._stores[key]
         params = self.write_config(cfg)
         base = self.workdir / f"prepared-{len(self._stores)}"
-        subprocess.run(self.blazefl + ["run", "--config", str(params), "--out", str(base),
-                                       "--set", "fl.rounds=0", "--quiet"],
-                       cwd=self.workdir, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            self.blazefl
+            + [
+                "run",
+                "--config",
+                str(params),
+                "--out",
+                str(base),
+                "--set",
+                "fl.rounds=0",
+                "--quiet",
+            ],
+            cwd=self.workdir,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self._stores[key] = (base, params)
         return base, params
 
@@ -596,9 +729,21 @@ class Bench:
         run_dir = self.workdir / f"warm-{self.counter}"
         self.counter += 1
         shutil.copytree(base, run_dir)
-        cmd = self.blazefl + ["run", "--config", str(params), "--out", str(run_dir),
-                              "--set", "fl.rounds=1", "--mode", v.mode,
-                              "--workers", str(v.workers), "--ipc", v.ipc]
+        cmd = self.blazefl + [
+            "run",
+            "--config",
+            str(params),
+            "--out",
+            str(run_dir),
+            "--set",
+            "fl.rounds=1",
+            "--mode",
+            v.mode,
+            "--workers",
+            str(v.workers),
+            "--ipc",
+            v.ipc,
+        ]
         p = run_measured(cmd, self.workdir, self.env, None, self.timeout)
         shutil.rmtree(run_dir, ignore_errors=True)
         rec = {"variant": v.name, "rc": p.rc, "wall_s": p.wall}
@@ -629,11 +774,12 @@ def fmt_stat(s: dict[str, float] | None, unit: str = "", digits: int = 2) -> str
         return "n/a"
     if s["n"] == 1:
         return f"{s['median']:.{digits}f}{unit}"
-    return (f"{s['median']:.{digits}f}{unit} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]")
+    return f"{s['median']:.{digits}f}{unit} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]], mem: dict[str, dict[str, Any]],
-              variants: list[Variant]) -> dict[str, Any]:
+def summarize(
+    runs: dict[str, list[dict[str, Any]]], mem: dict[str, dict[str, Any]], variants: list[Variant]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for v in variants:
         ok = [r for r in runs.get(v.name, []) if r.get("rc") == 0 and "error" not in r]
@@ -679,8 +825,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]], mem: dict[str, dict[str, An
             # per-repeat ratios: runs of the same repeat ran next to each other
             per = []
             mine = {r["repeat"]: r for r in runs.get(v.name, []) if r.get("steady_round_s")}
-            theirs = {r["repeat"]: r for r in runs.get(v.reference or "", [])
-                      if r.get("steady_round_s")}
+            theirs = {
+                r["repeat"]: r for r in runs.get(v.reference or "", []) if r.get("steady_round_s")
+            }
             for rep in sorted(set(mine) & set(theirs)):
                 per.append(mine[rep]["steady_round_s"] / theirs[rep]["steady_round_s"])
             ratios["steady_round_s_per_repeat"] = per
@@ -704,8 +851,10 @@ def _ratio_cell(s: dict[str, Any]) -> str:
 
 
 def table(summary: dict[str, Any], variants: list[Variant]) -> str:
-    head = ("| variant | wall s | steady round s | vs ref: steady (wall) | vs | start-up s | "
-            "round 1 s | peak RSS-sum MB | peak PSS MB | write share % |")
+    head = (
+        "| variant | wall s | steady round s | vs ref: steady (wall) | vs | start-up s | "
+        "round 1 s | peak RSS-sum MB | peak PSS MB | write share % |"
+    )
     lines = [head, "|" + "---|" * 10]
     for v in variants:
         s = summary[v.name]
@@ -713,8 +862,9 @@ def table(summary: dict[str, Any], variants: list[Variant]) -> str:
             lines.append(f"| {v.name} | FAILED | | | | | | | | |")
             continue
         ws = s["write_share"]
-        ws_cell = fmt_stat({k: (x * 100 if k != "n" else x) for k, x in ws.items()}, "", 2) \
-            if ws else "-"
+        ws_cell = (
+            fmt_stat({k: (x * 100 if k != "n" else x) for k, x in ws.items()}, "", 2) if ws else "-"
+        )
         if s.get("peak_pss_mb"):
             pss = f"{s['peak_pss_mb']:.0f}"
         else:
@@ -744,15 +894,19 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
 
     def add(target: str, value: float | None, limit: float, unit: str = "x") -> None:
         status = "n/a" if value is None else ("PASS" if value <= limit else "FAIL")
-        out.append({"target": target, "value": value, "limit": limit, "unit": unit,
-                    "status": status})
+        out.append(
+            {"target": target, "value": value, "limit": limit, "unit": unit, "status": status}
+        )
 
     if wl.name == "W":
         add("sequential steady round <= 1.03x ref-1", ratio("sequential", "steady_round_s"), 1.03)
         add("threads-2 steady round <= 1.05x ref-2", ratio("threads-2", "steady_round_s"), 1.05)
         add("threads-2 whole run <= 0.85x ref-2", ratio("threads-2", "wall_s"), 0.85)
-        add("processes-2-shm steady round <= 1.15x ref-2",
-            ratio("processes-2-shm", "steady_round_s"), 1.15)
+        add(
+            "processes-2-shm steady round <= 1.15x ref-2",
+            ratio("processes-2-shm", "steady_round_s"),
+            1.15,
+        )
         shares: list[tuple[str, float]] = []
         for n in summary:
             share = med(n, "write_share")
@@ -766,23 +920,40 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
             # would show up as more distinct pids (the tree is listed every 250 ms)
             counts = summary.get(name, {}).get("distinct_processes")
             if counts:
-                add(f"{name}: pool started once per run (distinct processes in the tree <= 4)",
-                    counts["max"], 4, " processes")
+                add(
+                    f"{name}: pool started once per run (distinct processes in the tree <= 4)",
+                    counts["max"],
+                    4,
+                    " processes",
+                )
         ref_mem = med("ref-1", "peak_rss_sum_mb")
         for name in ("threads-1", "threads-2"):
             mem = med(name, "peak_rss_sum_mb")
-            add(f"{name} peak memory (RSS) <= 1.1x ref-1",
-                mem / ref_mem if mem and ref_mem else None, 1.1)
+            add(
+                f"{name} peak memory (RSS) <= 1.1x ref-1",
+                mem / ref_mem if mem and ref_mem else None,
+                1.1,
+            )
     if wl.name == "clients1000":
-        add("threads-2: 1000 clients peak memory (RSS) <= 1.25x 100 clients",
-            ratio("threads-2@1000", "peak_rss_sum_mb"), 1.25)
-        add("processes-2-shm: 1000 clients peak memory (PSS) <= 1.25x 100 clients (informative)",
-            ratio("processes-2-shm@1000", "peak_pss_mb"), 1.25)
+        add(
+            "threads-2: 1000 clients peak memory (RSS) <= 1.25x 100 clients",
+            ratio("threads-2@1000", "peak_rss_sum_mb"),
+            1.25,
+        )
+        add(
+            "processes-2-shm: 1000 clients peak memory (PSS) <= 1.25x 100 clients (informative)",
+            ratio("processes-2-shm@1000", "peak_pss_mb"),
+            1.25,
+        )
     help_s = (startup.get("help") or {}).get("median")
     add("`blazefl run --help` < 2.5 s", help_s, 2.5, "s")
     for name, s in startup.get("prepared", {}).items():
-        add(f"start-up to round 1, prepared stores ({name}) < 2.5 s",
-            (s or {}).get("median"), 2.5, "s")
+        add(
+            f"start-up to round 1, prepared stores ({name}) < 2.5 s",
+            (s or {}).get("median"),
+            2.5,
+            "s",
+        )
     return out
 
 
@@ -803,15 +974,22 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     versions = subprocess.run(
-        [sys.executable, "-c",
-         "import torch, numpy; print(torch.__version__, numpy.__version__)"],
-        capture_output=True, text=True,
+        [sys.executable, "-c", "import torch, numpy; print(torch.__version__, numpy.__version__)"],
+        capture_output=True,
+        text=True,
     ).stdout.split()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    cwd=ROOT, capture_output=True, text=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
     except OSError:
         commit, dirty = "", False
     return {
@@ -831,24 +1009,33 @@ def machine_info() -> dict[str, Any]:
 # -- main --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--workload", default="W", choices=["W", "resnet18", "clients1000", "all"])
     p.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     p.add_argument("--quick", action="store_true", help="shrunk workloads, 1 repeat: smoke test")
-    p.add_argument("--variants", default=None,
-                   help="comma-separated subset of variant names (default: all)")
-    p.add_argument("--pss", choices=["pass", "inline", "off"], default=None,
-                   help="PSS measurement: extra untimed pass (default), during timed runs "
-                        "(default with --quick), or none")
+    p.add_argument(
+        "--variants", default=None, help="comma-separated subset of variant names (default: all)"
+    )
+    p.add_argument(
+        "--pss",
+        choices=["pass", "inline", "off"],
+        default=None,
+        help="PSS measurement: extra untimed pass (default), during timed runs "
+        "(default with --quick), or none",
+    )
     p.add_argument("--workdir", default=None, help="parent of the scratch dir (default: $TMPDIR)")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     p.add_argument("--timeout", type=float, default=1800, help="per-run timeout, seconds")
     p.add_argument("--keep", action="store_true", help="keep run directories")
-    p.add_argument("--readme", default=None,
-                   help="also replace the section between '<!-- benchmark:WORKLOAD:start -->' "
-                        "and '<!-- benchmark:WORKLOAD:end -->' in this markdown file")
+    p.add_argument(
+        "--readme",
+        default=None,
+        help="also replace the section between '<!-- benchmark:WORKLOAD:start -->' "
+        "and '<!-- benchmark:WORKLOAD:end -->' in this markdown file",
+    )
     a = p.parse_args(argv)
     if a.repeats is None:
         a.repeats = 1 if a.quick else 3
@@ -876,8 +1063,9 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
         keep = set(args.variants.split(","))
         unknown = keep - {v.name for v in variants}
         if unknown:
-            raise SystemExit(f"unknown variants {sorted(unknown)}; have "
-                             f"{[v.name for v in variants]}")
+            raise SystemExit(
+                f"unknown variants {sorted(unknown)}; have {[v.name for v in variants]}"
+            )
         variants = [v for v in variants if v.name in keep]
     bench = Bench(args, wl)
     started = _dt.datetime.now(_dt.UTC)
@@ -890,36 +1078,52 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
         if args.quick:
             warm = warm[:1]
         stores = {v.name: bench.prepare_stores(v) for v in warm}
-        log(f"== workload {wl.name}: {len(variants)} variants x {args.repeats} repeats "
-            f"(scratch {bench.workdir})")
+        log(
+            f"== workload {wl.name}: {len(variants)} variants x {args.repeats} repeats "
+            f"(scratch {bench.workdir})"
+        )
         for rep in range(args.repeats):
-            order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+            order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
             for v in order:
                 t0 = time.perf_counter()
                 rec = bench.run_variant(v, pss_inline)
                 rec["repeat"] = rep
                 runs[v.name].append(rec)
-                log(f"  [{rep + 1}/{args.repeats}] {v.name:<22} wall {rec['wall_s']:7.2f}s  "
+                log(
+                    f"  [{rep + 1}/{args.repeats}] {v.name:<22} wall {rec['wall_s']:7.2f}s  "
                     f"steady {rec.get('steady_round_s') or float('nan'):7.3f}s  "
                     f"rss {rec['peak_rss_sum_mb']:6.0f}MB  "
                     f"other load {100 * rec.get('foreign_cpu_share', 0):4.1f}%  "
-                    f"({time.perf_counter() - t0:.0f}s)")
+                    f"({time.perf_counter() - t0:.0f}s)"
+                )
             startup["help_runs"].extend(bench.help_time() for _ in range(3))
             for v in warm:
                 r = bench.prepared_startup(v, *stores[v.name])
                 startup["prepared_runs"].setdefault(v.name, []).append(r)
-                log(f"  [{rep + 1}/{args.repeats}] start-up (prepared) {v.name}: "
-                    f"{r.get('startup_s', float('nan')):.2f}s")
+                log(
+                    f"  [{rep + 1}/{args.repeats}] start-up (prepared) {v.name}: "
+                    f"{r.get('startup_s', float('nan')):.2f}s"
+                )
         memory: dict[str, dict[str, Any]] = {}
         if args.pss == "pass":
             log("== memory pass (PSS, untimed)")
             for v in [v for v in variants if v.multiprocess]:
                 rec = bench.run_variant(v, 0.1)
-                memory[v.name] = {k: rec.get(k) for k in
-                                  ("peak_pss_mb", "peak_rss_sum_mb", "peak_unique_est_mb",
-                                   "max_processes", "pss_samples", "rc")}
-                log(f"  {v.name:<22} pss {rec.get('peak_pss_mb') or float('nan'):6.0f}MB  "
-                    f"rss-sum {rec['peak_rss_sum_mb']:6.0f}MB")
+                memory[v.name] = {
+                    k: rec.get(k)
+                    for k in (
+                        "peak_pss_mb",
+                        "peak_rss_sum_mb",
+                        "peak_unique_est_mb",
+                        "max_processes",
+                        "pss_samples",
+                        "rc",
+                    )
+                }
+                log(
+                    f"  {v.name:<22} pss {rec.get('peak_pss_mb') or float('nan'):6.0f}MB  "
+                    f"rss-sum {rec['peak_rss_sum_mb']:6.0f}MB"
+                )
     finally:
         bench.close()
     startup["help"] = stat(startup["help_runs"])
@@ -935,9 +1139,18 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
         "description": wl.description,
         "quick": args.quick,
         "config": wl.config,
-        "variants": [{"name": v.name, "kind": v.kind, "mode": v.mode, "workers": v.workers,
-                      "ipc": v.ipc, "overrides": dict(v.overrides), "reference": v.reference}
-                     for v in variants],
+        "variants": [
+            {
+                "name": v.name,
+                "kind": v.kind,
+                "mode": v.mode,
+                "workers": v.workers,
+                "ipc": v.ipc,
+                "overrides": dict(v.overrides),
+                "reference": v.reference,
+            }
+            for v in variants
+        ],
         "repeats": args.repeats,
         "pss_mode": args.pss,
         "started": started.isoformat(timespec="seconds"),
@@ -945,8 +1158,11 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "machine": machine_info(),
-        "definitions": __doc__.split("Measured per run (definitions are also written into the "
-                                     "JSON):", 1)[-1].split("Usage:")[0].strip(),
+        "definitions": __doc__.split(
+            "Measured per run (definitions are also written into the JSON):", 1
+        )[-1]
+        .split("Usage:")[0]
+        .strip(),
         "summary": summary,
         "startup": startup,
         "memory_pass": memory,
@@ -978,13 +1194,17 @@ def render_markdown(result: dict[str, Any], variants: list[Variant]) -> str:
         "wall in parentheses) against the reference named in `vs`; write share = share of the "
         "round (incl. artifacts) spent serialising and writing them; RSS-sum counts shared "
         "pages once per process; PSS (multi-process variants) from "
-        + {"pass": "an extra untimed run per variant", "inline": "the timed runs",
-           "off": "nowhere (off)"}[result["pss_mode"]]
+        + {
+            "pass": "an extra untimed run per variant",
+            "inline": "the timed runs",
+            "off": "nowhere (off)",
+        }[result["pss_mode"]]
         + ", single-process variants show their RSS there.",
         "",
         f"`blazefl run --help`: {fmt_stat(st['help'])} s. Start-up to round 1 with prepared "
-        "stores: " + (", ".join(f"{k} {fmt_stat(v)} s" for k, v in st["prepared"].items())
-                      or "n/a") + ".",
+        "stores: "
+        + (", ".join(f"{k} {fmt_stat(v)} s" for k, v in st["prepared"].items()) or "n/a")
+        + ".",
         "",
         "Targets:",
         "",
@@ -1008,9 +1228,13 @@ def render_markdown(result: dict[str, Any], variants: list[Variant]) -> str:
         if shares and max(shares) > 0.05:
             noisy.append(f"{name} {100 * max(shares):.0f}%")
     if noisy:
-        lines += ["", "WARNING: other processes used CPU during these runs (share of the "
-                  "machine's CPU time, worst run): " + ", ".join(noisy)
-                  + ". Ratios are unreliable; rerun on a quiet machine."]
+        lines += [
+            "",
+            "WARNING: other processes used CPU during these runs (share of the "
+            "machine's CPU time, worst run): "
+            + ", ".join(noisy)
+            + ". Ratios are unreliable; rerun on a quiet machine.",
+        ]
     consistency = check_consistency(result)
     if consistency:
         lines += ["", consistency]
@@ -1029,8 +1253,10 @@ def check_consistency(result: dict[str, Any]) -> str:
                 groups.setdefault(key, set()).add(json.dumps(r["final_metrics"], sort_keys=True))
     bad = [k for k, vals in groups.items() if len(vals) > 1]
     if bad:
-        return ("WARNING: blazefl variants of one config ended with different metrics "
-                f"(execution modes should give identical bytes): {bad}")
+        return (
+            "WARNING: blazefl variants of one config ended with different metrics "
+            f"(execution modes should give identical bytes): {bad}"
+        )
     return "Final metrics identical across all blazefl variants of each config (as promised)."
 
 

@@ -6,6 +6,11 @@ imported when a real dataset or ResNet-18 is asked for, safetensors/zarr only by
 
 from blazefl.algorithms import (
     ClientPartition,
+    DSFLClientWorkload,
+    DSFLDownlinkPackage,
+    DSFLHParams,
+    DSFLServerHandler,
+    DSFLUplinkPackage,
     FedAvgClientWorkload,
     FedAvgDownlinkPackage,
     FedAvgServerHandler,
@@ -77,6 +82,11 @@ __all__ = [
     "ClientWorker",
     "ClientWorkload",
     "DownlinkPackage",
+    "DSFLClientWorkload",
+    "DSFLDownlinkPackage",
+    "DSFLHParams",
+    "DSFLServerHandler",
+    "DSFLUplinkPackage",
     "Experiment",
     "ExperimentSpec",
     "FedAvgClientWorkload",

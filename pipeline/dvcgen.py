@@ -148,8 +148,7 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
     plot = {"template": "linear", "x": "round", "y": {plot_data: _Flow(PLOT_FIELDS)}}
     plots = [{"metrics": plot}]
     doc: dict[str, Any] = {"stages": stages, "plots": plots}
-    body = yaml.dump(doc, Dumper=_dumper(), sort_keys=False, default_flow_style=False,
-                     width=72)
+    body = yaml.dump(doc, Dumper=_dumper(), sort_keys=False, default_flow_style=False, width=72)
     return header + body
 
 

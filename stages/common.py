@@ -335,6 +335,7 @@ class Session:
             changed=set(result.clients),
         )
         summary = result.summary
+        outputs = {name: sha256_bytes(data) for name, data in files.items()}
         manifest = {
             "clients": result.clients,
             "config": byte_config(self.config),
@@ -342,7 +343,7 @@ class Session:
             "environment": environment(self.config["runtime.threads_per_client"]),
             "inputs": {**self.store_hashes, **self.parent},
             "kind": "round",
-            "outputs": {name: sha256_bytes(data) for name, data in files.items()},
+            "outputs": outputs,
             "parent": self.parent[f"round-{t - 1:04d}/{MANIFEST}"],
             "round": t,
             "summary": {"train_loss": summary.get("train_loss")},
@@ -357,7 +358,7 @@ class Session:
         self.loaded = t
         self.parent = {
             f"round-{t:04d}/{MANIFEST}": sha256_bytes(canonical_json(manifest)),
-            **{f"round-{t:04d}/{k}": v for k, v in manifest["outputs"].items()},
+            **{f"round-{t:04d}/{k}": v for k, v in outputs.items()},
         }
         return RoundOutputs(t, files, manifest, metrics, seconds, result.uplink_sha256)
 

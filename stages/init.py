@@ -40,7 +40,7 @@ def init(
         for cid in range(exp.spec.num_clients)
     }
     files = snapshot_files(server, clients, {})
-    manifest = {
+    manifest: dict[str, Any] = {
         "clients": [],
         "config": byte_config(config),
         "config_sha256": config_sha256(config),
@@ -57,8 +57,8 @@ def init(
         "uplinks": {},
     }
     with atomic_dir(run.round_dir(0)) as tmp:
-        for name, data in files.items():
+        for name, blob in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(data)
+            (tmp / name).write_bytes(blob)
         (tmp / MANIFEST).write_bytes(canonical_json(manifest))
     return run.round_dir(0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -256,7 +256,7 @@ class DSFLWorker:
             )
         self.flat.copy_(start)
         if hasattr(self.model, "generator"):
-            self.model.generator = rng.torch  # generator-driven dropout
+            cast(Any, self.model).generator = rng.torch  # generator-driven dropout
         open_set = self.workload.open_set
         distill(
             self.model,
@@ -460,7 +460,7 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
         self.soft_labels = entropy_reduction_aggregation(mean, self.dsfl.era_temperature)
         self.soft_indices = self._next_indices
         if hasattr(self.model, "generator"):
-            self.model.generator = self.generator  # generator-driven dropout
+            cast(Any, self.model).generator = self.generator  # generator-driven dropout
         self.distill_loss = distill(
             self.model,
             self.optimizer,

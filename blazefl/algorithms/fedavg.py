@@ -4,7 +4,7 @@ weighted by sample count, in ascending client-id order."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,7 +79,7 @@ class FedAvgWorker:
     ) -> tuple[FedAvgUplinkPackage, None]:
         self.flat.copy_(payload.model)
         if hasattr(self.model, "generator"):
-            self.model.generator = rng.torch  # generator-driven dropout
+            cast(Any, self.model).generator = rng.torch  # generator-driven dropout
         indices = self.workload.partition.client(task.cid)
         loss = self.sgd.run(indices, rng.torch)
         uplink = FedAvgUplinkPackage(task.cid, self.flat.clone(), int(indices.numel()), loss)

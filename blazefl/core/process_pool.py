@@ -250,7 +250,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         if self._procs:
             return
         setup_reproducibility(self.threads_per_client)
-        ctx = mp.get_context(self.start_method)
+        ctx: Any = mp.get_context(self.start_method)
         self.workload.share_memory()
         if self.ipc_mode == "storage":
             self._storage = Path(tempfile.mkdtemp(prefix="blazefl-ipc-", dir=self._storage_parent))

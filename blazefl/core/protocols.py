@@ -7,20 +7,20 @@ needs to inherit implementation from the framework.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from blazefl.core.packages import ClientResult, ClientTask
 
 __all__ = ["ServerHandler", "ClientTrainer", "ClientWorkload", "ClientWorker"]
 
-UpT = TypeVar("UpT")
-DownT = TypeVar("DownT")
 UpT_co = TypeVar("UpT_co", covariant=True)
+UpT_contra = TypeVar("UpT_contra", contravariant=True)
+DownT_co = TypeVar("DownT_co", covariant=True)
 DownT_contra = TypeVar("DownT_contra", contravariant=True)
 
 
 @runtime_checkable
-class ServerHandler(Protocol[UpT, DownT]):
+class ServerHandler(Protocol[UpT_contra, DownT_co]):
     """The server side of an FL algorithm.
 
     The round loop calls `sample_clients`, `downlink_package`, then `load` once per client
@@ -29,28 +29,30 @@ class ServerHandler(Protocol[UpT, DownT]):
 
     def sample_clients(self) -> list[int]: ...
 
-    def downlink_package(self) -> DownT: ...
+    def downlink_package(self) -> DownT_co: ...
 
-    def load(self, payload: UpT) -> bool: ...
+    def load(self, payload: UpT_contra) -> bool: ...
 
     def global_update(self) -> None: ...
 
     def is_stopped(self) -> bool: ...
 
+    def summary(self) -> dict[str, Any]: ...
+
 
 @runtime_checkable
-class ClientTrainer(Protocol[UpT, DownT]):
+class ClientTrainer(Protocol[UpT_co, DownT_contra]):
     """Runs client work for one round, in any execution mode.
 
     `train_round` yields results in ascending client-id order, whatever order clients finish in.
     """
 
-    def local_process(self, payload: DownT, cid_list: Sequence[int]) -> None: ...
+    def local_process(self, payload: DownT_contra, cid_list: Sequence[int]) -> None: ...
 
-    def uplink_package(self) -> list[UpT]: ...
+    def uplink_package(self) -> Sequence[UpT_co]: ...
 
     def train_round(
-        self, payload: DownT, cid_list: Sequence[int], round: int = ...
+        self, payload: DownT_contra, cid_list: Sequence[int], round: int = ...
     ) -> Iterator[ClientResult]: ...
 
 
@@ -66,13 +68,13 @@ class ClientWorker(Protocol[UpT_co, DownT_contra]):
         ...
 
 
-class ClientWorkload(Protocol, Generic[UpT, DownT]):
+class ClientWorkload(Protocol[UpT_co, DownT_contra]):
     """Picklable description of client work; builds one `ClientWorker` per worker.
 
     For process pools it is pickled once per run into every worker process; its tensors
     should be in shared memory (`share_memory()`) so they are not copied per worker.
     """
 
-    def make_worker(self) -> ClientWorker[UpT, DownT]: ...
+    def make_worker(self) -> ClientWorker[UpT_co, DownT_contra]: ...
 
     def share_memory(self) -> None: ...

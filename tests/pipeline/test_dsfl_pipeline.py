@@ -50,23 +50,39 @@ def test_state_of_server_and_every_seen_client_is_in_each_round(dsfl_run: Path) 
 
 
 def test_processes_give_the_same_bytes_as_sequential(
-    dsfl_run: Path, tmp_path: Path, blazefl: Callable[..., Result],
+    dsfl_run: Path,
+    tmp_path: Path,
+    blazefl: Callable[..., Result],
     snapshot: Callable[[Path], dict[str, str]],
 ) -> None:
     out = tmp_path / "run"
-    result = blazefl("run", "--out", str(out), "--mode", "processes", "--workers", "2",
-                     "--quiet", *ARGS)
+    result = blazefl(
+        "run", "--out", str(out), "--mode", "processes", "--workers", "2", "--quiet", *ARGS
+    )
     assert result.exit_code == 0, result.output
     assert _files(snapshot, out) == _files(snapshot, dsfl_run)
 
 
 def test_resume_from_disk_restores_client_and_server_state_exactly(
-    dsfl_run: Path, tmp_path: Path, blazefl: Callable[..., Result],
+    dsfl_run: Path,
+    tmp_path: Path,
+    blazefl: Callable[..., Result],
     snapshot: Callable[[Path], dict[str, str]],
 ) -> None:
     out = tmp_path / "run"
-    first = blazefl("run", "--out", str(out), "--mode", "threads", "--workers", "2", "--quiet",
-                    *ARGS, "--set", "fl.rounds=1")
+    first = blazefl(
+        "run",
+        "--out",
+        str(out),
+        "--mode",
+        "threads",
+        "--workers",
+        "2",
+        "--quiet",
+        *ARGS,
+        "--set",
+        "fl.rounds=1",
+    )
     assert first.exit_code == 0, first.output
     for t in (2, 3):  # one process per round, as dvc runs them: state comes only from disk
         result = blazefl("stage", "round", "--round", str(t), "--out", str(out), *ARGS)

@@ -75,8 +75,11 @@ def sh(repo: Path, *args: str) -> str:
     """Run a command in `repo`; fail the test with its output if it fails."""
     tool = _tool(args[0]) or args[0]
     proc = subprocess.run(
-        [tool, *args[1:]], cwd=repo, env=_env(repo.parent / "dvc-site-cache"),
-        capture_output=True, text=True,
+        [tool, *args[1:]],
+        cwd=repo,
+        env=_env(repo.parent / "dvc-site-cache"),
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -141,8 +144,9 @@ def test_same_config_writes_same_bytes(tmp_path: Path) -> None:
     texts = []
     for name in ("a", "b"):
         d = tmp_path / name
-        written = write_dvc(config, out=d / OUT, dvc_file=d / "dvc.yaml",
-                            params_file=d / "params.yaml")
+        written = write_dvc(
+            config, out=d / OUT, dvc_file=d / "dvc.yaml", params_file=d / "params.yaml"
+        )
         assert written == [d / "params.yaml", d / "dvc.yaml"]
         texts.append([(d / "dvc.yaml").read_bytes(), (d / "params.yaml").read_bytes()])
     assert texts[0] == texts[1]
@@ -150,16 +154,24 @@ def test_same_config_writes_same_bytes(tmp_path: Path) -> None:
 
 def test_params_yaml_round_trips_and_holds_the_full_config(tmp_path: Path) -> None:
     config = load_config(None, {**TINY, "train.lr": 0.0125, "data.root": None})
-    write_dvc(config, out=tmp_path / OUT, dvc_file=tmp_path / "dvc.yaml",
-              params_file=tmp_path / "params.yaml")
+    write_dvc(
+        config,
+        out=tmp_path / OUT,
+        dvc_file=tmp_path / "dvc.yaml",
+        params_file=tmp_path / "params.yaml",
+    )
     assert load_config(tmp_path / "params.yaml") == config
     assert (tmp_path / "params.yaml").read_text() == dump_yaml(config)
 
 
 def test_stages_list_only_byte_keys_and_never_persist(tmp_path: Path) -> None:
     config = load_config(None, TINY)
-    write_dvc(config, out=tmp_path / OUT, dvc_file=tmp_path / "dvc.yaml",
-              params_file=tmp_path / "params.yaml")
+    write_dvc(
+        config,
+        out=tmp_path / OUT,
+        dvc_file=tmp_path / "dvc.yaml",
+        params_file=tmp_path / "params.yaml",
+    )
     text = (tmp_path / "dvc.yaml").read_text()
     doc = yaml.safe_load(text)
     assert "persist" not in text
@@ -173,10 +185,13 @@ def test_stages_list_only_byte_keys_and_never_persist(tmp_path: Path) -> None:
         assert stage["cmd"].endswith(f"--config params.yaml --out {OUT}"), name
     assert doc["stages"]["round_002"]["cmd"].startswith("blazefl stage round --round 2 ")
     assert doc["stages"]["round_002"]["deps"] == [
-        f"{OUT}/dataset", f"{OUT}/partitions", f"{OUT}/round-0001"
+        f"{OUT}/dataset",
+        f"{OUT}/partitions",
+        f"{OUT}/round-0001",
     ]
     assert doc["stages"]["round_002"]["outs"] == [
-        f"{OUT}/round-0002", {f"{OUT}/metrics/round-0002.json": {"cache": False}}
+        f"{OUT}/round-0002",
+        {f"{OUT}/metrics/round-0002.json": {"cache": False}},
     ]
     assert doc["stages"]["report"]["metrics"] == [{f"{OUT}/summary.json": {"cache": False}}]
     (plot,) = doc["plots"]
@@ -188,8 +203,9 @@ def test_paths_are_relative_to_dvc_yaml_and_params_file_is_named(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(None, {**TINY, "fl.rounds": 1})
-    write_dvc(config, out="artifacts/x", dvc_file=Path("pipe/dvc.yaml"),
-              params_file=Path("conf/exp.yaml"))
+    write_dvc(
+        config, out="artifacts/x", dvc_file=Path("pipe/dvc.yaml"), params_file=Path("conf/exp.yaml")
+    )
     assert load_config("conf/exp.yaml") == config
     doc = yaml.safe_load(Path("pipe/dvc.yaml").read_text())
     init = doc["stages"]["round_000"]
@@ -206,8 +222,12 @@ def test_stage_names_have_three_digits_and_widen_past_999() -> None:
 
 
 def test_zero_rounds_pipeline_reports_from_init(tmp_path: Path) -> None:
-    write_dvc(load_config(None, {**TINY, "fl.rounds": 0}), out=tmp_path / OUT,
-              dvc_file=tmp_path / "dvc.yaml", params_file=tmp_path / "params.yaml")
+    write_dvc(
+        load_config(None, {**TINY, "fl.rounds": 0}),
+        out=tmp_path / OUT,
+        dvc_file=tmp_path / "dvc.yaml",
+        params_file=tmp_path / "params.yaml",
+    )
     doc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
     assert list(doc["stages"]) == ["prepare", "partition", "round_000", "report"]
     assert doc["stages"]["report"]["deps"] == [f"{OUT}/round-0000"]
