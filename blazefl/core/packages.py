@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -129,6 +130,15 @@ class PackageLayout:
             src = getattr(package, slot.name).detach().reshape(-1)
             dst = arena[slot.offset : slot.offset + slot.nbytes]
             dst.view(slot.dtype).copy_(src)
+
+    def write_file(self, package: Any, path: str | os.PathLike[str]) -> None:
+        """Write the package's tensors to a file in arena layout, without an arena copy."""
+        with open(path, "wb") as f:
+            for slot in self.tensors:
+                f.seek(slot.offset)
+                t = getattr(package, slot.name).detach().contiguous().reshape(-1)
+                f.write(t.view(torch.uint8).numpy().data)
+            f.truncate(self.nbytes)
 
     def read(self, arena: torch.Tensor, copy: bool = False) -> Any:
         """Rebuild the package from `arena`; tensors are views unless `copy`."""

@@ -133,7 +133,6 @@ def _worker_main(
     down_arena: torch.Tensor | None = None
     up_arena: torch.Tensor | None = None
     cached: tuple[int, Any] = (-1, None)
-    scratch = torch.empty(0, dtype=torch.uint8)
     while True:
         try:
             msg = conn.recv()
@@ -158,11 +157,8 @@ def _worker_main(
                 cached = (ref.version, ref.layout.read(arena))
             result = run_client_task(worker, task, cached[1])
             layout = package_layout(result.uplink)
-            if ipc_mode == "storage":
-                if scratch.numel() < layout.nbytes:
-                    scratch = torch.empty(layout.nbytes, dtype=torch.uint8)
-                layout.write(result.uplink, scratch)
-                scratch[: layout.nbytes].numpy().tofile(slot)
+            if ipc_mode == "storage":  # straight from the model's memory to the file
+                layout.write_file(result.uplink, slot)
                 body: Any = ("layout", layout)
             elif up_arena is not None and layout.nbytes <= up_arena.shape[1]:
                 layout.write(result.uplink, up_arena[slot])
@@ -330,9 +326,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             for old in self._storage.glob("downlink-*.bin"):
                 old.unlink()
             path = self._storage / f"downlink-{self._version}.bin"
-            arena = torch.empty(layout.nbytes, dtype=torch.uint8)
-            layout.write(payload, arena)
-            arena.numpy().tofile(path)
+            layout.write_file(payload, path)
             return _DownlinkRef(self._version, layout, str(path))
         grow_down = self._down_arena is None or self._down_arena.numel() < layout.nbytes
         want_slot = max(self._slot_nbytes, layout.nbytes)  # uplinks are usually model-sized
@@ -428,9 +422,10 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         elif self.ipc_mode == "storage":
             path = Path(slot[1])
             layout: PackageLayout = body[1]
-            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+            # mapped, not read: the server folds it in from the page cache; the mapping stays
+            # valid after the unlink and goes away with the last view
+            uplink = layout.read(_map_file(str(path), layout.nbytes))
             path.unlink()
-            uplink = layout.read(data)
         else:
             assert self._up_arena is not None
             uplink = body[1].read(self._up_arena[slot[0]], copy=True)

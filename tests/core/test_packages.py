@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +91,17 @@ def test_layout_writes_non_contiguous_tensors() -> None:
     arena = torch.empty(layout.nbytes, dtype=torch.uint8)
     layout.write(pkg, arena)
     assert torch.equal(layout.read(arena).weights, pkg.weights)
+
+
+def test_layout_write_file_matches_the_arena_layout(tmp_path: Path) -> None:
+    pkg = mixed()
+    pkg.weights = torch.randn(5, 3).t()  # non-contiguous too
+    layout = package_layout(pkg)
+    path = tmp_path / "uplink.bin"
+    layout.write_file(pkg, path)
+    data = path.read_bytes()
+    assert len(data) == layout.nbytes
+    assert_same(pkg, layout.read(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
 
 
 def test_layout_rejects_non_dataclass() -> None:
