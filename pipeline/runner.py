@@ -43,21 +43,24 @@ class Progress:
 
 
 def check_run_config(config: dict[str, Any], run: RunDir) -> None:
-    """Refuse a run directory made with another config (before anything is written)."""
-    init = run.round_dir(0) / MANIFEST
-    if not init.exists():
-        return
-    recorded = run.read_json(init)
-    if recorded.get("config_sha256") == config_sha256(config):
-        return
-    old = recorded.get("config", {})
-    new = byte_config(config)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    detail = f" (differs in: {', '.join(changed)})" if changed else ""
-    raise ConfigError(
-        f"run directory {run.root} was made with another config{detail}: use a new --out "
-        "to start a new run, or restore the old config to resume"
-    )
+    """Refuse a run directory made with another config (before anything is written).
+
+    Round 0 and the last complete round are both checked, so a run whose init was redone
+    with a new config while older rounds remain is refused too.
+    """
+    rounds = run.complete_rounds()
+    for t in sorted({rounds[0], rounds[-1]} if rounds else set()):
+        recorded = run.read_json(run.round_dir(t) / MANIFEST)
+        if recorded.get("config_sha256") == config_sha256(config):
+            continue
+        old = recorded.get("config", {})
+        new = byte_config(config)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        detail = f" (differs in: {', '.join(changed)})" if changed else ""
+        raise ConfigError(
+            f"run directory {run.root} was made with another config{detail}: use a new --out "
+            "to start a new run, or restore the old config to resume"
+        )
 
 
 def run_experiment(

@@ -289,3 +289,15 @@ def test_cli_help_does_not_import_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "run" in result.stdout and "verify" in result.stdout
+
+
+def test_rounds_left_from_another_config_are_refused(two_round_run: Path) -> None:
+    code, output = invoke(
+        "stage", "init", "--out", str(two_round_run), *TINY, "--set", "train.lr=0.5"
+    )
+    assert code == 0, output  # redoing init alone is allowed (dvc does this)...
+    before = tree(two_round_run, skip=())
+    code, output = invoke("run", "--out", str(two_round_run), *TINY, "--set", "train.lr=0.5")
+    # ...but round 2, made with the old lr, must not be resumed from
+    _assert_clean_failure(code, output, "another config", "train.lr")
+    assert tree(two_round_run, skip=()) == before
