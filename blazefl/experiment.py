@@ -23,7 +23,7 @@ from blazefl.algorithms.dsfl import (
     split_open_set,
 )
 from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler, ModelSpec
-from blazefl.core.loop import RoundResult, make_trainer, run_round
+from blazefl.core.loop import EXECUTION_MODES, RoundResult, make_trainer, run_round
 from blazefl.core.serialization import flatten_module_
 from blazefl.data import DATASETS, PARTITIONERS, ImageDataset, load_dataset, partition_indices
 from blazefl.models import MODELS
@@ -250,6 +250,8 @@ def simulate(
         >>> server, rounds = simulate(ExperimentSpec(rounds=2), mode="threads", workers=2)
         >>> rounds[-1].summary["test_accuracy"]
     """
+    if mode not in EXECUTION_MODES:  # before any data is built
+        raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")
     exp = build_experiment(spec)
     server = exp.server()
     results = []
