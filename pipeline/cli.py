@@ -220,7 +220,7 @@ def verify(
 @_user_errors
 def diff(run_a: str, run_b: str) -> None:
     """First differing round of two runs: files, tensors, clients."""
-    from pipeline.verify import diff_runs
+    from pipeline.compare import diff_runs
 
     same = diff_runs(Path(run_a), Path(run_b), echo=click.echo)
     sys.exit(0 if same else 1)
@@ -231,7 +231,7 @@ def diff(run_a: str, run_b: str) -> None:
 @_user_errors
 def show(run_dir: str) -> None:
     """Rounds, hashes and metrics of a run at a glance."""
-    from pipeline.verify import show_run
+    from pipeline.compare import show_run
 
     show_run(Path(run_dir), echo=click.echo)
 

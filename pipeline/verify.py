@@ -1,11 +1,9 @@
-"""Auditing a run directory: `blazefl verify`, `blazefl diff` and `blazefl show`.
+"""Auditing a run directory: `blazefl verify` (diff and show live in `pipeline.compare`).
 
 - `verify_run` checks every chosen round against its manifest (files on disk, the parent-hash
   chain, input hashes), then re-executes it from round t-1's *recorded* artifacts in a scratch
   directory and compares the recomputed outputs and per-client uplink hashes with the manifest.
   The run directory is only read.
-- `diff_runs` compares two runs round by round: files, tensors (max abs difference), clients.
-- `show_run` prints rounds, hashes and metrics in a table.
 
 Example:
     >>> verify_run(Path("artifacts/default"), "3,5-7", "processes", 2, None, echo=print)
@@ -34,7 +32,7 @@ from pipeline.store import (
     sha256_file,
 )
 
-__all__ = ["verify_run", "diff_runs", "show_run", "parse_rounds", "environment_note"]
+__all__ = ["verify_run", "parse_rounds", "environment_note"]
 
 Echo = Callable[[str], None]
 _RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -389,182 +387,3 @@ def verify_run(
     else:
         echo(f"{_rounds(chosen)}: all OK")
     return ok and not failed
-
-
-# -- diff ----------------------------------------------------------------------------------
-def _tensor_diffs(pa: Path, pb: Path) -> str:
-    """Which tensors of two safetensors files differ, largest max abs difference first."""
-    from safetensors.torch import load
-
-    try:
-        a, b = load(pa.read_bytes()), load(pb.read_bytes())
-    except Exception as exc:  # a damaged file: say so instead of failing the whole diff
-        return f"unreadable safetensors ({str(exc).splitlines()[0][:80]})"
-    items: list[tuple[float, str]] = []
-    for key in sorted(set(a) | set(b)):
-        if key not in b or key not in a:
-            items.append((float("inf"), f"{key} (only in {'A' if key in a else 'B'})"))
-        elif a[key].shape != b[key].shape or a[key].dtype != b[key].dtype:
-            items.append(
-                (
-                    float("inf"),
-                    f"{key} ({a[key].dtype}{tuple(a[key].shape)} vs "
-                    f"{b[key].dtype}{tuple(b[key].shape)})",
-                )
-            )
-        elif not a[key].equal(b[key]):
-            d = (a[key].double() - b[key].double()).abs().max().item()
-            items.append((d, f"{key} (max abs diff {d:.3g})"))
-    items.sort(key=lambda x: -x[0])
-    shown = ", ".join(text for _, text in items[:6])
-    more = f", and {len(items) - 6} more" if len(items) > 6 else ""
-    return f"{len(items)} of {len(set(a) | set(b))} tensors differ: {shown}{more}"
-
-
-def _dict_diffs(a: dict[str, Any], b: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return "; ".join(
-        f"{k}: {a.get(k, '(absent)')!r} (A) vs {b.get(k, '(absent)')!r} (B)" for k in keys
-    )
-
-
-def _round_diffs(a: RunDir, b: RunDir, t: int) -> list[str]:
-    """Lines describing how round t differs between two runs (empty: identical)."""
-    out = []
-    fa, fb = _files(a.round_dir(t)), _files(b.round_dir(t))
-    for rel in sorted(set(fa) | set(fb)):
-        if rel not in fa or rel not in fb:
-            out.append(f"{rel} only in {'A' if rel in fa else 'B'}")
-        elif sha256_file(fa[rel]) != sha256_file(fb[rel]):
-            detail = _tensor_diffs(fa[rel], fb[rel]) if rel.endswith(".safetensors") else ""
-            out.append(f"{rel} differs" + (f": {detail}" if detail else ""))
-    ma, mb = a.manifest(t), b.manifest(t)
-    if ma.get("kind") != mb.get("kind"):
-        out.append(f"kind: {ma.get('kind')} (A) vs {mb.get('kind')} (B)")
-    if ma.get("clients") != mb.get("clients"):
-        out.append(
-            f"sampled clients differ: A {_ids(ma.get('clients', []))}; "
-            f"B {_ids(mb.get('clients', []))}"
-        )
-    ua, ub = ma.get("uplinks", {}), mb.get("uplinks", {})
-    cids = sorted(int(k) for k in set(ua) | set(ub) if ua.get(k) != ub.get(k))
-    if cids:
-        out.append(f"uplinks differ for clients {_ids(cids)}")
-    if ma.get("summary") != mb.get("summary"):
-        sa, sb = ma.get("summary", {}), mb.get("summary", {})
-        out.append(f"{MANIFEST} summary: {_dict_diffs(sa, sb)}")
-    pa, pb = a.metrics_path(t), b.metrics_path(t)
-    if pa.is_file() != pb.is_file():
-        out.append(f"{a.rel(pa)} only in {'A' if pa.is_file() else 'B'}")
-    elif pa.is_file() and pa.read_bytes() != pb.read_bytes():
-        out.append(f"{a.rel(pa)} differs: {_dict_diffs(a.read_json(pa), b.read_json(pb))}")
-    return out
-
-
-def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
-    """Compare two runs: config, stores, then round 0, 1, ... (files, tensors, clients, metrics).
-
-    Returns:
-        True iff the byte config, the stores, every round and every metrics file are identical
-        and both runs hold the same rounds (timings are ignored; they always vary).
-    """
-    a, b = _open_run(run_a), _open_run(run_b)
-    same = True
-    ca, cb = a.manifest(0).get("config", {}), b.manifest(0).get("config", {})
-    if ca != cb:
-        echo(f"config differs: {_dict_diffs(ca, cb)}")
-        same = False
-    ea, eb = a.manifest(0).get("environment", {}), b.manifest(0).get("environment", {})
-    if ea != eb:
-        echo(
-            f"environment differs (bits are only promised for the same one): {_dict_diffs(ea, eb)}"
-        )
-    for store in ("dataset", "partitions"):
-        ha = {rel: sha256_file(p) for rel, p in _files(a.root / store).items()}
-        hb = {rel: sha256_file(p) for rel, p in _files(b.root / store).items()}
-        bad = sorted(k for k in set(ha) | set(hb) if ha.get(k) != hb.get(k))
-        ma, mb = a.root / store / MANIFEST, b.root / store / MANIFEST
-        if ma.is_file() and mb.is_file() and ma.read_bytes() != mb.read_bytes():
-            bad.append(MANIFEST)
-        if bad:
-            echo(f"{store} differs: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
-            same = False
-    ra, rb = set(a.complete_rounds()), set(b.complete_rounds())
-    common = sorted(ra & rb)
-    differing = []
-    for t in common:
-        lines = _round_diffs(a, b, t)
-        if not lines:
-            continue
-        differing.append(t)
-        if len(differing) == 1:
-            before = f" ({_rounds(list(range(t)))} identical)" if t > 0 else ""
-            echo(f"first difference: round {t}{before}")
-            for line in lines:
-                echo(f"  {line}")
-    if len(differing) > 1:
-        echo(f"later rounds that differ too: {_fmt_rounds(differing[1:])}")
-    for name, only in (("A", ra - rb), ("B", rb - ra)):
-        if only:
-            echo(f"only in {name}: {_rounds(sorted(only))}")
-            same = False
-    same = same and not differing
-    if same:
-        echo(f"identical: {len([t for t in common if t > 0])} rounds")
-    elif not differing:
-        echo(f"common {_rounds(common)}: identical artifacts")
-    return same
-
-
-# -- show ----------------------------------------------------------------------------------
-def _num(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "-"
-
-
-def show_run(run_dir: Path, echo: Echo) -> None:
-    """Print a run's rounds, hashes and metrics as a table.
-
-    Raises:
-        ArtifactError: not a run directory.
-    """
-    run = _open_run(run_dir)
-    rounds = run.complete_rounds()
-    m0 = run.manifest(0)
-    env = m0.get("environment", {})
-    echo(f"run {run.root}: {_rounds(rounds)}, config sha256 {str(m0.get('config_sha256'))[:12]}")
-    echo(
-        f"environment: torch {env.get('torch')}, numpy {env.get('numpy')}, python "
-        f"{env.get('python')}, {env.get('cpu_isa')} ({env.get('machine')}), "
-        f"{env.get('threads_per_client')} thread(s) per client"
-    )
-    header = (
-        f"{'round':>5}  {'kind':<5}  {'clients':>7}  {'global':<12}  {'manifest':<12}  "
-        f"{'train_loss':>10}  {'test_loss':>9}  {'test_acc':>8}"
-    )
-    echo(header)
-    for t in rounds:
-        m = run.manifest(t)
-        metrics: dict[str, Any] = {}
-        if run.metrics_path(t).is_file():
-            with contextlib.suppress(ArtifactError):
-                metrics = run.read_json(run.metrics_path(t))
-        train_loss = metrics.get("train_loss", m.get("summary", {}).get("train_loss"))
-        notes = []
-        if m.get("environment", env) != env:
-            notes.append("other environment")
-        if m.get("config_sha256") != m0.get("config_sha256"):
-            notes.append("other config")
-        echo(
-            f"{t:>5}  {str(m.get('kind', '?')):<5}  {len(m.get('clients', [])):>7}  "
-            f"{str(m.get('outputs', {}).get('global.safetensors', '-'))[:12]:<12}  "
-            f"{sha256_file(run.round_dir(t) / MANIFEST)[:12]:<12}  {_num(train_loss):>10}  "
-            f"{_num(metrics.get('test_loss')):>9}  {_num(metrics.get('test_accuracy')):>8}"
-            + (f"  ({', '.join(notes)})" if notes else "")
-        )
-    last = run.last_complete_round()
-    gap = [t for t in rounds if last is not None and t > last]
-    if gap:
-        echo(f"note: {_rounds(gap)} after a missing round (not part of the chain)")
-    partial = sorted(p.name for p in run.root.glob(".*.partial"))
-    if partial:
-        echo(f"note: unfinished writes (removed on the next run): {', '.join(partial)}")
