@@ -34,6 +34,10 @@ def _user_errors(fn: F) -> F:
         except ValueError as exc:  # ConfigError, ArtifactError, DatasetNotFoundError, ...
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # unwritable --out, a file where a folder should be, disk full
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot access{where}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
         except RuntimeError as exc:
             from blazefl.core import ClientTrainingError, WorkerCrashedError
 

@@ -301,3 +301,11 @@ def test_rounds_left_from_another_config_are_refused(two_round_run: Path) -> Non
     # ...but round 2, made with the old lr, must not be resumed from
     _assert_clean_failure(code, output, "another config", "train.lr")
     assert tree(two_round_run, skip=()) == before
+
+
+def test_out_below_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    code, output = invoke("run", "--out", str(blocker / "run"), "--quiet", *TINY)
+    _assert_clean_failure(code, output, "not-a-dir")
+    assert blocker.read_text() == "x"
