@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.store import MANIFEST, ArtifactError, RunDir, sha256_file
-from pipeline.verify import Echo, _files, _fmt_rounds, _ids, _open_run, _rounds
+from pipeline.verify import (
+    Echo,
+    _files,
+    _fmt_rounds,
+    _ids,
+    _open_run,
+    _rounds,
+    differing_uplinks,
+)
 
 __all__ = ["diff_runs", "show_run"]
 
@@ -72,8 +80,7 @@ def _round_diffs(a: RunDir, b: RunDir, t: int) -> list[str]:
             f"sampled clients differ: A {_ids(ma.get('clients', []))}; "
             f"B {_ids(mb.get('clients', []))}"
         )
-    ua, ub = ma.get("uplinks", {}), mb.get("uplinks", {})
-    cids = sorted(int(k) for k in set(ua) | set(ub) if ua.get(k) != ub.get(k))
+    cids = differing_uplinks(ma, mb)
     if cids:
         out.append(f"uplinks differ for clients {_ids(cids)}")
     if ma.get("summary") != mb.get("summary"):

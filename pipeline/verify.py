@@ -206,11 +206,16 @@ def _recomputed_diffs(
             f"sampled clients {_ids(new.get('clients', []))} instead of recorded "
             f"{_ids(m.get('clients', []))}"
         )
-    rec, now = m.get("uplinks", {}), new.get("uplinks", {})
-    cids = sorted(int(k) for k in set(rec) | set(now) if rec.get(k) != now.get(k))
+    cids = differing_uplinks(m, new)
     if cids:
         out.append(f"uplinks of clients {_ids(cids)}")
     return out
+
+
+def differing_uplinks(a: dict[str, Any], b: dict[str, Any]) -> list[int]:
+    """Client ids whose uplink hash differs (or exists in only one) of two manifests."""
+    ua, ub = a.get("uplinks", {}), b.get("uplinks", {})
+    return sorted(int(k) for k in set(ua) | set(ub) if ua.get(k) != ub.get(k))
 
 
 def _ids(ids: list[int]) -> str:

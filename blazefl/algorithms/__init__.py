@@ -1,6 +1,16 @@
 """FL algorithms built on the core: each is package types + server handler + client work."""
 
 from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.dsfl import (
+    DSFLClientWorkload,
+    DSFLDownlinkPackage,
+    DSFLHParams,
+    DSFLServerHandler,
+    DSFLUplinkPackage,
+    DSFLWorker,
+    entropy_reduction_aggregation,
+    split_open_set,
+)
 from blazefl.algorithms.fedavg import (
     FedAvgClientWorkload,
     FedAvgDownlinkPackage,
@@ -12,6 +22,12 @@ from blazefl.algorithms.fedavg import (
 
 __all__ = [
     "ClientPartition",
+    "DSFLClientWorkload",
+    "DSFLDownlinkPackage",
+    "DSFLHParams",
+    "DSFLServerHandler",
+    "DSFLUplinkPackage",
+    "DSFLWorker",
     "FedAvgClientWorkload",
     "FedAvgDownlinkPackage",
     "FedAvgServerHandler",
@@ -20,28 +36,7 @@ __all__ = [
     "LocalSGD",
     "ModelSpec",
     "TrainHParams",
-    "evaluate_model",
-]
-
-# DS-FL (distillation-based semi-supervised FL)
-from blazefl.algorithms.dsfl import (  # noqa: E402
-    DSFLClientWorkload,
-    DSFLDownlinkPackage,
-    DSFLHParams,
-    DSFLServerHandler,
-    DSFLUplinkPackage,
-    DSFLWorker,
-    entropy_reduction_aggregation,
-    split_open_set,
-)
-
-__all__ += [
-    "DSFLClientWorkload",
-    "DSFLDownlinkPackage",
-    "DSFLHParams",
-    "DSFLServerHandler",
-    "DSFLUplinkPackage",
-    "DSFLWorker",
     "entropy_reduction_aggregation",
+    "evaluate_model",
     "split_open_set",
 ]

@@ -103,6 +103,23 @@ def encode_python_state(state: tuple[Any, ...]) -> bytes:
     return _PY_LAYOUT.pack(_PY_MAGIC, *internal, has_gauss, gauss_next if has_gauss else 0.0)
 
 
+def unpack_checked(layout: struct.Struct, magic: bytes, data: bytes, what: str) -> list[Any]:
+    """Unpack a fixed-size packed RNG state after checking its length and magic prefix.
+
+    Returns:
+        The fields after the magic.
+
+    Raises:
+        ValueError: truncated/oversized data or a wrong magic, naming `what`.
+    """
+    if len(data) != layout.size:
+        raise ValueError(f"{what} must be {layout.size} bytes, got {len(data)} (truncated?)")
+    found, *rest = layout.unpack(data)
+    if found != magic:
+        raise ValueError(f"{what} has bad magic {found!r}, expected {magic!r}")
+    return rest
+
+
 def decode_python_state(data: bytes) -> tuple[Any, ...]:
     """Inverse of :func:`encode_python_state`; ValueError on corrupt or truncated bytes.
 
@@ -112,13 +129,7 @@ def decode_python_state(data: bytes) -> tuple[Any, ...]:
     Returns:
         A tuple accepted by ``random.Random.setstate``.
     """
-    if len(data) != _PY_LAYOUT.size:
-        raise ValueError(
-            f"python RNG state must be {_PY_LAYOUT.size} bytes, got {len(data)} (truncated?)"
-        )
-    magic, *rest = _PY_LAYOUT.unpack(data)
-    if magic != _PY_MAGIC:
-        raise ValueError(f"python RNG state has bad magic {magic!r}, expected {_PY_MAGIC!r}")
+    rest = unpack_checked(_PY_LAYOUT, _PY_MAGIC, data, "python RNG state")
     internal, flag, gauss = rest[:_PY_WORDS], rest[_PY_WORDS], rest[_PY_WORDS + 1]
     if flag not in (0, 1):
         raise ValueError(f"python RNG state has bad gauss flag {flag}")

@@ -24,6 +24,7 @@ from blazefl.reproducibility.rng import (
     decode_python_state,
     encode_python_state,
     tensor_to_bytes,
+    unpack_checked,
 )
 
 __all__ = ["RandomStateSnapshot", "seed_everything"]
@@ -76,13 +77,7 @@ def _encode_numpy_legacy(state: tuple[Any, ...]) -> bytes:
 
 
 def _decode_numpy_legacy(data: bytes) -> tuple[Any, ...]:
-    if len(data) != _NP_LAYOUT.size:
-        raise ValueError(
-            f"numpy global RNG state must be {_NP_LAYOUT.size} bytes, got {len(data)} (truncated?)"
-        )
-    magic, *rest = _NP_LAYOUT.unpack(data)
-    if magic != _NP_MAGIC:
-        raise ValueError(f"numpy global RNG state has bad magic {magic!r}, expected {_NP_MAGIC!r}")
+    rest = unpack_checked(_NP_LAYOUT, _NP_MAGIC, data, "numpy global RNG state")
     keys = np.asarray(rest[:_NP_WORDS], dtype=np.uint32)
     pos, has_gauss, cached = rest[_NP_WORDS], rest[_NP_WORDS + 1], rest[_NP_WORDS + 2]
     if pos > _NP_WORDS or has_gauss not in (0, 1):
