@@ -22,7 +22,7 @@ from blazefl.core.loop import make_trainer, run_round
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment
-from blazefl.reproducibility import setup_reproducibility
+from blazefl.reproducibility import pin_client_threads
 from pipeline.config import byte_config, config_sha256, to_spec
 from pipeline.store import (
     MANIFEST,
@@ -222,7 +222,7 @@ class Session:
         self.mode = mode or config["runtime.mode"]
         self.workers = workers or config["runtime.workers"]
         self.ipc = ipc or config["runtime.ipc"]
-        setup_reproducibility(config["runtime.threads_per_client"])
+        pin_client_threads(config["runtime.threads_per_client"])
         self.exp = build_from_stores(config, run, data)
         self.server = self.exp.server()
         self.trainer = make_trainer(

@@ -7,7 +7,7 @@ from typing import Any
 
 from blazefl.algorithms.common import evaluate_model
 from blazefl.core.serialization import load_model_state_dict
-from blazefl.reproducibility import setup_reproducibility
+from blazefl.reproducibility import pin_client_threads
 from pipeline.store import ArtifactError, RunDir, atomic_write, canonical_json, read_safetensors
 from stages.common import GLOBAL, build_from_stores
 
@@ -23,7 +23,7 @@ def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:
     if t < 1:
         raise ArtifactError(f"--round must be >= 1, got {t}")
     manifest = run.manifest(t)
-    setup_reproducibility(config["runtime.threads_per_client"])
+    pin_client_threads(config["runtime.threads_per_client"])
     exp = build_from_stores(config, run)
     server = exp.server()
     try:

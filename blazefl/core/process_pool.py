@@ -44,7 +44,7 @@ from blazefl.core.packages import (
 )
 from blazefl.core.protocols import ClientWorkload
 from blazefl.core.trainers import BaseClientTrainer, ClientTrainingError, run_client_task
-from blazefl.reproducibility import setup_reproducibility
+from blazefl.reproducibility import pin_client_threads
 
 __all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "IPC_MODES"]
 
@@ -127,7 +127,7 @@ def _worker_main(
 ) -> None:
     """Worker process loop: pin threads, build one worker, serve tasks until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
-    setup_reproducibility(threads)
+    pin_client_threads(threads)
     tune_malloc()
     worker = workload.make_worker()
     down_arena: torch.Tensor | None = None
@@ -245,7 +245,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
     def _start(self) -> None:
         if self._procs:
             return
-        setup_reproducibility(self.threads_per_client)
+        pin_client_threads(self.threads_per_client)
         ctx: Any = mp.get_context(self.start_method)
         self.workload.share_memory()
         if self.ipc_mode == "storage":

@@ -21,7 +21,7 @@ import torch
 
 from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_sha256
 from blazefl.core.protocols import ClientWorker, ClientWorkload
-from blazefl.reproducibility import RNGSuite, create_rng_suite, setup_reproducibility
+from blazefl.reproducibility import RNGSuite, create_rng_suite, pin_client_threads
 
 __all__ = [
     "BaseClientTrainer",
@@ -183,7 +183,7 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
 
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         if self._worker is None:
-            setup_reproducibility(self.threads_per_client)
+            pin_client_threads(self.threads_per_client)
             self._worker = self.workload.make_worker()
         for task in tasks:
             yield run_client_task(self._worker, task, payload)
@@ -246,13 +246,13 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
 
     def _start(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            setup_reproducibility(self.threads_per_client)
+            pin_client_threads(self.threads_per_client)
             for _ in range(self.num_workers):
                 self._idle.put(self.workload.make_worker())
             self._executor = ThreadPoolExecutor(
                 self.num_workers,
                 thread_name_prefix="blazefl-client",
-                initializer=setup_reproducibility,
+                initializer=pin_client_threads,
                 initargs=(self.threads_per_client,),
             )
         return self._executor

@@ -2,11 +2,16 @@
 
 - :class:`RNGSuite` / :func:`create_rng_suite`: per-stream generators for client and server work.
 - :func:`seed_everything` / :class:`RandomStateSnapshot`: the global-RNG strategy for scripts.
-- :func:`setup_reproducibility` / :func:`determinism_flags`: thread count and torch flags.
+- :func:`setup_reproducibility`: ``PYTHONHASHSEED`` and cuDNN flags (the original BlazeFL meaning).
+- :func:`pin_client_threads` / :func:`determinism_flags`: thread count and torch flags.
 """
 
 from blazefl.reproducibility.rng import SERVER_STREAM_ID, RNGSuite, create_rng_suite
-from blazefl.reproducibility.setup import determinism_flags, setup_reproducibility
+from blazefl.reproducibility.setup import (
+    determinism_flags,
+    pin_client_threads,
+    setup_reproducibility,
+)
 from blazefl.reproducibility.snapshot import RandomStateSnapshot, seed_everything
 
 __all__ = [
@@ -15,6 +20,7 @@ __all__ = [
     "RandomStateSnapshot",
     "create_rng_suite",
     "determinism_flags",
+    "pin_client_threads",
     "seed_everything",
     "setup_reproducibility",
 ]

@@ -1,11 +1,16 @@
 """The one place that sets torch's determinism flags.
 
-Call :func:`setup_reproducibility` in the main thread before any pool starts, and again in every
-worker initializer (thread or process). The intra-op thread count changes result bits on CPU
-(conv backward, large reductions and some GEMMs split work differently), no flag fixes that, and
-the count is per thread / per process state: a new worker does not inherit it reliably
-(DESIGN section 4, rule 1). The thread count is part of the config and of the manifest;
-:func:`determinism_flags` reports what is in effect.
+Two functions, two meanings (the first keeps the original BlazeFL meaning of its name):
+
+- :func:`setup_reproducibility` (seed): process-wide environment for a script, ``PYTHONHASHSEED``
+  and cuDNN's deterministic / no-benchmark flags. It touches no thread count and no RNG.
+- :func:`pin_client_threads` (threads): what every trainer calls in the main thread before any
+  pool starts, and again in every worker initializer (thread or process).
+
+The intra-op thread count changes result bits on CPU (conv backward, large reductions and some
+GEMMs split work differently), no flag fixes that, and the count is per thread / per process
+state: a new worker does not inherit it reliably. The thread count is part of the config and of
+the manifest; :func:`determinism_flags` reports what is in effect.
 """
 
 from __future__ import annotations
@@ -14,13 +19,51 @@ import os
 
 import torch
 
-__all__ = ["CUBLAS_WORKSPACE_CONFIG", "determinism_flags", "setup_reproducibility"]
+__all__ = [
+    "CUBLAS_WORKSPACE_CONFIG",
+    "determinism_flags",
+    "pin_client_threads",
+    "setup_reproducibility",
+]
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 """Value set for the ``CUBLAS_WORKSPACE_CONFIG`` env var (deterministic cuBLAS) if unset."""
 
 
-def setup_reproducibility(threads: int = 1) -> None:
+_MAX_HASH_SEED = 2**32 - 1  # CPython rejects a PYTHONHASHSEED above this
+
+
+def setup_reproducibility(seed: int = 42) -> None:
+    """Set the process environment a reproducible script needs (the original BlazeFL meaning).
+
+    Sets the env var ``PYTHONHASHSEED`` to ``str(seed)`` (inherited by spawned child
+    processes, whose ``str`` hashes then agree with each other) and
+    ``torch.backends.cudnn.deterministic = True``, ``torch.backends.cudnn.benchmark = False``.
+    Seeds no RNG (use :func:`seed_everything` or an :class:`RNGSuite`) and leaves the intra-op
+    thread count alone (that is :func:`pin_client_threads`). The running interpreter's own
+    hash seed is fixed at start-up, so only child processes see the new ``PYTHONHASHSEED``.
+
+    Args:
+        seed: hash seed, an integer in ``[0, 2**32 - 1]``.
+
+    Raises:
+        ValueError: ``seed`` is not an integer in that range.
+
+    Example:
+        >>> setup_reproducibility(42)
+        >>> os.environ["PYTHONHASHSEED"]
+        '42'
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_HASH_SEED:
+        raise ValueError(
+            f"seed must be an integer in [0, {_MAX_HASH_SEED}] (a PYTHONHASHSEED), got {seed!r}"
+        )
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def pin_client_threads(threads: int = 1) -> None:
     """Fix the intra-op thread count and every determinism flag torch offers.
 
     Sets ``torch.set_num_threads(threads)``,
@@ -41,7 +84,7 @@ def setup_reproducibility(threads: int = 1) -> None:
         ValueError: ``threads < 1`` or not an integer.
 
     Example:
-        >>> setup_reproducibility(threads=1)
+        >>> pin_client_threads(threads=1)
         >>> determinism_flags()["num_threads"]
         1
     """
