@@ -98,7 +98,7 @@ def _runtime_options(fn: F) -> F:
 
 
 def _load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
-    from pipeline.config import load_config, parse_set
+    from blazefl.pipeline.config import load_config, parse_set
 
     return load_config(config_path, parse_set(sets))
 
@@ -126,8 +126,8 @@ def run(
     quiet: bool,
 ) -> None:
     """Run init and every round in one process; resume after the last complete round."""
-    from pipeline.runner import run_experiment
-    from pipeline.store import RunDir
+    from blazefl.pipeline.runner import run_experiment
+    from blazefl.pipeline.store import RunDir
 
     cfg = _load(config or config_path, sets)
     result = run_experiment(cfg, RunDir(out), mode, workers, ipc, quiet)
@@ -161,14 +161,14 @@ def stage(
     ipc: str | None,
 ) -> None:
     """Run one stage, as dvc.yaml calls it."""
-    import stages
-    from pipeline.store import RunDir
+    import blazefl.stages as stages
+    from blazefl.pipeline.store import RunDir
 
     cfg = _load(config_path, sets)
     run_dir = RunDir(out)
     if name in ("round", "evaluate") and round_ is None:
         raise click.UsageError(f"stage {name} needs --round N")
-    from pipeline.runner import check_run_config
+    from blazefl.pipeline.runner import check_run_config
 
     if name in ("round", "evaluate", "report"):
         check_run_config(cfg, run_dir)
@@ -195,7 +195,7 @@ def dvc(
     config: str | None, config_path: str, out: str, sets: tuple[str, ...], dvc_file: str
 ) -> None:
     """Write dvc.yaml (one stage per round) and params.yaml for the config."""
-    from pipeline.dvcgen import write_dvc
+    from blazefl.pipeline.dvcgen import write_dvc
 
     path = config or config_path
     cfg = _load(path, sets)
@@ -212,7 +212,7 @@ def verify(
     run_dir: str, rounds: str | None, mode: str | None, workers: int | None, ipc: str | None
 ) -> None:
     """Re-execute rounds from their recorded inputs and compare with the manifests."""
-    from pipeline.verify import verify_run
+    from blazefl.pipeline.verify import verify_run
 
     ok = verify_run(Path(run_dir), rounds, mode, workers, ipc, echo=click.echo)
     sys.exit(0 if ok else 1)
@@ -224,7 +224,7 @@ def verify(
 @_user_errors
 def diff(run_a: str, run_b: str) -> None:
     """First differing round of two runs: files, tensors, clients."""
-    from pipeline.compare import diff_runs
+    from blazefl.pipeline.compare import diff_runs
 
     same = diff_runs(Path(run_a), Path(run_b), echo=click.echo)
     sys.exit(0 if same else 1)
@@ -235,7 +235,7 @@ def diff(run_a: str, run_b: str) -> None:
 @_user_errors
 def show(run_dir: str) -> None:
     """Rounds, hashes and metrics of a run at a glance."""
-    from pipeline.compare import show_run
+    from blazefl.pipeline.compare import show_run
 
     show_run(Path(run_dir), echo=click.echo)
 

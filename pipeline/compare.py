@@ -11,8 +11,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import MANIFEST, ArtifactError, RunDir, sha256_file
-from pipeline.verify import (
+from blazefl.pipeline.store import MANIFEST, ArtifactError, RunDir, sha256_file
+from blazefl.pipeline.verify import (
     Echo,
     _files,
     _fmt_rounds,

@@ -20,7 +20,7 @@ meant for git, `dvc exp show` and `dvc plots show`); `timings/` and the PNG are 
 at all (timings vary; the PNG needs the optional matplotlib).
 
 Example:
-    >>> from pipeline.config import load_config
+    >>> from blazefl.pipeline.config import load_config
     >>> write_dvc(load_config(None), out="artifacts/default", dvc_file=Path("dvc.yaml"),
     ...           params_file=Path("params.yaml"))
     [PosixPath('params.yaml'), PosixPath('dvc.yaml')]
@@ -33,7 +33,7 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.config import NON_BYTE_KEYS, dump_yaml
+from blazefl.pipeline.config import NON_BYTE_KEYS, dump_yaml
 
 __all__ = ["stage_name", "dvc_yaml", "write_dvc"]
 
@@ -89,8 +89,8 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
     """
     import yaml
 
-    from stages.partition import PARTITION_KEYS
-    from stages.prepare import DATA_KEYS
+    from blazefl.stages.partition import PARTITION_KEYS
+    from blazefl.stages.prepare import DATA_KEYS
 
     rounds = config["fl.rounds"]
     root = PurePosixPath(out)

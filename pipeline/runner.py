@@ -8,8 +8,8 @@ import time
 from typing import Any, TextIO
 
 from blazefl.core.memory import tune_malloc
-from pipeline.config import ConfigError, byte_config, config_sha256
-from pipeline.store import MANIFEST, RunDir
+from blazefl.pipeline.config import ConfigError, byte_config, config_sha256
+from blazefl.pipeline.store import MANIFEST, RunDir
 
 __all__ = ["check_run_config", "run_experiment", "Progress"]
 
@@ -84,10 +84,10 @@ def run_experiment(
     Returns:
         {"rounds_run": [...], "resumed_from": t or None, "summary": {...}}.
     """
-    from stages import init, partition, report
-    from stages.common import Session
-    from stages.evaluate import evaluate
-    from stages.prepare import build_datasets, write_dataset_store
+    from blazefl.stages import init, partition, report
+    from blazefl.stages.common import Session
+    from blazefl.stages.evaluate import evaluate
+    from blazefl.stages.prepare import build_datasets, write_dataset_store
 
     check_run_config(config, run)
     tune_malloc()

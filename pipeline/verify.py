@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, config_sha256, load_config
-from pipeline.store import (
+from blazefl.pipeline.config import ConfigError, config_sha256, load_config
+from blazefl.pipeline.store import (
     MANIFEST,
     ArtifactError,
     RunDir,
@@ -252,7 +252,7 @@ class _Scratch:
 
     def init(self, config: dict[str, Any]) -> dict[str, bytes]:
         """Re-run the init stage into a fresh scratch run; its output files by name."""
-        from stages.init import init
+        from blazefl.stages.init import init
 
         scratch = self._root(f"init-{len(list(self.tmp.glob('init-*')))}")
         d = init(config, scratch)
@@ -260,7 +260,7 @@ class _Scratch:
 
     def round(self, t: int, config: dict[str, Any]) -> Any:
         """Compute round t from the recorded round t-1 (never from a recomputed one)."""
-        from stages.common import Session
+        from blazefl.stages.common import Session
 
         scratch = self._root("rounds")
         self._link(scratch.root, f"round-{t - 1:04d}")

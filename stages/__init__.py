@@ -3,12 +3,12 @@
 prepare -> partition -> init (round 0) -> round t (t = 1..T) -> evaluate -> report
 """
 
-from stages.evaluate import evaluate
-from stages.init import init
-from stages.partition import partition
-from stages.prepare import prepare
-from stages.report import report
-from stages.round import round_stage
+from blazefl.stages.evaluate import evaluate
+from blazefl.stages.init import init
+from blazefl.stages.partition import partition
+from blazefl.stages.prepare import prepare
+from blazefl.stages.report import report
+from blazefl.stages.round import round_stage
 
 STAGES = ("prepare", "partition", "init", "round", "evaluate", "report")
 

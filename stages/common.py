@@ -23,8 +23,8 @@ from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment
 from blazefl.reproducibility import pin_client_threads
-from pipeline.config import byte_config, config_sha256, to_spec
-from pipeline.store import (
+from blazefl.pipeline.config import byte_config, config_sha256, to_spec
+from blazefl.pipeline.store import (
     MANIFEST,
     ArtifactError,
     RunDir,

@@ -7,8 +7,8 @@ from typing import Any
 
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import create_rng_suite
-from pipeline.config import byte_config, config_sha256
-from pipeline.store import (
+from blazefl.pipeline.config import byte_config, config_sha256
+from blazefl.pipeline.store import (
     MANIFEST,
     RunDir,
     atomic_dir,
@@ -16,7 +16,7 @@ from pipeline.store import (
     environment,
     sha256_bytes,
 )
-from stages.common import build_from_stores, snapshot_files
+from blazefl.stages.common import build_from_stores, snapshot_files
 
 
 def init(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import to_spec
-from pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json
-from stages.common import load_labels
-from stages.prepare import tree_hashes
+from blazefl.pipeline.config import to_spec
+from blazefl.pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json
+from blazefl.stages.common import load_labels
+from blazefl.stages.prepare import tree_hashes
 
 PARTITION_KEYS = (
     "seed",

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from blazefl.data import ImageDataset
-from pipeline.config import to_spec
-from pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
+from blazefl.pipeline.config import to_spec
+from blazefl.pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
 
 DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import MANIFEST, ArtifactError, RunDir
-from stages.common import Session
+from blazefl.pipeline.store import MANIFEST, ArtifactError, RunDir
+from blazefl.stages.common import Session
 
 
 def round_stage(

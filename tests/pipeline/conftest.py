@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from pipeline.cli import main
+from blazefl.pipeline.cli import main
 
 #: A run of this size takes a few seconds on 2 cores.
 TINY_SETS = [

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from pipeline.config import NON_BYTE_KEYS, dump_yaml, load_config
-from pipeline.dvcgen import stage_name, write_dvc
+from blazefl.pipeline.config import NON_BYTE_KEYS, dump_yaml, load_config
+from blazefl.pipeline.dvcgen import stage_name, write_dvc
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pipeline.runner import Progress
+from blazefl.pipeline.runner import Progress
 
 
 class FakeTTY(io.StringIO):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.report import write_plot
+from blazefl.stages.report import write_plot
 
 METRICS = [
     {"round": t, "test_accuracy": 0.1 * t, "test_loss": 2.0 / t, "train_loss": 2.1 / t}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from blazefl.pipeline.cli import main
 
 TINY = [
     "--set",
@@ -138,7 +138,7 @@ def test_sigkill_during_round_3_then_rerun_resumes_byte_identically(
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "blazefl.pipeline.cli",
         "run",
         "--out",
         str(out),
@@ -276,7 +276,7 @@ def test_missing_dataset_store_is_refused(tmp_path: Path) -> None:
 
 def test_cli_help_does_not_import_torch() -> None:
     code = (
-        "import sys; from pipeline.cli import main\n"
+        "import sys; from blazefl.pipeline.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported for --help'\n"
     )
