@@ -1,13 +1,16 @@
 """Per-stream RNG suites and their exact, byte-stable state encoding.
 
-An :class:`RNGSuite` bundles the three generators a client (or the server) draws from: a
-``random.Random``, a numpy ``Generator`` and a CPU ``torch.Generator``. Each suite is derived once
-from ``(experiment seed, stream id)`` and afterwards only travels as its captured state
-(DESIGN section 4, rules 2, 3 and 6), so that a round re-executes from its artifacts.
+An :class:`RNGSuite` bundles the generators a client (or the server) draws from: a
+``random.Random``, a numpy ``Generator``, a CPU ``torch.Generator`` (``torch_cpu``, also reachable
+as ``torch``) and, for work on a GPU, an optional CUDA ``torch.Generator`` (``torch_cuda``). Each
+suite is derived once from ``(experiment seed, stream id)`` and afterwards only travels as its
+captured state, so that a round re-executes from its artifacts.
 
 State is captured as 1-D ``uint8`` tensors, one per generator, ready for safetensors:
 
-- ``"torch"``: ``torch.Generator.get_state()`` as is.
+- ``"torch"``: the CPU generator's ``get_state()`` as is.
+- ``"torch_cuda"``: the CUDA generator's ``get_state()``, present only when the suite has one
+  (a CPU-only suite captures exactly the three keys below, byte for byte as before).
 - ``"numpy"``: ``bit_generator.state`` as canonical JSON (sorted keys, fixed separators); the
   128-bit integers of PCG64 are exact JSON integers, ndarray fields (MT19937, Philox, SFC64) are
   tagged with their dtype.
@@ -49,6 +52,7 @@ server's stream never collides with a client's.
 """
 
 STATE_KEYS: tuple[str, ...] = ("python", "numpy", "torch")
+CUDA_STATE_KEY = "torch_cuda"  # only in the state of a suite that has a CUDA generator
 
 _PY_MAGIC = b"PYR3"
 _PY_WORDS = 625  # 624 Mersenne Twister words + the position index
@@ -219,14 +223,17 @@ def _set_numpy_state(bit_generator: np.random.BitGenerator, state: dict[str, Any
 
 @dataclass(eq=False)
 class RNGSuite:
-    """The three generators one stream draws from; never touches global RNG state.
+    """The generators one stream draws from; never touches global RNG state.
 
     Not thread-safe: a suite belongs to one client (or the server) at a time. Pass
-    ``suite.torch`` as ``generator=`` to torch ops and draw numpy/python numbers from
-    ``suite.numpy`` / ``suite.python``.
+    ``suite.torch_cpu`` (alias ``suite.torch``) as ``generator=`` to CPU torch ops,
+    ``suite.torch_cuda`` to CUDA ops, and draw numpy/python numbers from ``suite.numpy`` /
+    ``suite.python``. Field names follow the original BlazeFL ``RNGSuite``.
 
     Example:
         >>> suite = create_rng_suite(seed=42, stream_id=7)
+        >>> suite.torch is suite.torch_cpu
+        True
         >>> saved = suite.state_tensors()
         >>> a = suite.numpy.random()
         >>> suite.load_state_tensors(saved)
@@ -236,40 +243,49 @@ class RNGSuite:
 
     python: random.Random
     numpy: np.random.Generator
-    torch: torch.Generator
+    torch_cpu: torch.Generator
+    torch_cuda: torch.Generator | None = None
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """Capture the exact state of all three generators.
+        """Capture the exact state of every generator in the suite.
 
         Returns:
-            ``{"python": ..., "numpy": ..., "torch": ...}``, each a fresh 1-D ``uint8`` CPU
-            tensor; equal states give equal bytes (safe to hash or write to safetensors).
+            ``{"python": ..., "numpy": ..., "torch": ...}`` plus ``"torch_cuda"`` when the suite
+            has a CUDA generator; each a fresh 1-D ``uint8`` CPU tensor; equal states give equal
+            bytes (safe to hash or write to safetensors).
         """
-        return {
+        tensors = {
             "python": bytes_to_tensor(encode_python_state(self.python.getstate())),
             "numpy": bytes_to_tensor(encode_numpy_bitgen_state(self.numpy.bit_generator.state)),
-            "torch": self.torch.get_state().clone(),
+            "torch": self.torch_cpu.get_state().clone(),
         }
+        if self.torch_cuda is not None:
+            tensors[CUDA_STATE_KEY] = self.torch_cuda.get_state().clone()
+        return tensors
 
     def load_state_tensors(self, tensors: Mapping[str, Tensor]) -> None:
-        """Restore all three generators in place from :meth:`state_tensors` output.
+        """Restore every generator in place from :meth:`state_tensors` output.
 
         Everything is validated before anything is changed, so a failed load leaves the suite
         untouched. If the numpy state names a different bit generator class than the current
-        one, ``self.numpy`` is replaced by a new ``Generator`` of that class.
+        one, ``self.numpy`` is replaced by a new ``Generator`` of that class. A ``"torch_cuda"``
+        state given to a suite without a CUDA generator creates one on the current CUDA device.
 
         Args:
-            tensors: mapping with keys ``"python"``, ``"numpy"``, ``"torch"`` (extra keys ignored).
+            tensors: mapping with keys ``"python"``, ``"numpy"``, ``"torch"`` and, exactly when
+                the suite has a CUDA generator (or should get one), ``"torch_cuda"``.
 
         Raises:
-            ValueError: missing key, wrong dtype/shape, corrupt or truncated state.
+            ValueError: missing key, wrong dtype/shape, corrupt or truncated state, a CUDA state
+                without CUDA, or a suite with a CUDA generator given a CPU-only state.
         """
         missing = [key for key in STATE_KEYS if key not in tensors]
         if missing:
             raise ValueError(f"RNG state tensors lack keys {missing}; expected {list(STATE_KEYS)}")
         py_state = decode_python_state(tensor_to_bytes(tensors["python"], "python"))
         np_state = decode_numpy_bitgen_state(tensor_to_bytes(tensors["numpy"], "numpy"))
-        torch_state = _checked_torch_state(tensors["torch"])
+        torch_state = _checked_torch_state(tensors["torch"], "torch")
+        cuda_generator = self._checked_cuda_target(tensors)
 
         # All or nothing: decoding fully checks the python state, torch is checked on a scratch
         # generator, and numpy (the only remaining failure point) is set before anything else.
@@ -281,21 +297,59 @@ class RNGSuite:
             _set_numpy_state(self.numpy.bit_generator, np_state)
         else:
             self.numpy = np.random.Generator(_numpy_bit_generator(np_state))
-        self.torch.set_state(torch_state)
+        self.torch_cpu.set_state(torch_state)
         self.python.setstate(py_state)
+        if cuda_generator is not None:
+            self.torch_cuda = cuda_generator
+
+    def _checked_cuda_target(self, tensors: Mapping[str, Tensor]) -> torch.Generator | None:
+        """Validate the CUDA state and return the generator now holding it (None: no CUDA)."""
+        if CUDA_STATE_KEY not in tensors:
+            if self.torch_cuda is not None:
+                raise ValueError(
+                    f"RNG state tensors lack {CUDA_STATE_KEY!r} but the suite has a CUDA "
+                    "generator; capture the state from a suite on the same device"
+                )
+            return None
+        cuda_state = _checked_torch_state(tensors[CUDA_STATE_KEY], CUDA_STATE_KEY)
+        if self.torch_cuda is not None:
+            target = torch.Generator(device=self.torch_cuda.device)
+        elif torch.cuda.is_available():
+            target = torch.Generator(device="cuda")
+        else:
+            raise ValueError(
+                f"RNG state has a {CUDA_STATE_KEY!r} generator but CUDA is not available; "
+                "restore it on a machine with a GPU"
+            )
+        try:
+            target.set_state(cuda_state)
+        except RuntimeError as exc:
+            raise ValueError(f"torch_cuda RNG state is invalid: {exc}") from exc
+        return target
+
+    @property
+    def torch(self) -> torch.Generator:
+        """The CPU torch generator (this package's older name for :attr:`torch_cpu`)."""
+        return self.torch_cpu
+
+    @torch.setter
+    def torch(self, generator: torch.Generator) -> None:
+        self.torch_cpu = generator
 
     @classmethod
     def from_state_tensors(cls, tensors: Mapping[str, Tensor]) -> RNGSuite:
         """Build a new suite from :meth:`state_tensors` output.
 
         Args:
-            tensors: mapping with keys ``"python"``, ``"numpy"``, ``"torch"``.
+            tensors: mapping with keys ``"python"``, ``"numpy"``, ``"torch"`` and optionally
+                ``"torch_cuda"`` (then the suite gets a CUDA generator on the current device).
 
         Returns:
             A suite whose next draws equal those of the captured suite.
 
         Raises:
-            ValueError: missing key, wrong dtype/shape, corrupt or truncated state.
+            ValueError: missing key, wrong dtype/shape, corrupt or truncated state, or a CUDA
+                state without CUDA.
 
         Example:
             >>> twin = RNGSuite.from_state_tensors(create_rng_suite(1).state_tensors())
@@ -307,39 +361,46 @@ class RNGSuite:
         suite = cls(
             python=random.Random(0),  # overwritten below; a fixed seed skips OS entropy
             numpy=np.random.Generator(_numpy_bit_generator(np_state)),
-            torch=torch.Generator(),
+            torch_cpu=torch.Generator(),
         )
         suite.load_state_tensors(tensors)
         return suite
 
 
-def _checked_torch_state(tensor: Tensor) -> Tensor:
+def _checked_torch_state(tensor: Tensor, name: str) -> Tensor:
     if not isinstance(tensor, Tensor):
-        raise ValueError(f"RNG state 'torch' must be a torch.Tensor, got {type(tensor).__name__}")
+        raise ValueError(f"RNG state {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype != torch.uint8 or tensor.dim() != 1:
         raise ValueError(
-            "RNG state 'torch' must be a 1-D uint8 tensor, "
+            f"RNG state {name!r} must be a 1-D uint8 tensor, "
             f"got dtype={tensor.dtype} shape={tuple(tensor.shape)}"
         )
     return tensor.detach().cpu().contiguous()
 
 
-def create_rng_suite(seed: int, stream_id: int = 0) -> RNGSuite:
+def create_rng_suite(
+    seed: int, stream_id: int = 0, device: str | torch.device | None = None
+) -> RNGSuite:
     """Derive an independent RNG suite from ``(seed, stream_id)``.
 
     ``np.random.SeedSequence(entropy=seed, spawn_key=(stream_id,))`` seeds numpy's PCG64
-    directly (its first four 64-bit words); word 4 (masked to 63 bits) seeds the torch generator
-    and words 5-6 seed ``random.Random``. Global RNG state is never read or written.
+    directly (its first four 64-bit words); word 4 (masked to 63 bits) seeds the CPU torch
+    generator, words 5-6 seed ``random.Random`` and word 7 (masked to 63 bits) seeds the CUDA
+    generator when one is asked for. Global RNG state is never read or written.
 
     Args:
         seed: experiment seed, ``>= 0``.
         stream_id: client id, or :data:`SERVER_STREAM_ID` for the server; ``>= 0``.
+        device: where the stream's torch work runs. A CUDA device (``"cuda"``, ``"cuda:1"``)
+            adds a ``torch_cuda`` generator on it; ``None`` or a CPU device gives a CPU-only
+            suite, identical to the one created without ``device``.
 
     Returns:
         A fresh :class:`RNGSuite`; equal arguments give equal streams.
 
     Raises:
-        ValueError: ``seed`` or ``stream_id`` is negative (or not an integer).
+        ValueError: ``seed`` or ``stream_id`` is negative (or not an integer), ``device`` is
+            neither CPU nor CUDA, or a CUDA device is asked for without CUDA.
 
     Example:
         >>> a, b = create_rng_suite(42, 3), create_rng_suite(42, 3)
@@ -348,15 +409,40 @@ def create_rng_suite(seed: int, stream_id: int = 0) -> RNGSuite:
     """
     seed = _non_negative_int(seed, "seed")
     stream_id = _non_negative_int(stream_id, "stream_id")
+    cuda_device = _cuda_device_or_none(device)
     seq = np.random.SeedSequence(entropy=seed, spawn_key=(stream_id,))
-    words = [int(w) for w in seq.generate_state(7, dtype=np.uint64)]
+    # generate_state(n) is a prefix of generate_state(n + 1): word 7 leaves words 0-6 unchanged.
+    words = [int(w) for w in seq.generate_state(8, dtype=np.uint64)]
     torch_generator = torch.Generator()
     torch_generator.manual_seed(words[4] & _MASK63)
+    cuda_generator = None
+    if cuda_device is not None:
+        cuda_generator = torch.Generator(device=cuda_device)
+        cuda_generator.manual_seed(words[7] & _MASK63)
     return RNGSuite(
         python=random.Random(words[5] | (words[6] << 64)),
         numpy=np.random.Generator(np.random.PCG64(seq)),
-        torch=torch_generator,
+        torch_cpu=torch_generator,
+        torch_cuda=cuda_generator,
     )
+
+
+def _cuda_device_or_none(device: str | torch.device | None) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from None
+    if parsed.type == "cpu":
+        return None
+    if parsed.type != "cuda":
+        raise ValueError(f"device must be a CPU or CUDA device, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asks for CUDA but CUDA is not available; use 'cpu'")
+    return parsed
 
 
 def _non_negative_int(value: int, name: str) -> int:
