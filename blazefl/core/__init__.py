@@ -13,9 +13,11 @@ from blazefl.core.packages import (
 from blazefl.core.process_pool import IPC_MODES, ProcessPoolClientTrainer, WorkerCrashedError
 from blazefl.core.protocols import ClientTrainer, ClientWorker, ClientWorkload, ServerHandler
 from blazefl.core.serialization import (
+    deserialize_model,
     flatten_module_,
     load_model_state_dict,
     model_state_dict,
+    serialize_model,
 )
 from blazefl.core.server import BaseServerHandler
 from blazefl.core.trainers import (
@@ -43,6 +45,7 @@ __all__ = [
     "ThreadPoolClientTrainer",
     "UplinkPackage",
     "WorkerCrashedError",
+    "deserialize_model",
     "flatten_module_",
     "load_model_state_dict",
     "make_trainer",
@@ -51,5 +54,6 @@ __all__ = [
     "package_sha256",
     "run_client_task",
     "run_round",
+    "serialize_model",
     "tune_malloc",
 ]

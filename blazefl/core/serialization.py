@@ -1,11 +1,83 @@
-"""Model state as one flat vector, and as a sorted state dict for artifacts."""
+"""Model state as one flat vector, and as a sorted state dict for artifacts.
+
+:func:`serialize_model` / :func:`deserialize_model` keep the original BlazeFL contract (every
+``state_dict`` entry, buffers included, in ``state_dict`` order); :func:`flatten_module_` is this
+package's zero-copy variant for the hot path (floating-point tensors only, re-pointed in place).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["flatten_module_", "float_state_names", "model_state_dict", "load_model_state_dict"]
+__all__ = [
+    "deserialize_model",
+    "flatten_module_",
+    "float_state_names",
+    "load_model_state_dict",
+    "model_state_dict",
+    "serialize_model",
+]
+
+
+def serialize_model(model: nn.Module, cpu: bool = True) -> torch.Tensor:
+    """Concatenate every ``state_dict`` entry of ``model`` into one new 1-D tensor.
+
+    Parameters and buffers alike (``BatchNorm`` running stats and its integer
+    ``num_batches_tracked`` too), flattened in ``state_dict`` order; mixed dtypes follow torch's
+    type promotion (float32 parameters with an int64 buffer give float32). The result never
+    aliases the model.
+
+    Args:
+        model: the model to read.
+        cpu: move the result to the CPU (default); ``False`` keeps it on the model's device.
+
+    Returns:
+        A fresh 1-D tensor of ``sum(t.numel() for t in model.state_dict().values())`` elements
+        (empty float32 for a model without state).
+
+    Example:
+        >>> net = nn.Linear(3, 2)
+        >>> serialize_model(net).shape
+        torch.Size([8])
+    """
+    tensors = [t.detach().reshape(-1) for t in model.state_dict().values()]
+    flat = torch.cat(tensors) if tensors else torch.empty(0)
+    return flat.cpu() if cpu else flat
+
+
+def deserialize_model(model: nn.Module, serialized_parameters: torch.Tensor) -> None:
+    """Copy a :func:`serialize_model` vector back into ``model``'s state in place.
+
+    Each ``state_dict`` entry takes the next ``numel`` elements, cast to its own dtype and moved
+    to its own device, so a model built the same way gets back exactly its state.
+
+    Args:
+        model: the model to update (same architecture as the serialized one).
+        serialized_parameters: 1-D tensor from :func:`serialize_model`.
+
+    Raises:
+        ValueError: the vector's length is not the model's total state size.
+
+    Example:
+        >>> a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+        >>> deserialize_model(b, serialize_model(a))
+        >>> torch.equal(a.weight, b.weight)
+        True
+    """
+    state = list(model.state_dict().values())
+    expected = sum(t.numel() for t in state)
+    flat = serialized_parameters.reshape(-1)
+    if flat.numel() != expected:
+        raise ValueError(
+            f"serialized model has {flat.numel()} elements but the model's state has "
+            f"{expected}; serialize a model with the same architecture"
+        )
+    offset = 0
+    with torch.no_grad():
+        for tensor in state:
+            tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
 
 
 def float_state_names(module: nn.Module) -> list[str]:
