@@ -1,123 +1,203 @@
 """BlazeFL: fast, exactly reproducible federated-learning simulation for PyTorch.
 
-Every public name is importable from here. The core needs only torch and numpy; torchvision is
-imported when a real dataset or ResNet-18 is asked for, safetensors/zarr only by the pipeline.
+Every public name is importable from here. Names are loaded on first use (PEP 562), so
+`import blazefl` and the `blazefl --help` command do not pay torch's import time. The core
+needs only torch and numpy; torchvision is imported when a real dataset or ResNet-18 is asked
+for, safetensors/zarr only by the pipeline.
 """
 
-from blazefl.algorithms import (
-    ClientPartition,
-    DSFLClientWorkload,
-    DSFLDownlinkPackage,
-    DSFLHParams,
-    DSFLServerHandler,
-    DSFLUplinkPackage,
-    FedAvgClientWorkload,
-    FedAvgDownlinkPackage,
-    FedAvgServerHandler,
-    FedAvgUplinkPackage,
-    ModelSpec,
-    TrainHParams,
-    evaluate_model,
-)
-from blazefl.core import (
-    EXECUTION_MODES,
-    IPC_MODES,
-    BaseClientTrainer,
-    BaseServerHandler,
-    ClientResult,
-    ClientTask,
-    ClientTrainer,
-    ClientTrainingError,
-    ClientWorker,
-    ClientWorkload,
-    DownlinkPackage,
-    ProcessPoolClientTrainer,
-    RoundResult,
-    ServerHandler,
-    ThreadPoolClientTrainer,
-    UplinkPackage,
-    WorkerCrashedError,
-    make_trainer,
-    package_sha256,
-    run_round,
-)
-from blazefl.data import (
-    DATASETS,
-    PARTITIONERS,
-    FilteredDataset,
-    ImageDataset,
-    PartitionedDataset,
-    load_dataset,
-    partition_indices,
-    synthetic_dataset,
-)
-from blazefl.experiment import Experiment, ExperimentSpec, build_experiment, simulate
-from blazefl.models import CNN, MODELS, ModelSelector, build_model
-from blazefl.reproducibility import (
-    SERVER_STREAM_ID,
-    RandomStateSnapshot,
-    RNGSuite,
-    create_rng_suite,
-    seed_everything,
-    setup_reproducibility,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CNN",
-    "DATASETS",
-    "EXECUTION_MODES",
-    "IPC_MODES",
-    "MODELS",
-    "PARTITIONERS",
-    "SERVER_STREAM_ID",
-    "BaseClientTrainer",
-    "BaseServerHandler",
-    "ClientPartition",
-    "ClientResult",
-    "ClientTask",
-    "ClientTrainer",
-    "ClientTrainingError",
-    "ClientWorker",
-    "ClientWorkload",
-    "DownlinkPackage",
-    "DSFLClientWorkload",
-    "DSFLDownlinkPackage",
-    "DSFLHParams",
-    "DSFLServerHandler",
-    "DSFLUplinkPackage",
-    "Experiment",
-    "ExperimentSpec",
-    "FedAvgClientWorkload",
-    "FedAvgDownlinkPackage",
-    "FedAvgServerHandler",
-    "FedAvgUplinkPackage",
-    "FilteredDataset",
-    "ImageDataset",
-    "ModelSelector",
-    "ModelSpec",
-    "PartitionedDataset",
-    "ProcessPoolClientTrainer",
-    "RNGSuite",
-    "RandomStateSnapshot",
-    "RoundResult",
-    "ServerHandler",
-    "ThreadPoolClientTrainer",
-    "TrainHParams",
-    "UplinkPackage",
-    "WorkerCrashedError",
-    "build_experiment",
-    "build_model",
-    "create_rng_suite",
-    "evaluate_model",
-    "load_dataset",
-    "make_trainer",
-    "package_sha256",
-    "partition_indices",
-    "run_round",
-    "seed_everything",
-    "setup_reproducibility",
-    "simulate",
-    "synthetic_dataset",
-]
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "ALGORITHMS",
+            "Algorithm",
+            "ClientPartition",
+            "DSFL",
+            "DSFLClientWorkload",
+            "DSFLDownlinkPackage",
+            "DSFLHParams",
+            "DSFLServerHandler",
+            "DSFLUplinkPackage",
+            "FedAvg",
+            "FedAvgClientWorkload",
+            "FedAvgDownlinkPackage",
+            "FedAvgServerHandler",
+            "FedAvgUplinkPackage",
+            "LocalSGD",
+            "ModelSpec",
+            "NoHParams",
+            "TrainHParams",
+            "evaluate_model",
+        ),
+        "blazefl.algorithms",
+    ),
+    **dict.fromkeys(
+        (
+            "EXECUTION_MODES",
+            "IPC_MODES",
+            "BaseClientTrainer",
+            "BaseServerHandler",
+            "ClientResult",
+            "ClientTask",
+            "ClientTrainer",
+            "ClientTrainingError",
+            "ClientWorker",
+            "ClientWorkload",
+            "DownlinkPackage",
+            "ExecutionSettings",
+            "ProcessPoolClientTrainer",
+            "RoundResult",
+            "ServerHandler",
+            "ThreadPoolClientTrainer",
+            "UplinkPackage",
+            "WorkerCrashedError",
+            "make_trainer",
+            "package_sha256",
+            "run_round",
+        ),
+        "blazefl.core",
+    ),
+    **dict.fromkeys(
+        (
+            "DATASETS",
+            "PARTITIONERS",
+            "FilteredDataset",
+            "ImageDataset",
+            "PartitionedDataset",
+            "load_dataset",
+            "partition_indices",
+            "synthetic_dataset",
+        ),
+        "blazefl.data",
+    ),
+    **dict.fromkeys(
+        (
+            "DataConfig",
+            "Experiment",
+            "ExperimentSpec",
+            "FLConfig",
+            "ModelConfig",
+            "RuntimeConfig",
+            "build_experiment",
+            "simulate",
+        ),
+        "blazefl.experiment",
+    ),
+    **dict.fromkeys(("HParamError", "param", "validate"), "blazefl.hparams"),
+    **dict.fromkeys(("CNN", "MODELS", "ModelSelector", "build_model"), "blazefl.models"),
+    **dict.fromkeys(("Registry", "RegistryError"), "blazefl.registry"),
+    **dict.fromkeys(
+        (
+            "SERVER_STREAM_ID",
+            "RandomStateSnapshot",
+            "RNGSuite",
+            "create_rng_suite",
+            "pin_client_threads",
+            "seed_everything",
+            "setup_reproducibility",
+        ),
+        "blazefl.reproducibility",
+    ),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blazefl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from blazefl.algorithms import (  # noqa: F401
+        ALGORITHMS,
+        DSFL,
+        Algorithm,
+        ClientPartition,
+        DSFLClientWorkload,
+        DSFLDownlinkPackage,
+        DSFLHParams,
+        DSFLServerHandler,
+        DSFLUplinkPackage,
+        FedAvg,
+        FedAvgClientWorkload,
+        FedAvgDownlinkPackage,
+        FedAvgServerHandler,
+        FedAvgUplinkPackage,
+        LocalSGD,
+        ModelSpec,
+        NoHParams,
+        TrainHParams,
+        evaluate_model,
+    )
+    from blazefl.core import (  # noqa: F401
+        EXECUTION_MODES,
+        IPC_MODES,
+        BaseClientTrainer,
+        BaseServerHandler,
+        ClientResult,
+        ClientTask,
+        ClientTrainer,
+        ClientTrainingError,
+        ClientWorker,
+        ClientWorkload,
+        DownlinkPackage,
+        ExecutionSettings,
+        ProcessPoolClientTrainer,
+        RoundResult,
+        ServerHandler,
+        ThreadPoolClientTrainer,
+        UplinkPackage,
+        WorkerCrashedError,
+        make_trainer,
+        package_sha256,
+        run_round,
+    )
+    from blazefl.data import (  # noqa: F401
+        DATASETS,
+        PARTITIONERS,
+        FilteredDataset,
+        ImageDataset,
+        PartitionedDataset,
+        load_dataset,
+        partition_indices,
+        synthetic_dataset,
+    )
+    from blazefl.experiment import (  # noqa: F401
+        DataConfig,
+        Experiment,
+        ExperimentSpec,
+        FLConfig,
+        ModelConfig,
+        RuntimeConfig,
+        build_experiment,
+        simulate,
+    )
+    from blazefl.hparams import HParamError, param, validate  # noqa: F401
+    from blazefl.models import CNN, MODELS, ModelSelector, build_model  # noqa: F401
+    from blazefl.registry import Registry, RegistryError  # noqa: F401
+    from blazefl.reproducibility import (  # noqa: F401
+        SERVER_STREAM_ID,
+        RandomStateSnapshot,
+        RNGSuite,
+        create_rng_suite,
+        pin_client_threads,
+        seed_everything,
+        setup_reproducibility,
+    )

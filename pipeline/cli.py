@@ -14,9 +14,14 @@ from typing import Any, TypeVar
 
 import click
 
+from blazefl.modes import EXECUTION_MODES, IPC_MODES
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_OUT = "artifacts/default"
+
+#: The stages `blazefl stage NAME` runs (dispatched in `blazefl.pipeline.commands`).
+STAGE_NAMES = ("prepare", "partition", "init", "round", "evaluate", "report")
 
 
 def _user_errors(fn: F) -> F:
@@ -39,9 +44,9 @@ def _user_errors(fn: F) -> F:
             click.echo(f"error: cannot access{where}: {exc.strerror or exc}", err=True)
             sys.exit(2)
         except RuntimeError as exc:
-            from blazefl.core import ClientTrainingError, WorkerCrashedError
+            from blazefl.pipeline.commands import is_client_failure
 
-            if isinstance(exc, ClientTrainingError | WorkerCrashedError):
+            if is_client_failure(exc):
                 click.echo(f"error: {str(exc).splitlines()[0]}", err=True)
                 sys.exit(1)
             raise
@@ -78,7 +83,7 @@ def _config_options(fn: F) -> F:
 def _runtime_options(fn: F) -> F:
     fn = click.option(
         "--ipc",
-        type=click.Choice(["shared_memory", "storage"]),
+        type=click.Choice(IPC_MODES),
         default=None,
         help="Process-pool IPC (default: runtime.ipc).",
     )(fn)
@@ -90,17 +95,11 @@ def _runtime_options(fn: F) -> F:
     )(fn)
     fn = click.option(
         "--mode",
-        type=click.Choice(["sequential", "threads", "processes"]),
+        type=click.Choice(EXECUTION_MODES),
         default=None,
         help="Execution mode (default: runtime.mode).",
     )(fn)
     return fn
-
-
-def _load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
-    from blazefl.pipeline.config import load_config, parse_set
-
-    return load_config(config_path, parse_set(sets))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,11 +125,11 @@ def run(
     quiet: bool,
 ) -> None:
     """Run init and every round in one process; resume after the last complete round."""
-    from blazefl.pipeline.runner import run_experiment
-    from blazefl.pipeline.store import RunDir
+    from blazefl.pipeline import commands
 
-    cfg = _load(config or config_path, sets)
-    result = run_experiment(cfg, RunDir(out), mode, workers, ipc, quiet)
+    cfg = commands.load(config or config_path, sets)
+    how = commands.execution(cfg, mode, workers, ipc)
+    result = commands.run_command(cfg, out, how, quiet)
     if not quiet:
         s = result["summary"]
         acc = s.get("test_accuracy")
@@ -144,7 +143,7 @@ def run(
 
 @main.command()
 @click.argument(
-    "name", type=click.Choice(["prepare", "partition", "init", "round", "evaluate", "report"])
+    "name", type=click.Choice(STAGE_NAMES)
 )
 @click.option("--round", "round_", type=int, default=None, help="Round (round/evaluate).")
 @_config_options
@@ -161,23 +160,12 @@ def stage(
     ipc: str | None,
 ) -> None:
     """Run one stage, as dvc.yaml calls it."""
-    import blazefl.stages as stages
-    from blazefl.pipeline.store import RunDir
+    from blazefl.pipeline import commands
 
-    cfg = _load(config_path, sets)
-    run_dir = RunDir(out)
     if name in ("round", "evaluate") and round_ is None:
         raise click.UsageError(f"stage {name} needs --round N")
-    from blazefl.pipeline.runner import check_run_config
-
-    if name in ("round", "evaluate", "report"):
-        check_run_config(cfg, run_dir)
-    if name == "round":
-        stages.round_stage(cfg, run_dir, round_, mode, workers, ipc)  # type: ignore[arg-type]
-    elif name == "evaluate":
-        stages.evaluate(cfg, run_dir, round_)  # type: ignore[arg-type]
-    else:
-        getattr(stages, name)(cfg, run_dir)
+    cfg = commands.load(config_path, sets)
+    commands.stage_command(name, round_, cfg, out, commands.execution(cfg, mode, workers, ipc))
 
 
 @main.command()
@@ -195,10 +183,11 @@ def dvc(
     config: str | None, config_path: str, out: str, sets: tuple[str, ...], dvc_file: str
 ) -> None:
     """Write dvc.yaml (one stage per round) and params.yaml for the config."""
+    from blazefl.pipeline import commands
     from blazefl.pipeline.dvcgen import write_dvc
 
     path = config or config_path
-    cfg = _load(path, sets)
+    cfg = commands.load(path, sets)
     written = write_dvc(cfg, out=out, dvc_file=Path(dvc_file), params_file=Path(path))
     click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
 

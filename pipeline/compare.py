@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.store import MANIFEST, ArtifactError, RunDir, sha256_file
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, sha256_file
 from blazefl.pipeline.verify import (
     Echo,
     _files,

@@ -12,7 +12,7 @@ it reproduced; extending `fl.rounds` only adds stages.
 Each stage lists as params only the keys its bytes depend on: `prepare` the dataset keys,
 `partition` the partition keys, init and rounds every byte-relevant key (their manifests
 record the whole byte config). The round count, execution mode, worker count and IPC
-(`NON_BYTE_KEYS`) are never listed, and the stage commands never pass them: the commands
+(declared `affects_bytes=False`) are never listed, and the stage commands never pass them: the commands
 read them from the params file, so switching to processes or adding rounds makes nothing
 stale. No output is `persist`: DVC deletes a stage's outs before running it, which the
 stages expect. Per-round metrics, the summary and the plot data are `cache: false` (small,
@@ -20,7 +20,7 @@ meant for git, `dvc exp show` and `dvc plots show`); `timings/` and the PNG are 
 at all (timings vary; the PNG needs the optional matplotlib).
 
 Example:
-    >>> from blazefl.pipeline.config import load_config
+    >>> from blazefl.stages.config import load_config
     >>> write_dvc(load_config(None), out="artifacts/default", dvc_file=Path("dvc.yaml"),
     ...           params_file=Path("params.yaml"))
     [PosixPath('params.yaml'), PosixPath('dvc.yaml')]
@@ -33,7 +33,9 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from blazefl.pipeline.config import NON_BYTE_KEYS, dump_yaml
+from blazefl.stages.config import byte_keys, dump_yaml
+from blazefl.stages.partition import partition_keys
+from blazefl.stages.prepare import DATA_KEYS
 
 __all__ = ["stage_name", "dvc_yaml", "write_dvc"]
 
@@ -89,9 +91,6 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
     """
     import yaml
 
-    from blazefl.stages.partition import PARTITION_KEYS
-    from blazefl.stages.prepare import DATA_KEYS
-
     rounds = config["fl.rounds"]
     root = PurePosixPath(out)
 
@@ -107,7 +106,7 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
     def cmd(*args: str) -> str:
         return shlex.join(["blazefl", "stage", *args, "--config", params, "--out", out])
 
-    byte_keys = sorted(k for k in config if k not in NON_BYTE_KEYS)
+    round_keys = byte_keys(config)
     stages: dict[str, Any] = {
         "prepare": {
             "cmd": cmd("prepare"),
@@ -117,13 +116,13 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
         "partition": {
             "cmd": cmd("partition"),
             "deps": [p("dataset")],
-            "params": _params(sorted(PARTITION_KEYS), params),
+            "params": _params(partition_keys(config), params),
             "outs": [p("partitions")],
         },
         stage_name(0, rounds): {
             "cmd": cmd("init"),
             "deps": [p("dataset"), p("partitions")],
-            "params": _params(byte_keys, params),
+            "params": _params(round_keys, params),
             "outs": [round_dir(0)],
         },
     }
@@ -131,7 +130,7 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
         stages[stage_name(t, rounds)] = {
             "cmd": cmd("round", "--round", str(t)),
             "deps": [p("dataset"), p("partitions"), round_dir(t - 1)],
-            "params": _params(byte_keys, params),
+            "params": _params(round_keys, params),
             "outs": [round_dir(t), {metrics(t): {"cache": False}}],
         }
     plot_data = p("plots", "metrics.json")

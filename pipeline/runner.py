@@ -7,9 +7,14 @@ import sys
 import time
 from typing import Any, TextIO
 
+from blazefl.core.loop import ExecutionSettings
 from blazefl.core.memory import tune_malloc
-from blazefl.pipeline.config import ConfigError, byte_config, config_sha256
-from blazefl.pipeline.store import MANIFEST, RunDir
+from blazefl.stages import init, partition, report
+from blazefl.stages.evaluate import evaluate
+from blazefl.stages.prepare import build_datasets, write_dataset_store
+from blazefl.stages.session import Session
+from blazefl.stages.config import ConfigError, byte_config, config_sha256
+from blazefl.stages.artifacts import MANIFEST, RunDir
 
 __all__ = ["check_run_config", "run_experiment", "Progress"]
 
@@ -66,9 +71,7 @@ def check_run_config(config: dict[str, Any], run: RunDir) -> None:
 def run_experiment(
     config: dict[str, Any],
     run: RunDir,
-    mode: str | None = None,
-    workers: int | None = None,
-    ipc: str | None = None,
+    execution: ExecutionSettings | None = None,
     quiet: bool = False,
     stream: TextIO | None = None,
 ) -> dict[str, Any]:
@@ -77,18 +80,13 @@ def run_experiment(
     Args:
         config: validated flat config.
         run: run directory (created if needed; resumed if it holds complete rounds).
-        mode / workers / ipc: execution mode overrides (never change bytes).
+        execution: mode / workers / IPC (default: the config's; never change bytes).
         quiet: no progress output.
         stream: where progress goes (default stderr).
 
     Returns:
         {"rounds_run": [...], "resumed_from": t or None, "summary": {...}}.
     """
-    from blazefl.stages import init, partition, report
-    from blazefl.stages.common import Session
-    from blazefl.stages.evaluate import evaluate
-    from blazefl.stages.prepare import build_datasets, write_dataset_store
-
     check_run_config(config, run)
     tune_malloc()
     run.clean_partials()
@@ -110,7 +108,7 @@ def run_experiment(
             evaluate(config, run, t)
     rounds_run = []
     if last < total:
-        with Session(config, run, mode, workers, ipc, data) as session:
+        with Session(config, run, execution, data) as session:
             session.load(last)
             for t in range(last + 1, total + 1):
                 progress.round = t

@@ -21,8 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.config import ConfigError, config_sha256, load_config
-from blazefl.pipeline.store import (
+from blazefl.core.loop import ExecutionSettings
+from blazefl.stages.config import ConfigError, config_sha256, load_config, to_spec
+from blazefl.stages.init import init
+from blazefl.stages.session import Session
+from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
     RunDir,
@@ -252,22 +255,20 @@ class _Scratch:
 
     def init(self, config: dict[str, Any]) -> dict[str, bytes]:
         """Re-run the init stage into a fresh scratch run; its output files by name."""
-        from blazefl.stages.init import init
-
         scratch = self._root(f"init-{len(list(self.tmp.glob('init-*')))}")
         d = init(config, scratch)
         return {name: p.read_bytes() for name, p in _files(d).items()}
 
     def round(self, t: int, config: dict[str, Any]) -> Any:
         """Compute round t from the recorded round t-1 (never from a recomputed one)."""
-        from blazefl.stages.common import Session
-
         scratch = self._root("rounds")
         self._link(scratch.root, f"round-{t - 1:04d}")
         key = config_sha256(config)
         if self.session is None or self.session_key != key:
             self.close()
-            self.session = Session(config, scratch, self.mode, self.workers, self.ipc)
+            runtime = to_spec(config).runtime
+            execution = ExecutionSettings.of(runtime, self.mode, self.workers, self.ipc)
+            self.session = Session(config, scratch, execution)
             self.session_key = key
         self.session.load(t - 1)
         return self.session.compute(t)

@@ -10,6 +10,4 @@ from blazefl.stages.prepare import prepare
 from blazefl.stages.report import report
 from blazefl.stages.round import round_stage
 
-STAGES = ("prepare", "partition", "init", "round", "evaluate", "report")
-
-__all__ = ["STAGES", "evaluate", "init", "partition", "prepare", "report", "round_stage"]
+__all__ = ["evaluate", "init", "partition", "prepare", "report", "round_stage"]

@@ -8,8 +8,9 @@ from typing import Any
 from blazefl.algorithms.common import evaluate_model
 from blazefl.core.serialization import load_model_state_dict
 from blazefl.reproducibility import pin_client_threads
-from blazefl.pipeline.store import ArtifactError, RunDir, atomic_write, canonical_json, read_safetensors
-from blazefl.stages.common import GLOBAL, build_from_stores
+from blazefl.stages.artifacts import ArtifactError, RunDir, atomic_write, canonical_json, read_safetensors
+from blazefl.stages.snapshot import GLOBAL
+from blazefl.stages.stores import build_from_stores
 
 
 def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:

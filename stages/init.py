@@ -7,8 +7,8 @@ from typing import Any
 
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import create_rng_suite
-from blazefl.pipeline.config import byte_config, config_sha256
-from blazefl.pipeline.store import (
+from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.artifacts import (
     MANIFEST,
     RunDir,
     atomic_dir,
@@ -16,7 +16,8 @@ from blazefl.pipeline.store import (
     environment,
     sha256_bytes,
 )
-from blazefl.stages.common import build_from_stores, snapshot_files
+from blazefl.stages.snapshot import snapshot_files
+from blazefl.stages.stores import build_from_stores
 
 
 def init(
@@ -37,7 +38,7 @@ def init(
     server = exp.server()
     clients = {
         cid: create_rng_suite(exp.spec.seed, cid).state_tensors()
-        for cid in range(exp.spec.num_clients)
+        for cid in range(exp.spec.data.clients)
     }
     files = snapshot_files(server, clients, {})
     manifest: dict[str, Any] = {

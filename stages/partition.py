@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.config import to_spec
-from blazefl.pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json
-from blazefl.stages.common import load_labels
+from blazefl.experiment import build_partition
+from blazefl.stages.config import to_spec
+from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json
+from blazefl.stages.stores import load_labels
 from blazefl.stages.prepare import tree_hashes
 
+#: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
+#: its public set (`Algorithm.partition_keys`), see `partition_keys`.
 PARTITION_KEYS = (
     "seed",
     "data.clients",
@@ -17,6 +20,13 @@ PARTITION_KEYS = (
     "data.alpha",
     "data.shards_per_client",
 )
+
+
+def partition_keys(config: dict[str, Any]) -> list[str]:
+    """The config keys the partitions store of `config` depends on, sorted."""
+    algo = to_spec(config).algorithm
+    extra = [f"{algo.name}.{k}" for k in algo.partition_keys]
+    return sorted({*PARTITION_KEYS, "fl.algorithm", *extra})
 
 
 def partition(config: dict[str, Any], run: RunDir) -> Path:
@@ -27,24 +37,17 @@ def partition(config: dict[str, Any], run: RunDir) -> Path:
     """
     import zarr
 
-    from blazefl.experiment import build_partition
-
     labels = load_labels(run)
-    spec = to_spec(config)
-    if spec.num_clients > len(labels):
-        raise ValueError(
-            f"data.clients ({spec.num_clients}) exceeds the {len(labels)} training samples: "
-            "lower data.clients"
-        )
-    part = build_partition(spec, labels)
+    part = build_partition(to_spec(config), labels)
+    keys = partition_keys(config)
     dataset_sha = run.manifest_sha256(run.dataset / MANIFEST)
     with atomic_dir(run.partitions) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         group.create_array("indices", data=part.indices.numpy())
         group.create_array("offsets", data=part.offsets.numpy())
-        group.attrs.update({k: config[k] for k in sorted(PARTITION_KEYS)})
+        group.attrs.update({k: config[k] for k in keys})
         manifest = {
-            "config": {k: config[k] for k in PARTITION_KEYS},
+            "config": {k: config[k] for k in keys},
             "files": tree_hashes(tmp),
             "inputs": {"dataset/manifest.json": dataset_sha},
             "kind": "partitions",

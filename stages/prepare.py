@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from blazefl.data import ImageDataset
-from blazefl.pipeline.config import to_spec
-from blazefl.pipeline.store import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
+from blazefl.experiment import build_data
+from blazefl.stages.config import to_spec
+from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
 
 DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
 
@@ -39,8 +40,6 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
 
 def build_datasets(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     """The train and test sets the config names (generated or read from data.root)."""
-    from blazefl.experiment import build_data
-
     return build_data(to_spec(config))
 
 

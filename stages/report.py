@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.store import ArtifactError, RunDir, atomic_write, canonical_json
+from blazefl.stages.artifacts import ArtifactError, RunDir, atomic_write, canonical_json
 
 
 def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.store import MANIFEST, ArtifactError, RunDir
-from blazefl.stages.common import Session
+from blazefl.core.loop import ExecutionSettings
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
+from blazefl.stages.session import Session
 
 
 def round_stage(
     config: dict[str, Any],
     run: RunDir,
     t: int,
-    mode: str | None = None,
-    workers: int | None = None,
-    ipc: str | None = None,
+    execution: ExecutionSettings | None = None,
 ) -> Path:
     """Compute round `t` from `RUN/round-(t-1)` and commit `RUN/round-t` and its metrics.
 
@@ -23,7 +22,7 @@ def round_stage(
         config: validated flat config.
         run: run directory.
         t: round number (>= 1); round t-1 must be complete.
-        mode / workers / ipc: execution mode (never changes bytes).
+        execution: mode / workers / IPC (default: the config's; never changes bytes).
 
     Returns:
         The round directory.
@@ -36,7 +35,7 @@ def round_stage(
         raise ArtifactError(
             f"cannot run round {t}: {have}; run round {0 if last is None else last + 1} first"
         )
-    with Session(config, run, mode, workers, ipc) as session:
+    with Session(config, run, execution) as session:
         session.load(t - 1)
         session.commit(session.compute(t))
     return run.round_dir(t)

@@ -1,17 +1,20 @@
-"""FL algorithms built on the core: each is package types + server handler + client work."""
+"""FL algorithms built on the core: each is package types + server handler + client work +
+an `Algorithm` object registered here by name (one line per built-in)."""
 
+from blazefl.algorithms.base import RESERVED_SECTIONS, Algorithm, NoHParams, adapt_algorithm
 from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.distillation import entropy_reduction_aggregation, split_open_set
 from blazefl.algorithms.dsfl import (
+    DSFL,
     DSFLClientWorkload,
     DSFLDownlinkPackage,
     DSFLHParams,
     DSFLServerHandler,
     DSFLUplinkPackage,
     DSFLWorker,
-    entropy_reduction_aggregation,
-    split_open_set,
 )
 from blazefl.algorithms.fedavg import (
+    FedAvg,
     FedAvgClientWorkload,
     FedAvgDownlinkPackage,
     FedAvgServerHandler,
@@ -19,15 +22,26 @@ from blazefl.algorithms.fedavg import (
     FedAvgWorker,
     ModelSpec,
 )
+from blazefl.registry import Registry
+
+#: Algorithms by config name (`fl.algorithm`); a user's own is given as 'pkg.module:Name'.
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm", adapt=adapt_algorithm)
+ALGORITHMS.register("fedavg", FedAvg())
+ALGORITHMS.register("dsfl", DSFL())
 
 __all__ = [
+    "ALGORITHMS",
+    "RESERVED_SECTIONS",
+    "Algorithm",
     "ClientPartition",
+    "DSFL",
     "DSFLClientWorkload",
     "DSFLDownlinkPackage",
     "DSFLHParams",
     "DSFLServerHandler",
     "DSFLUplinkPackage",
     "DSFLWorker",
+    "FedAvg",
     "FedAvgClientWorkload",
     "FedAvgDownlinkPackage",
     "FedAvgServerHandler",
@@ -35,6 +49,7 @@ __all__ = [
     "FedAvgWorker",
     "LocalSGD",
     "ModelSpec",
+    "NoHParams",
     "TrainHParams",
     "entropy_reduction_aggregation",
     "evaluate_model",

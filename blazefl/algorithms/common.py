@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazefl.core.cancellation import raise_if_cancelled
 from blazefl.core.optim import FlatSGD
-from blazefl.data import ImageDataset, random_crop, random_horizontal_flip
+from blazefl.hparams import param, validate
+from blazefl.data import ImageDataset
 
 __all__ = ["ClientPartition", "TrainHParams", "LocalSGD", "evaluate_model"]
 
@@ -65,14 +67,17 @@ class ClientPartition:
 
 @dataclass(frozen=True)
 class TrainHParams:
-    """Local training hyper-parameters (all change result bits)."""
+    """Local training hyper-parameters (config section `train`; all change result bits)."""
 
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    augment: bool = False  # random crop (padding 4) + horizontal flip, generator-driven
+    local_epochs: int = param(2, low=1, high=10_000, doc="local epochs per round")
+    batch_size: int = param(50, low=1, high=1_000_000, doc="local batch size")
+    lr: float = param(0.05, low=0.0, low_open=True, high=1e6, doc="local SGD learning rate")
+    momentum: float = param(0.9, low=0.0, high=1e6, doc="local SGD momentum")
+    weight_decay: float = param(0.0005, low=0.0, high=1e6, doc="local SGD weight decay")
+    augment: bool = param(True, doc="the dataset's crop/flip (generator-driven)")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class LocalSGD:
@@ -105,6 +110,9 @@ class LocalSGD:
 
         Returns:
             Mean training loss over all steps.
+
+        Raises:
+            ClientCancelledError: the client's round was stopped (checked between batches).
         """
         self.optimizer.reset()  # every client starts from fresh momentum
         self.model.train()
@@ -113,11 +121,12 @@ class LocalSGD:
         for _ in range(self.hp.local_epochs):
             order = indices[torch.randperm(n, generator=generator)]
             for start in range(0, n, self.hp.batch_size):
+                raise_if_cancelled()  # a stopped round ends here, not after all epochs
                 batch = order[start : start + self.hp.batch_size]
                 b = int(batch.numel())
                 u8 = torch.index_select(self.data.images, 0, batch, out=self._u8[:b])
                 if self.hp.augment:
-                    u8 = random_horizontal_flip(random_crop(u8, 4, generator), 0.5, generator)
+                    u8 = self.data.augment(u8, generator)
                 x = self.data.normalize(u8, out=self._x[:b])
                 y = self.data.labels[batch]
                 loss = F.cross_entropy(self.model(x), y)

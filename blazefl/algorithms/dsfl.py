@@ -19,7 +19,6 @@ State that outlives a round, and so must be snapshotted by a pipeline:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -27,13 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazefl.algorithms.base import Algorithm
 from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.distillation import (
+    distill,
+    entropy_reduction_aggregation,
+    predict_soft_labels,
+    split_open_set,
+)
 from blazefl.algorithms.fedavg import ModelSpec
 from blazefl.core.optim import FlatSGD
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
 from blazefl.core.server import BaseServerHandler
 from blazefl.data import ImageDataset
+from blazefl.hparams import MAX_SAMPLES, HParamError, param, validate
 from blazefl.reproducibility import RNGSuite
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "DSFLServerHandler",
     "DSFLUplinkPackage",
     "DSFLWorker",
+    "DSFL",
     "distill",
     "entropy_reduction_aggregation",
     "predict_soft_labels",
@@ -77,9 +85,11 @@ class DSFLUplinkPackage(UplinkPackage):
 
 @dataclass(frozen=True)
 class DSFLHParams:
-    """DS-FL hyper-parameters (all change result bits).
+    """DS-FL hyper-parameters (all change result bits; config section `dsfl`).
 
     Args:
+        open_size: the last samples of the training set, held back as the shared unlabeled
+            open set (only the rest is partitioned among clients).
         public_size_per_round: open-set samples labelled by clients each round.
         kd_epochs: distillation epochs (clients and server).
         kd_batch_size: distillation (and soft-label inference) batch size.
@@ -87,129 +97,20 @@ class DSFLHParams:
         era_temperature: ERA softmax temperature; lower sharpens more.
     """
 
-    public_size_per_round: int = 100
-    kd_epochs: int = 1
-    kd_batch_size: int = 50
-    kd_lr: float = 0.1
-    era_temperature: float = 0.1
+    open_size: int = param(2000, low=1, high=MAX_SAMPLES, doc="shared unlabeled open set")
+    public_size_per_round: int = param(500, low=1, high=MAX_SAMPLES, doc="labelled per round")
+    kd_epochs: int = param(2, low=1, high=10_000, doc="distillation epochs")
+    kd_batch_size: int = param(50, low=1, high=1_000_000, doc="distillation batch size")
+    kd_lr: float = param(0.1, low=0.0, low_open=True, high=1e6, doc="distillation lr")
+    era_temperature: float = param(0.1, low=0.0, low_open=True, high=1e6, doc="ERA temperature")
 
     def __post_init__(self) -> None:
-        for name in ("public_size_per_round", "kd_epochs", "kd_batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("kd_lr", "era_temperature"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-
-
-# -- building blocks shared by client and server ----------------------------------------------
-
-
-def entropy_reduction_aggregation(mean_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """ERA: sharpen averaged soft labels with a temperature softmax, `softmax(mean / T)`.
-
-    Args:
-        mean_probs: `[n, C]` averaged client probabilities (any float dtype).
-        temperature: `T > 0`; `T < 1 / C` sharpens near-uniform rows too.
-
-    Returns:
-        `[n, C]` float32 probabilities (computed in float64, rounded once).
-
-    Example:
-        >>> era = entropy_reduction_aggregation(torch.tensor([[0.6, 0.3, 0.1]]), 0.1)
-        >>> era.argmax(1), bool(era[0, 0] > 0.6)
-        (tensor([0]), True)
-    """
-    return F.softmax(mean_probs.double() / temperature, dim=1).float()
-
-
-def distill(
-    model: nn.Module,
-    optimizer: FlatSGD,
-    data: ImageDataset,
-    indices: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-) -> float:
-    """Train `model` towards soft `targets` on `data[indices]` with KL(targets || model).
-
-    Samples are shuffled per epoch by `generator` (one `randperm` per epoch).
-
-    Args:
-        model / optimizer: the student and its (stateless) optimizer.
-        data: the open set.
-        indices: int64 `[n]` positions in `data`.
-        targets: float32 `[n, C]` probabilities aligned with `indices`.
-        epochs / batch_size: the schedule.
-        generator: the caller's torch generator.
-
-    Returns:
-        Mean KL loss over all steps (0.0 when `indices` is empty).
-    """
-    n = int(indices.numel())
-    model.train()
-    total, steps = 0.0, 0
-    for _ in range(epochs if n else 0):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            pick = order[start : start + batch_size]
-            x = data.normalize(data.images.index_select(0, indices[pick]))
-            log_probs = F.log_softmax(model(x), dim=1)
-            loss = F.kl_div(log_probs, targets[pick], reduction="batchmean")
-            optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-    return total / max(steps, 1)
-
-
-@torch.no_grad()
-def predict_soft_labels(
-    model: nn.Module, data: ImageDataset, indices: torch.Tensor, batch_size: int
-) -> torch.Tensor:
-    """Softmax outputs of `model` (eval mode) on `data[indices]`, in fixed batches.
-
-    Returns:
-        float32 `[len(indices), num_classes]`.
-    """
-    was_training = model.training
-    model.eval()
-    parts = [
-        F.softmax(model(data.normalize(data.images.index_select(0, chunk))), dim=1)
-        for chunk in indices.split(batch_size)
-    ]
-    model.train(was_training)
-    if not parts:
-        return torch.empty((0, data.num_classes), dtype=torch.float32)
-    return torch.cat(parts).float()
-
-
-def split_open_set(data: ImageDataset, open_size: int) -> tuple[ImageDataset, ImageDataset]:
-    """Split a dataset into (private training part, open set = its last `open_size` samples).
-
-    Both parts own contiguous copies. The open set keeps its labels (for analysis only; DS-FL
-    never trains on them).
-
-    Example:
-        >>> train, open_set = split_open_set(synthetic_dataset(900, seed=0), 300)
-        >>> len(train), len(open_set)
-        (600, 300)
-    """
-    if not 0 < open_size < len(data):
-        raise ValueError(f"open_size must be in [1, {len(data) - 1}], got {open_size}")
-    cut = len(data) - open_size
-
-    def part(sl: slice) -> ImageDataset:
-        return ImageDataset(
-            data.images[sl].clone(), data.labels[sl].clone(), data.num_classes, data.mean, data.std
-        )
-
-    return part(slice(0, cut)), part(slice(cut, None))
+        validate(self)
+        if self.public_size_per_round > self.open_size:
+            raise HParamError(
+                f"public_size_per_round ({self.public_size_per_round}) must be <= open_size "
+                f"({self.open_size})"
+            )
 
 
 # -- client ----------------------------------------------------------------------------------
@@ -486,3 +387,42 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
             metrics = evaluate_model(self.model, self.test_set)
             out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return out
+
+
+class DSFL(Algorithm):
+    """DS-FL as an algorithm object: the open set is held back from the partition, the
+    server keeps ERA labels as state, every client keeps its own model as state."""
+
+    name = "dsfl"
+    HParams = DSFLHParams
+    partition_keys = ("open_size",)
+
+    def public_size(self, hparams: DSFLHParams) -> int:
+        return hparams.open_size
+
+    def check(self, spec: Any) -> None:
+        private = spec.data.size - spec.hparams.open_size
+        if private < spec.data.clients:
+            raise HParamError(
+                f"dsfl.open_size ({spec.hparams.open_size}) leaves {private} private samples "
+                f"for {spec.data.clients} clients: lower dsfl.open_size or raise data.size"
+            )
+
+    def server(self, exp: Any, generator: torch.Generator) -> DSFLServerHandler:
+        return DSFLServerHandler(
+            exp.initial_model(),
+            open_set=exp.public_set,
+            dsfl=exp.spec.hparams,
+            **exp.server_kwargs(generator),
+        )
+
+    def workload(self, exp: Any) -> DSFLClientWorkload:
+        return DSFLClientWorkload(
+            exp.private_train,
+            exp.public_set,
+            exp.partition,
+            exp.model_spec,
+            exp.spec.train,
+            exp.spec.hparams,
+            init_model=flatten_module_(exp.initial_model()),
+        )

@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from blazefl.algorithms.base import Algorithm
 from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
@@ -24,6 +25,7 @@ __all__ = [
     "FedAvgWorker",
     "FedAvgServerHandler",
     "ModelSpec",
+    "FedAvg",
 ]
 
 
@@ -178,3 +180,15 @@ class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkP
             metrics = evaluate_model(self.model, self.test_set)
             out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return out
+
+
+class FedAvg(Algorithm):
+    """FedAvg as an algorithm object (no hyper-parameters beyond the `train` section)."""
+
+    name = "fedavg"
+
+    def server(self, exp: Any, generator: torch.Generator) -> FedAvgServerHandler:
+        return FedAvgServerHandler(exp.initial_model(), **exp.server_kwargs(generator))
+
+    def workload(self, exp: Any) -> FedAvgClientWorkload:
+        return FedAvgClientWorkload(exp.train, exp.partition, exp.model_spec, exp.spec.train)

@@ -10,9 +10,9 @@ from blazefl.core.process_pool import IPC_MODES, ProcessPoolClientTrainer
 from blazefl.core.protocols import ClientWorkload, ServerHandler
 from blazefl.core.trainers import BaseClientTrainer, ThreadPoolClientTrainer
 
-__all__ = ["RoundResult", "run_round", "make_trainer", "EXECUTION_MODES"]
+__all__ = ["RoundResult", "run_round", "make_trainer", "ExecutionSettings", "EXECUTION_MODES"]
 
-EXECUTION_MODES = ("sequential", "threads", "processes")
+from blazefl.modes import EXECUTION_MODES
 
 
 @dataclass
@@ -60,6 +60,48 @@ def run_round(
     if evaluate:
         result.summary = server.summary()
     return result
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How client work executes: mode, worker count, process-pool IPC. None of these changes
+    result bytes, so they travel together, apart from the experiment's settings.
+
+    Example:
+        >>> with ExecutionSettings("processes", 2, "storage").make_trainer(w, seed=0) as t: ...
+    """
+
+    mode: str = "sequential"
+    workers: int = 1
+    ipc: str = "shared_memory"
+
+    def __post_init__(self) -> None:
+        if self.mode not in EXECUTION_MODES:
+            raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {self.mode!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers <= 0:
+            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
+        if self.ipc not in IPC_MODES:  # checked in every mode: a typo must not pass silently
+            raise ValueError(f"ipc must be one of {', '.join(IPC_MODES)}, got {self.ipc!r}")
+
+    @classmethod
+    def of(
+        cls, runtime: Any, mode: str | None = None, workers: int | None = None, ipc: str | None = None
+    ) -> ExecutionSettings:
+        """Settings from a runtime config section (`mode`, `workers`, `ipc`), with overrides."""
+        return cls(mode or runtime.mode, workers or runtime.workers, ipc or runtime.ipc)
+
+    def make_trainer(
+        self, workload: ClientWorkload[Any, Any], *, seed: int, threads_per_client: int = 1
+    ) -> BaseClientTrainer[Any, Any]:
+        """The trainer for these settings (see `make_trainer`)."""
+        return make_trainer(
+            self.mode,  # type: ignore[arg-type]
+            workload,
+            seed=seed,
+            workers=self.workers,
+            ipc=self.ipc,  # type: ignore[arg-type]
+            threads_per_client=threads_per_client,
+        )
 
 
 def make_trainer(

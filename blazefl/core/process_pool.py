@@ -44,11 +44,11 @@ from blazefl.core.packages import (
 )
 from blazefl.core.protocols import ClientWorkload
 from blazefl.core.trainers import BaseClientTrainer, ClientTrainingError, run_client_task
+from blazefl.modes import IPC_MODES
 from blazefl.reproducibility import pin_client_threads
 
 __all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "IPC_MODES"]
 
-IPC_MODES = ("shared_memory", "storage")
 IpcMode = Literal["shared_memory", "storage"]
 
 

@@ -1,0 +1,107 @@
+"""`Algorithm`: what the pipeline needs to know about an FL algorithm, in one object.
+
+An algorithm object names its config section, owns its hyper-parameter dataclass (defaults,
+validation and docs, see `blazefl.hparams`), says which data it holds back from the clients
+(DS-FL's shared open set), and builds its server handler and client workload from a built
+`Experiment`. Built-ins are registered by name in `blazefl.algorithms.ALGORITHMS`; a user's
+own is named in the config by import path (`fl.algorithm: mypkg.algo:MyAlgorithm`) and needs
+no edit to this package.
+
+State that outlives a round is snapshotted by the pipeline through two duck-typed hooks:
+a server with `state_tensors()` / `load_state_tensors(tensors)`, and clients that return a
+new state dict from `ClientWorker.train` (kept per client by the trainer).
+
+Example:
+    >>> class MyAlgorithm(Algorithm):
+    ...     name = "myalgo"
+    ...     HParams = MyHParams
+    ...     def server(self, exp, generator):
+    ...         return MyServer(exp.initial_model(), **exp.server_kwargs(generator))
+    ...     def workload(self, exp):
+    ...         return MyWorkload(exp.train, exp.partition, exp.model_spec, exp.spec.train)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, is_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from blazefl.core.protocols import ClientWorkload, ServerHandler
+
+if TYPE_CHECKING:  # annotations only: experiment.py imports this module
+    from blazefl.experiment import Experiment
+    from blazefl.spec import ExperimentSpec
+
+__all__ = ["Algorithm", "NoHParams", "RESERVED_SECTIONS", "adapt_algorithm"]
+
+#: Config sections that belong to the experiment itself; an algorithm may not take one.
+RESERVED_SECTIONS = ("seed", "data", "model", "fl", "train", "runtime")
+
+
+@dataclass(frozen=True)
+class NoHParams:
+    """The hyper-parameters of an algorithm that has none of its own (FedAvg)."""
+
+
+class Algorithm:
+    """Base class of algorithm objects (subclass it, set `name` and `HParams`).
+
+    Attributes:
+        name: the config section of its hyper-parameters (`fedprox` -> `fedprox.mu`).
+        HParams: a frozen dataclass whose fields are declared with `blazefl.hparams.param`.
+        partition_keys: names of `HParams` fields the client partition depends on (through
+            `public_size`); the pipeline re-partitions when they change.
+    """
+
+    name: ClassVar[str] = ""
+    HParams: ClassVar[type] = NoHParams
+    partition_keys: ClassVar[tuple[str, ...]] = ()
+
+    def public_size(self, hparams: Any) -> int:
+        """Training samples (the last ones) held back from the clients as shared public data.
+
+        Returns:
+            0 unless the algorithm uses a public set.
+        """
+        return 0
+
+    def check(self, spec: ExperimentSpec) -> None:
+        """Cross-section checks on a spec (raise `HParamError` with the fix); default none."""
+
+    def server(self, exp: Experiment, generator: torch.Generator) -> ServerHandler[Any, Any]:
+        """The server handler with the experiment's initial global model."""
+        raise NotImplementedError
+
+    def workload(self, exp: Experiment) -> ClientWorkload[Any, Any]:
+        """The picklable client work (pickled once into every worker process)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def adapt_algorithm(obj: Any, path: str) -> Algorithm:
+    """Check a user's algorithm found at import path `path` (a class is instantiated).
+
+    Raises:
+        ValueError: it lacks a valid section name, an `HParams` dataclass or the builders.
+    """
+    algo = obj() if isinstance(obj, type) else obj
+    name = getattr(algo, "name", "")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(
+            f"algorithm {path!r} needs a `name` (lower-case identifier: its config section), "
+            f"got {name!r}"
+        )
+    if name in RESERVED_SECTIONS:
+        raise ValueError(f"algorithm {path!r}: name {name!r} is a reserved config section")
+    hp = getattr(algo, "HParams", None)
+    if not (isinstance(hp, type) and is_dataclass(hp)):
+        raise ValueError(f"algorithm {path!r} needs `HParams`, a dataclass (or NoHParams)")
+    for method in ("server", "workload", "public_size", "check"):
+        if not callable(getattr(algo, method, None)):
+            raise ValueError(f"algorithm {path!r} has no {method}() (subclass Algorithm)")
+    return algo  # type: ignore[no-any-return]

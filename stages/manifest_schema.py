@@ -1,0 +1,290 @@
+"""Schema validation of manifests, before any field of them is used.
+
+A manifest read from disk may be corrupt or tampered (`outputs` as a list, `clients: 5`,
+`round: 1e30`, a missing `config`). Every reader validates it here first, so later code can
+index it without guarding each access, and a bad manifest ends with one line instead of an
+AttributeError or KeyError traceback, or worse, being accepted.
+
+The schema is a table per manifest kind: field name -> `Field(must_be, ok)`, plus cross-field
+rules. A new field (e.g. a code version) is one line in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import reprlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from blazefl.stages.untrusted import is_safe_relpath
+
+__all__ = [
+    "ManifestError",
+    "Field",
+    "MAX_MANIFEST_BYTES",
+    "MAX_ROUND",
+    "MAX_CLIENTS",
+    "parse_manifest_json",
+    "validate_round_manifest",
+    "validate_store_manifest",
+]
+
+#: Largest manifest file read (100,000 clients' hashes fit with room to spare).
+MAX_MANIFEST_BYTES = 64 << 20
+#: Highest round number a manifest may record.
+MAX_ROUND = 1_000_000
+#: Most clients a manifest may name (client ids are below this).
+MAX_CLIENTS = 1_000_000
+_MAX_ENTRIES = 4 * MAX_CLIENTS  # files / inputs / uplinks entries of one manifest
+_MAX_STR = 4096
+_FIX = "the manifest is corrupt or tampered; restore the run from its source"
+_HEX = frozenset("0123456789abcdef")
+_SHOW = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOW.maxstring = _SHOW.maxother = 40
+_SHOW.maxlist = _SHOW.maxdict = 4
+_SHOW.maxlevel = 2
+
+
+class ManifestError(ValueError):
+    """A manifest that does not match its schema; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One manifest field: what it must be (for the error message) and its check."""
+
+    must_be: str
+    ok: Callable[[Any], bool]
+
+
+# -- value checks (each looks one level deep, so a deeply nested value cannot recurse) ------
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_hex64(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and _HEX.issuperset(v)
+
+
+def _is_scalar(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, bool | int) or (isinstance(v, str) and len(v) <= _MAX_STR)
+
+
+def _is_name(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= _MAX_STR
+
+
+def _mapping(key_ok: Callable[[Any], bool], value_ok: Callable[[Any], bool]) -> Any:
+    def ok(v: Any) -> bool:
+        return (
+            isinstance(v, dict)
+            and len(v) <= _MAX_ENTRIES
+            and all(key_ok(k) and value_ok(x) for k, x in v.items())
+        )
+
+    return ok
+
+
+def _client_ids(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) <= MAX_CLIENTS
+        and all(_is_int(c, 0, MAX_CLIENTS - 1) for c in v)
+        and all(a < b for a, b in zip(v, v[1:], strict=False))
+    )
+
+
+def _is_loss(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isfinite(v))
+
+
+_HASHES = "an object of relative paths inside the run -> 64-hex sha256"
+_CONFIG = Field("an object of config keys -> scalars", _mapping(_is_name, _is_scalar))
+_FILES = Field(_HASHES, _mapping(is_safe_relpath, _is_hex64))
+_SHA = Field("a 64-hex sha256", _is_hex64)
+
+
+def _kind(name: str) -> Field:
+    return Field(repr(name), lambda v: v == name)
+
+
+#: Round manifests (kind "init" for round 0, "round" after it).
+ROUND_FIELDS: dict[str, Field] = {
+    "clients": Field("a sorted list of distinct client ids", _client_ids),
+    "config": _CONFIG,
+    "config_sha256": _SHA,
+    "environment": Field("an object of names -> scalars", _mapping(_is_name, _is_scalar)),
+    "inputs": _FILES,
+    "kind": Field("'init' or 'round'", lambda v: v in ("init", "round")),
+    "outputs": _FILES,
+    "parent": Field("a 64-hex sha256 or null", lambda v: v is None or _is_hex64(v)),
+    "round": Field(f"an integer in [0, {MAX_ROUND}]", lambda v: _is_int(v, 0, MAX_ROUND)),
+    "summary": Field("an object of names -> finite numbers or null", _mapping(_is_name, _is_loss)),
+    "uplinks": Field(
+        "an object of 5-digit client ids -> 64-hex sha256",
+        _mapping(lambda k: isinstance(k, str) and len(k) >= 5 and k.isdecimal(), _is_hex64),
+    ),
+}
+
+#: Store manifests, by kind.
+STORE_FIELDS: dict[str, dict[str, Field]] = {
+    "dataset": {"config": _CONFIG, "files": _FILES, "kind": _kind("dataset")},
+    "partitions": {
+        "config": _CONFIG,
+        "files": _FILES,
+        "inputs": _FILES,
+        "kind": _kind("partitions"),
+    },
+}
+
+Rule = Callable[[dict[str, Any], int | None], str | None]
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of a recorded config as the writers compute `config_sha256` (canonical JSON)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# -- cross-field rules of round manifests: each returns what is wrong, or None --------------
+def _rule_first_round(m: dict[str, Any], _: int | None) -> str | None:
+    first = m["round"] == 0
+    if (m["kind"] == "init") != first or (m["parent"] is None) != first:
+        return (
+            "round 0 must have kind 'init' and parent null, later rounds kind 'round' and a parent"
+        )
+    if first and (m["clients"] or m["uplinks"]):
+        return "round 0 must have no clients and no uplinks"
+    return None
+
+
+def _rule_uplinks(m: dict[str, Any], _: int | None) -> str | None:
+    if sorted(m["uplinks"]) != [f"{c:05d}" for c in m["clients"]]:
+        return "the keys of uplinks must be exactly the clients (5-digit ids)"
+    return None
+
+
+def _rule_clients_below(m: dict[str, Any], max_clients: int | None) -> str | None:
+    if max_clients is not None and m["clients"] and m["clients"][-1] >= max_clients:
+        return f"clients must be below {max_clients} (data.clients), got {m['clients'][-1]}"
+    return None
+
+
+def _rule_snapshot(m: dict[str, Any], _: int | None) -> str | None:
+    if not {"global.safetensors", "rng.safetensors"} <= m["outputs"].keys():
+        return "outputs must include global.safetensors and rng.safetensors"
+    return None
+
+
+def _rule_config_sha(m: dict[str, Any], _: int | None) -> str | None:
+    if config_digest(m["config"]) != m["config_sha256"]:
+        return "config_sha256 does not match config"
+    return None
+
+
+ROUND_RULES: tuple[Rule, ...] = (
+    _rule_first_round,
+    _rule_uplinks,
+    _rule_clients_below,
+    _rule_snapshot,
+    _rule_config_sha,
+)
+
+
+def _check(m: Any, where: str, fields: dict[str, Field]) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise ManifestError(f"{where}: must be a JSON object, got {_show(m)}: {_FIX}")
+    missing = sorted(set(fields) - set(m))
+    if missing:
+        raise ManifestError(f"{where}: field {missing[0]} is missing: {_FIX}")
+    unknown = sorted(str(k) for k in set(m) - set(fields))
+    if unknown:
+        raise ManifestError(f"{where}: unknown field {unknown[0][:40]!r}: {_FIX}")
+    for name, field in fields.items():
+        if not field.ok(m[name]):
+            raise ManifestError(
+                f"{where}: field {name} must be {field.must_be}, got {_show(m[name])}: {_FIX}"
+            )
+    return m
+
+
+def _show(value: Any) -> str:
+    return f"{' '.join(_SHOW.repr(value).split())} ({type(value).__name__})"
+
+
+def validate_round_manifest(m: Any, where: str, max_clients: int | None = None) -> dict[str, Any]:
+    """Check a round (or round-0 init) manifest against its schema.
+
+    Args:
+        m: the manifest as parsed from JSON.
+        where: what to call it in errors, e.g. "round-0003/manifest.json".
+        max_clients: data.clients of the run, if known: client ids must be below it.
+
+    Returns:
+        `m`, now known to match the schema.
+
+    Raises:
+        ManifestError: one line naming the first wrong field.
+
+    Example:
+        >>> validate_round_manifest(json.loads(path.read_bytes()), "round-0003/manifest.json")
+    """
+    _check(m, where, ROUND_FIELDS)
+    for rule in ROUND_RULES:
+        problem = rule(m, max_clients)
+        if problem:
+            raise ManifestError(f"{where}: {problem}: {_FIX}")
+    return m
+
+
+def validate_store_manifest(m: Any, where: str) -> dict[str, Any]:
+    """Check a store manifest (dataset or partitions) against the schema of its kind.
+
+    Args:
+        m: the manifest as parsed from JSON.
+        where: what to call it in errors, e.g. "dataset/manifest.json".
+
+    Returns:
+        `m`, now known to match the schema.
+
+    Raises:
+        ManifestError: one line naming the first wrong field.
+
+    Example:
+        >>> validate_store_manifest(manifest, "partitions/manifest.json")["kind"]
+        'partitions'
+    """
+    kind = m.get("kind") if isinstance(m, dict) else None
+    if not isinstance(kind, str) or kind not in STORE_FIELDS:
+        raise ManifestError(
+            f"{where}: field kind must be one of {', '.join(STORE_FIELDS)}, got "
+            f"{_show(kind)}: {_FIX}"
+        )
+    _check(m, where, STORE_FIELDS[kind])
+    if not m["files"]:
+        raise ManifestError(f"{where}: field files must not be empty: {_FIX}")
+    return m
+
+
+def parse_manifest_json(data: bytes, where: str) -> Any:
+    """Parse manifest bytes as JSON, with size and nesting failures as one-line errors.
+
+    `json.loads` raises RecursionError on deeply nested arrays and ValueError on integers of
+    thousands of digits; both become `ManifestError` here.
+
+    Example:
+        >>> parse_manifest_json(b'{"kind": "dataset"}', "dataset/manifest.json")
+        {'kind': 'dataset'}
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes: {_FIX}")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are both
+        problem = " ".join(str(exc).split())[:80]
+        raise ManifestError(f"{where}: not valid JSON ({problem}): {_FIX}") from None

@@ -1,0 +1,237 @@
+"""Reading and writing files whose names come from untrusted artifacts (a downloaded run).
+
+A manifest's `inputs` / `outputs` / `files` may name any string. Before a name is opened it
+must be a plain relative path that stays inside the run directory, goes through no symlink,
+and ends at a regular file of bounded size: `/dev/zero`, a FIFO, `/etc/passwd` behind a
+symlink or a `../` escape are refused with one line instead of exhausting memory, hanging or
+reading a system file.
+
+Files are opened component by component with `dir_fd` and `O_NOFOLLOW`, so a symlink swapped
+in between the check and the open is refused too, and with `O_NONBLOCK`, so opening a FIFO
+never waits for a writer.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+__all__ = [
+    "UntrustedArtifactError",
+    "is_safe_relpath",
+    "resolve_inside",
+    "read_bounded",
+    "sha256_inside",
+    "check_writable_inside",
+    "safe_child_dirs",
+]
+
+#: Longest relative path accepted from an artifact (Linux PATH_MAX).
+MAX_RELPATH_CHARS = 4096
+_FIX = "the run directory is damaged or tampered; restore it from its source"
+
+
+class UntrustedArtifactError(ValueError):
+    """A path named by an artifact is unsafe to open or write; the message names it."""
+
+
+def is_safe_relpath(rel: Any) -> bool:
+    """Whether `rel` is a normalized relative posix path that cannot leave its root.
+
+    Refused: non-strings, empty, absolute, `.` / `..` parts, empty parts (`a//b`, `a/`),
+    NUL, backslashes, control characters, over `MAX_RELPATH_CHARS`.
+
+    Example:
+        >>> is_safe_relpath("round-0001/global.safetensors"), is_safe_relpath("../x")
+        (True, False)
+    """
+    if not isinstance(rel, str) or not rel or len(rel) > MAX_RELPATH_CHARS:
+        return False
+    if "\\" in rel or any(ord(ch) < 32 or ord(ch) == 127 for ch in rel):
+        return False
+    parts = rel.split("/")
+    return (
+        all(part not in ("", ".", "..") for part in parts) and not PurePosixPath(rel).is_absolute()
+    )
+
+
+def _error(root: Path, rel: Any, problem: str) -> UntrustedArtifactError:
+    shown = repr(rel)[:120] if not isinstance(rel, str) else rel[:200]
+    return UntrustedArtifactError(f"{shown} in {root}: {problem}: {_FIX}")
+
+
+def _parts(root: Path, rel: Any) -> list[str]:
+    if not is_safe_relpath(rel):
+        raise _error(
+            root, rel, "not a plain relative path inside the run (absolute, '..', '\\' or NUL)"
+        )
+    parts: list[str] = rel.split("/")
+    return parts
+
+
+def _open_leaf(root: Path, rel: Any) -> int:
+    """Open `root/rel` read-only without following any symlink below `root`; return the fd
+    of a regular file (the caller closes it)."""
+    parts = _parts(root, rel)
+    try:
+        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _error(root, rel, f"the run directory cannot be opened ({exc.strerror})") from None
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
+            try:
+                fd = os.open(part, flags, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise _error(root, rel, "is missing") from None
+            except OSError as exc:
+                # ELOOP: a symlink (O_NOFOLLOW); ENOTDIR: a file where a folder should be
+                what = "goes through a symlink" if exc.errno == errno.ELOOP else exc.strerror
+                raise _error(root, rel, f"cannot be opened safely ({what})") from None
+            os.close(dir_fd)
+            dir_fd = fd
+        if not stat.S_ISREG(os.fstat(dir_fd).st_mode):
+            raise _error(root, rel, "is not a regular file (a device, FIFO, socket or folder)")
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """`root / rel`, after checking it is a regular file inside `root` reached through no
+    symlink.
+
+    Args:
+        root: the run directory (it may itself be a symlink: the user chose it).
+        rel: a relative posix path taken from an artifact.
+
+    Returns:
+        The path `root / rel`.
+
+    Raises:
+        UntrustedArtifactError: unsafe name, missing, symlink on the way, not a regular file.
+
+    Example:
+        >>> resolve_inside(Path("runs/a"), "round-0000/manifest.json")
+        PosixPath('runs/a/round-0000/manifest.json')
+    """
+    os.close(_open_leaf(root, rel))
+    return root / rel
+
+
+def read_bounded(root: Path, rel: str, max_bytes: int) -> bytes:
+    """Read `root / rel` (checked as in `resolve_inside`) if it holds at most `max_bytes`.
+
+    Args:
+        root: the run directory.
+        rel: a relative posix path taken from an artifact.
+        max_bytes: size bound, checked on the open file before reading.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        UntrustedArtifactError: as `resolve_inside`, or larger than `max_bytes`.
+
+    Example:
+        >>> read_bounded(Path("runs/a"), "round-0000/manifest.json", 1 << 20)[:1]
+        b'{'
+    """
+    fd = _open_leaf(root, rel)
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise _error(root, rel, f"holds {size} bytes, more than the {max_bytes} allowed")
+        chunks, left = [], max_bytes + 1  # +1: a file that grew after fstat is caught too
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise _error(root, rel, f"grew past the {max_bytes} bytes allowed while being read")
+    return data
+
+
+def sha256_inside(root: Path, rel: str, max_bytes: int) -> str:
+    """SHA-256 of `root / rel` (checked as in `read_bounded`), streamed in 1 MiB blocks.
+
+    Example:
+        >>> len(sha256_inside(Path("runs/a"), "round-0000/global.safetensors", 1 << 30))
+        64
+    """
+    fd = _open_leaf(root, rel)
+    h, total = hashlib.sha256(), 0
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise _error(root, rel, f"holds {size} bytes, more than the {max_bytes} allowed")
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > max_bytes:
+                raise _error(root, rel, f"grew past the {max_bytes} bytes allowed")
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def check_writable_inside(root: Path, rel: str) -> Path:
+    """`root / rel` after checking that writing it cannot leave `root`.
+
+    Every existing component below `root` must be a real folder (not a symlink, e.g. a
+    symlinked `metrics/` or `timings/`), and the target, if it exists, a regular file or
+    (for a folder to replace atomically) a real folder. Missing components are fine: the
+    writer creates them.
+
+    Raises:
+        UntrustedArtifactError: unsafe name or a symlink / special file on the way.
+
+    Example:
+        >>> check_writable_inside(Path("runs/a"), "metrics/round-0001.json")
+        PosixPath('runs/a/metrics/round-0001.json')
+    """
+    parts = _parts(root, rel)
+    current = root
+    for i, part in enumerate(parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            break  # the rest does not exist yet: nothing to follow
+        except OSError as exc:
+            raise _error(root, rel, f"cannot be checked ({exc.strerror})") from None
+        if stat.S_ISLNK(mode):
+            where = "/".join(parts[: i + 1])
+            raise _error(root, rel, f"{where} is a symlink, and writes must stay inside the run")
+        last = i == len(parts) - 1
+        if not stat.S_ISDIR(mode) and not (last and stat.S_ISREG(mode)):
+            raise _error(root, rel, "is in the way of a write (not a regular file or folder)")
+    return root / rel
+
+
+def safe_child_dirs(root: Path) -> list[str]:
+    """Names of the real folders directly inside `root` (symlinks and files skipped), sorted.
+
+    Example:
+        >>> safe_child_dirs(Path("runs/a"))
+        ['dataset', 'metrics', 'partitions', 'round-0000']
+    """
+    try:
+        with os.scandir(root) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UntrustedArtifactError(f"{root} cannot be listed ({exc.strerror}): {_FIX}") from None
