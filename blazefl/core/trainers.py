@@ -6,12 +6,20 @@ execution mode and with any worker count. That holds because (1) a client's rand
 only from its own RNG state, carried from round to round by the trainer, (2) a worker keeps
 nothing between clients that changes a result, and (3) the intra-op thread count is pinned in
 every thread that runs client work.
+
+Each round has a stop event (`trainer.stop_event`); abandoning the round (Ctrl-C, an exception,
+`close()`) sets it and running clients stop at their next check (see `blazefl.core.cancellation`).
+
+`ThreadPoolClientTrainer` also runs the original BlazeFL contract: a subclass that implements
+`worker(cid, device, payload, stop_event)` (and sets `num_parallels`, `device`, `device_count`,
+`cache`, `stop_event` in its own `__init__`) is driven exactly as the original drives it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +27,7 @@ from typing import Any, Generic
 
 import torch
 
+from blazefl.core.cancellation import ClientCancelledError, bound_stop_event, raise_if_cancelled
 from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_sha256
 from blazefl.core.protocols import ClientWorker, ClientWorkload
 from blazefl.reproducibility import RNGSuite, create_rng_suite, pin_client_threads
@@ -56,20 +65,34 @@ def _perturb_if_requested(task: ClientTask, uplink: Any) -> None:
             return
 
 
-def run_client_task(worker: ClientWorker[Any, Any], task: ClientTask, payload: Any) -> ClientResult:
+def run_client_task(
+    worker: ClientWorker[Any, Any],
+    task: ClientTask,
+    payload: Any,
+    stop_event: threading.Event | None = None,
+) -> ClientResult:
     """Run one client on `worker` and package the result (used by every execution mode).
 
     Args:
         worker: the worker's reusable model/optimizer holder.
         task: client id, round, RNG state and persistent state.
         payload: the round's downlink package (read only).
+        stop_event: the round's stop event, bound for `raise_if_cancelled` in client code.
 
     Returns:
         The client's result with its new RNG state and uplink hash.
+
+    Raises:
+        ClientCancelledError: the round was cancelled before or while this client ran.
+        ClientTrainingError: client code raised (the cause is chained).
     """
     rng = RNGSuite.from_state_tensors(task.rng)
     try:
-        uplink, state = worker.train(task, payload, rng)
+        with bound_stop_event(stop_event):
+            raise_if_cancelled()  # a queued client of a cancelled round does not start
+            uplink, state = worker.train(task, payload, rng)
+    except ClientCancelledError:
+        raise  # a cancellation, not a client failure
     except Exception as exc:  # name the client; keep the original as __cause__
         raise ClientTrainingError(task.cid, task.round, f"{type(exc).__name__}: {exc}") from exc
     _perturb_if_requested(task, uplink)
@@ -138,6 +161,8 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
         self._round = 0
         self._cache: list[UplinkT] = []
         self._worker: ClientWorker[UplinkT, DownlinkT] | None = None
+        #: Set to cancel the round in flight; every round starts with a fresh, clear event.
+        self.stop_event = threading.Event()
 
     # -- state carried between rounds ---------------------------------------------------
     def client_rng_state(self, cid: int) -> dict[str, torch.Tensor]:
@@ -185,8 +210,9 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
         if self._worker is None:
             pin_client_threads(self.threads_per_client)
             self._worker = self.workload.make_worker()
+        stop = self.stop_event = threading.Event()
         for task in tasks:
-            yield run_client_task(self._worker, task, payload)
+            yield run_client_task(self._worker, task, payload, stop)
 
     def local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
         """BlazeFL-style API: train the clients and cache their uplinks."""
@@ -198,7 +224,10 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
         return packages
 
     def close(self) -> None:
-        """Release workers and IPC resources (idempotent)."""
+        """Cancel the round in flight, release workers and IPC resources (idempotent)."""
+        stop = getattr(self, "stop_event", None)
+        if stop is not None:
+            stop.set()
         self._worker = None
 
     def __enter__(self) -> BaseClientTrainer[UplinkT, DownlinkT]:
@@ -216,7 +245,15 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
     thread, so module construction never races on the global RNG. The pool lives as long as
     the trainer. torch kernels release the GIL; on a free-threaded CPython the Python parts run
     in parallel too. The only shared mutable objects are a `queue.Queue` of idle workers and
-    the futures; client RNG state is committed by the consuming thread only.
+    the futures; client RNG state is committed by the consuming thread only. Abandoning a
+    round (Ctrl-C, an exception, `close()`) sets its `stop_event`: running clients stop at
+    their next check instead of training to the end.
+
+    The original BlazeFL contract works too: a subclass that implements
+    `worker(cid, device, payload, stop_event)` and sets `num_parallels`, `device`,
+    `device_count`, `cache` and `stop_event` in its own `__init__` (no `super().__init__`)
+    gets the original `local_process` / `uplink_package`, `progress_fn` and
+    `get_client_device`; see `docs/migration.md`.
 
     Args:
         workload: picklable client work.
@@ -244,7 +281,119 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self._executor: ThreadPoolExecutor | None = None
         self._idle: queue.Queue[ClientWorker[UplinkT, DownlinkT]] = queue.Queue()
 
+    # -- the original BlazeFL contract ----------------------------------------------------
+    def worker(
+        self, cid: int, device: str, payload: DownlinkT, stop_event: threading.Event
+    ) -> UplinkT:
+        """Original BlazeFL contract: train client `cid` in a pool thread, return its uplink.
+
+        Not used by the workload API. Override it (in a subclass whose `__init__` sets
+        `num_parallels`, `device`, `device_count`, `cache` and `stop_event`) and
+        `local_process` runs `worker` for every client on `num_parallels` threads.
+
+        Args:
+            cid: client id.
+            device: from `get_client_device(cid)`.
+            payload: the round's downlink package (shared, read only).
+            stop_event: set when the round is abandoned; poll it between steps.
+
+        Returns:
+            The client's uplink package.
+
+        Raises:
+            NotImplementedError: not overridden.
+        """
+        raise NotImplementedError(
+            "ThreadPoolClientTrainer.worker is the original BlazeFL API: override it, "
+            "or pass a workload to the constructor"
+        )
+
+    def progress_fn(self, it: list[Future[UplinkT]]) -> Iterable[Future[UplinkT]]:
+        """Original BlazeFL hook: wrap the round's futures (e.g. in `tqdm`); no-op by default."""
+        return it
+
+    def get_client_device(self, cid: int) -> str:
+        """Original BlazeFL hook: the device for client `cid`.
+
+        Returns:
+            `f"cuda:{cid % device_count}"` when `device == "cuda"`, else `device`
+            (`"cpu"` when the subclass sets none).
+        """
+        device = str(getattr(self, "device", "cpu"))
+        if device == "cuda":
+            count = int(getattr(self, "device_count", 0) or torch.cuda.device_count())
+            return f"cuda:{cid % count}" if count else device
+        return device
+
+    def _uses_original_api(self) -> bool:
+        return type(self).worker is not ThreadPoolClientTrainer.worker
+
+    def _run_original_worker(
+        self, cid: int, device: str, payload: DownlinkT, stop: threading.Event
+    ) -> UplinkT:
+        with bound_stop_event(stop):  # package helpers called by `worker` see it too
+            return self.worker(cid, device, payload, stop)
+
+    def _original_local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
+        num_parallels = getattr(self, "num_parallels", None)
+        if not isinstance(num_parallels, int) or num_parallels < 1:
+            raise ValueError(
+                f"set self.num_parallels to an integer >= 1 in __init__, got {num_parallels!r}"
+            )
+        stop = getattr(self, "stop_event", None)
+        if stop is None:
+            stop = self.stop_event = threading.Event()
+        if not isinstance(getattr(self, "cache", None), list):
+            self.cache: list[UplinkT] = []
+        threads = getattr(self, "threads_per_client", None)
+        stop.clear()
+        # the original leaves the intra-op thread count alone; pin it only when asked to
+        executor = (
+            ThreadPoolExecutor(
+                num_parallels,
+                thread_name_prefix="blazefl-client",
+                initializer=pin_client_threads,
+                initargs=(threads,),
+            )
+            if threads
+            else ThreadPoolExecutor(num_parallels, thread_name_prefix="blazefl-client")
+        )
+        try:
+            futures = [
+                executor.submit(
+                    self._run_original_worker, cid, self.get_client_device(cid), payload, stop
+                )
+                for cid in cid_list
+            ]
+            for future in self.progress_fn(futures):
+                self.cache.append(future.result())
+        finally:
+            stop.set()  # running clients stop at their next check; queued ones never start
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
+        """Train the clients and cache their uplinks (both APIs; see the class docstring)."""
+        if self._uses_original_api():
+            self._original_local_process(payload, cid_list)
+        else:
+            super().local_process(payload, cid_list)
+
+    def uplink_package(self) -> list[UplinkT]:
+        """Return (and clear) the cached uplinks: sorted by client id, or in `cid_list` order
+        for a subclass that implements the original `worker`."""
+        if self._uses_original_api():
+            packages: list[UplinkT] = getattr(self, "cache", [])
+            self.cache = []
+            return packages
+        return super().uplink_package()
+
+    # -- the workload API -----------------------------------------------------------------
     def _start(self) -> ThreadPoolExecutor:
+        if self._uses_original_api():
+            raise ValueError(
+                "this trainer implements the original worker(cid, device, payload, stop_event): "
+                "drive it with local_process / uplink_package, not train_round"
+            )
         if self._executor is None:
             pin_client_threads(self.threads_per_client)
             for _ in range(self.num_workers):
@@ -257,24 +406,40 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             )
         return self._executor
 
-    def _run_on_idle_worker(self, task: ClientTask, payload: DownlinkT) -> ClientResult:
+    def _run_on_idle_worker(
+        self, task: ClientTask, payload: DownlinkT, stop: threading.Event
+    ) -> ClientResult:
         worker = self._idle.get()
         try:
-            return run_client_task(worker, task, payload)
+            return run_client_task(worker, task, payload, stop)
         finally:
             self._idle.put(worker)
 
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         executor = self._start()
+        stop = self.stop_event = threading.Event()
 
         def submit(task: ClientTask) -> Future[ClientResult]:
-            return executor.submit(self._run_on_idle_worker, task, payload)
+            return executor.submit(self._run_on_idle_worker, task, payload, stop)
 
-        yield from ordered_window(submit, tasks, window=4 * self.num_workers)
+        finished = False
+        try:
+            yield from ordered_window(submit, tasks, window=4 * self.num_workers)
+            finished = True
+        finally:
+            if not finished:
+                # abandoned (Ctrl-C, an exception, a failing client, `break`): clients still
+                # running stop at their next check instead of training to the end
+                stop.set()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        stop = getattr(self, "stop_event", None)
+        if stop is not None:
+            stop.set()  # shutdown below waits only for the running clients' next check
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        while not self._idle.empty():
-            self._idle.get_nowait()
+        idle = getattr(self, "_idle", None)
+        while idle is not None and not idle.empty():
+            idle.get_nowait()
