@@ -13,6 +13,11 @@ from blazefl.data.datasets import (
     load_torchvision_dataset,
     synthetic_dataset,
 )
+from blazefl.data.digits import (
+    DIGITS_TEST_FRACTION,
+    MissingDependencyError,
+    load_digits_dataset,
+)
 from blazefl.data.partitioners import (
     PARTITIONERS,
     dirichlet_partition,
@@ -32,6 +37,7 @@ from blazefl.data.transforms import (
 
 __all__ = [
     "DATASETS",
+    "DIGITS_TEST_FRACTION",
     "PARTITIONERS",
     "DatasetNotFoundError",
     "FilteredDataset",
@@ -39,11 +45,13 @@ __all__ = [
     "GeneratorRandomCrop",
     "GeneratorRandomHorizontalFlip",
     "ImageDataset",
+    "MissingDependencyError",
     "PartitionedDataset",
     "dirichlet_partition",
     "dropout",
     "iid_partition",
     "load_dataset",
+    "load_digits_dataset",
     "load_torchvision_dataset",
     "partition_indices",
     "quantity_partition",

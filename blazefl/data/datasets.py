@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blazefl.data.transforms import random_crop, random_horizontal_flip
+
 __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
@@ -25,7 +27,7 @@ __all__ = [
     "synthetic_dataset",
 ]
 
-DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
+DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist", "digits")
 
 
 class DatasetNotFoundError(ValueError):
@@ -43,6 +45,11 @@ class ImageDataset:
         num_classes: number of classes; labels lie in ``[0, num_classes)``.
         mean: per-channel mean in ``[0, 1]`` pixel units, used by ``normalize``.
         std: per-channel standard deviation in ``[0, 1]`` pixel units.
+        crop_padding: training augmentation (``augment``): zero padding, in pixels, before the
+            random crop back to ``H x W`` (>= 0; 0 disables the crop). The default 4 suits
+            32x32 images; tiny images want less.
+        hflip: training augmentation: mirror left-right with probability 0.5. Right for
+            natural images, wrong for digits and text.
 
     Example:
         >>> ds = synthetic_dataset(100, seed=0)
@@ -56,6 +63,8 @@ class ImageDataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_padding: int = 4
+    hflip: bool = True
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -87,7 +96,17 @@ class ImageDataset:
             )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be > 0, got {self.std}")
+        # numpy scalars are accepted (stores hand them back) and turned into plain Python ones.
+        padding = self.crop_padding
+        if isinstance(padding, bool | np.bool_) or not isinstance(padding, int | np.integer):
+            raise ValueError(f"crop_padding must be an int >= 0, got {padding!r}")
+        if padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {padding}")
+        if not isinstance(self.hflip, bool | np.bool_):
+            raise ValueError(f"hflip must be True or False, got {self.hflip!r}")
         # frozen dataclass: object.__setattr__ is the sanctioned way to fix fields up in init.
+        object.__setattr__(self, "crop_padding", int(padding))
+        object.__setattr__(self, "hflip", bool(self.hflip))
         if not self.images.is_contiguous():
             object.__setattr__(self, "images", self.images.contiguous())
         # x_norm = (x/255 - mean)/std = x * scale + shift; precomputed once, shaped [C, 1, 1]
@@ -111,6 +130,30 @@ class ImageDataset:
         """Per-image shape ``(C, H, W)``."""
         _, c, h, w = self.images.shape
         return int(c), int(h), int(w)
+
+    def augment(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Apply this dataset's training augmentation to a ``[B, C, H, W]`` batch.
+
+        Random crop after ``crop_padding`` pixels of zero padding, then (if ``hflip``) a
+        left-right flip with probability 0.5, both drawing only from ``generator``. With the
+        defaults this is exactly the CIFAR recipe (padding 4 + flip).
+
+        Args:
+            batch: images of any dtype (usually the ``uint8`` batch before ``normalize``).
+            generator: the only source of randomness.
+
+        Returns:
+            The augmented batch (``batch`` itself when there is nothing to do).
+
+        Example:
+            >>> ds = synthetic_dataset(8, seed=0)
+            >>> ds.augment(ds.images, torch.Generator().manual_seed(0)).shape
+            torch.Size([8, 3, 32, 32])
+        """
+        out = random_crop(batch, self.crop_padding, generator)
+        if self.hflip:
+            out = random_horizontal_flip(out, 0.5, generator)
+        return out
 
     def normalize(self, batch_uint8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Convert ``uint8`` images (``[C, H, W]`` or ``[B, C, H, W]``) to normalised float32.
@@ -413,14 +456,15 @@ def load_dataset(
     seed: int = 0,
     train: bool = True,
 ) -> ImageDataset:
-    """Load a dataset by name: the built-in synthetic one or a local torchvision one.
+    """Load a dataset by name: the built-in synthetic one, scikit-learn's bundled digits
+    (optional extra ``blazefl[digits]``) or a local torchvision one.
 
     Args:
         name: one of ``DATASETS``.
-        root: local folder for the real datasets (config key ``data.root``); unused for
-            ``"synthetic"``.
+        root: local folder for the torchvision datasets (config key ``data.root``); unused for
+            ``"synthetic"`` and ``"digits"``.
         size: number of samples of the synthetic dataset (> 0); real datasets load whole.
-        seed: seed of the synthetic dataset; real datasets ignore it.
+        seed: seed of the synthetic dataset; real datasets ignore it (digits has a fixed split).
         train: train split (True) or test split (False).
 
     Returns:
@@ -436,6 +480,11 @@ def load_dataset(
         raise ValueError(f"size must be > 0, got {size}")
     if name == "synthetic":
         return synthetic_dataset(size, seed, train=train)
+    if name == "digits":
+        # Imported here: digits.py builds on this module's ImageDataset.
+        from blazefl.data.digits import load_digits_dataset
+
+        return load_digits_dataset(train=train)
     if root is None:
         raise ValueError(
             f"dataset {name!r} is read from a local folder: set data.root to the folder holding "

@@ -42,7 +42,10 @@ class CNN(nn.Module):
         super().__init__()
         side = ((image_size - 4) // 2 - 4) // 2  # two valid 5x5 convs, each followed by pool 2
         if side < 1:
-            raise ValueError(f"image_size must be at least 16 for CNN, got {image_size}")
+            raise ValueError(
+                f"image_size must be at least 16 for CNN, got {image_size}: "
+                "use the 'cnn_small' model for smaller images"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)

@@ -11,10 +11,11 @@ from torch.nn.modules.conv import _ConvNd
 
 from blazefl.models.cnn import CNN
 from blazefl.models.resnet import resnet18
+from blazefl.models.small_cnn import SmallCNN
 
 __all__ = ["MODELS", "ModelSelector", "build_model"]
 
-MODELS: tuple[str, ...] = ("cnn", "resnet18")
+MODELS: tuple[str, ...] = ("cnn", "cnn_small", "resnet18")
 """Names accepted by :func:`build_model` and :meth:`ModelSelector.select_model`."""
 
 _SMALL_INPUT_MAX_SIDE = 64
@@ -33,17 +34,19 @@ def build_model(
     Without ``generator`` the model is built as usual, drawing its initial weights from torch's
     global RNG. With a (CPU) ``generator`` the global RNG's state is restored after
     construction (so it is not advanced), and every parameter and buffer is then initialised from
-    ``generator`` in sorted module-name order: Linear and (for ``"cnn"``) Conv weights with
-    PyTorch's default kaiming-uniform (``a=sqrt(5)``, i.e. ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``),
-    ResNet convs with torchvision's kaiming-normal (``fan_out``, relu), biases
-    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, norm weights 1 and biases 0, running stats reset.
-    Same generator state -> identical weights, whatever thread builds the model.
+    ``generator`` in sorted module-name order: Linear and (for ``"cnn"`` and ``"cnn_small"``) Conv
+    weights with PyTorch's default kaiming-uniform (``a=sqrt(5)``, i.e.
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), ResNet convs with torchvision's kaiming-normal
+    (``fan_out``, relu), biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, norm weights 1 and
+    biases 0, running stats reset. Same generator state -> identical weights, whatever thread
+    builds the model.
 
     Args:
         name: one of :data:`MODELS`.
         num_classes: number of output logits.
         in_channels: image channels.
-        image_size: square input side; ResNet uses the small-image stem when it is <= 64.
+        image_size: square input side (``"cnn"`` needs >= 16, ``"cnn_small"`` >= 4, e.g. 8x8
+            digits); ResNet uses the small-image stem when it is <= 64.
         dropout: dropout probability (``"cnn"`` only; set ``model.generator`` before training).
         generator: CPU generator for the initial weights; advanced by the draws.
 
@@ -86,6 +89,8 @@ def _construct(
 ) -> nn.Module:
     if name == "cnn":
         return CNN(num_classes, in_channels, image_size, dropout)
+    if name == "cnn_small":
+        return SmallCNN(num_classes, in_channels, image_size)
     return resnet18(num_classes, in_channels, small_input=image_size <= _SMALL_INPUT_MAX_SIDE)
 
 

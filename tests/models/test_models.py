@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from blazefl.models import CNN, MODELS, ModelSelector, build_model, resnet18
+from blazefl.models import CNN, MODELS, ModelSelector, SmallCNN, build_model, resnet18
 
 
 def n_params(model: nn.Module) -> int:
@@ -30,20 +30,49 @@ def test_cnn_forward_shape_for_cifar_and_mnist(channels: int, size: int) -> None
 
 
 def test_cnn_rejects_too_small_images_and_bad_dropout() -> None:
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(ValueError, match="image_size.*cnn_small"):
         CNN(image_size=8)
     with pytest.raises(ValueError, match="dropout"):
         CNN(dropout=1.0)
 
 
+def test_small_cnn_fits_8x8_digits_with_6090_parameters() -> None:
+    model = SmallCNN(num_classes=10, in_channels=1, image_size=8)
+    assert n_params(model) == 6_090
+    assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 4), (1, 28), (3, 32), (3, 10)])
+def test_small_cnn_forward_shape_for_other_image_sizes(channels: int, size: int) -> None:
+    model = build_model("cnn_small", 7, in_channels=channels, image_size=size)
+    assert model(torch.zeros(2, channels, size, size)).shape == (2, 7)
+
+
+def test_small_cnn_rejects_too_small_images_and_dropout() -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        SmallCNN(image_size=3)
+    with pytest.raises(ValueError, match="dropout"):
+        build_model("cnn_small", 10, in_channels=1, image_size=8, dropout=0.5)
+
+
+def test_small_cnn_generator_init_uses_default_bounds() -> None:
+    model: Any = build_model(
+        "cnn_small", 10, in_channels=1, image_size=8, generator=torch.Generator().manual_seed(0)
+    )
+    for layer, fan_in in ((model.conv1, 9), (model.conv2, 16 * 9), (model.fc, 32 * 2 * 2)):
+        bound = 1.0 / fan_in**0.5
+        assert 0.9 * bound < layer.weight.abs().max() <= bound
+        assert layer.bias.abs().max() <= bound
+
+
 def test_model_selector_builds_each_model() -> None:
     selector = ModelSelector(num_classes=7, in_channels=1, image_size=28)
-    assert selector.MODELS == MODELS == ("cnn", "resnet18")
+    assert selector.MODELS == MODELS == ("cnn", "cnn_small", "resnet18")
     assert selector.select_model("cnn")(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
 
 
 def test_unknown_model_name_raises_value_error_naming_it_and_allowed_names() -> None:
-    with pytest.raises(ValueError, match=r"'vgg'.*cnn, resnet18"):
+    with pytest.raises(ValueError, match=r"'vgg'.*cnn, cnn_small, resnet18"):
         ModelSelector(num_classes=10).select_model("vgg")
     with pytest.raises(ValueError, match="vgg"):
         build_model("vgg", num_classes=10)
