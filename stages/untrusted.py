@@ -13,7 +13,6 @@ never waits for a writer.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -32,6 +31,7 @@ __all__ = [
 
 #: Longest relative path accepted from an artifact (Linux PATH_MAX).
 MAX_RELPATH_CHARS = 4096
+_NOT_REGULAR = "is not a regular file (a device, FIFO, socket or folder)"
 _FIX = "the run directory is damaged or tampered; restore it from its source"
 
 
@@ -60,7 +60,7 @@ def is_safe_relpath(rel: Any) -> bool:
 
 
 def _error(root: Path, rel: Any, problem: str) -> UntrustedArtifactError:
-    shown = repr(rel)[:120] if not isinstance(rel, str) else rel[:200]
+    shown = rel[:200] if isinstance(rel, str) and rel.isprintable() else repr(rel)[:120]
     return UntrustedArtifactError(f"{shown} in {root}: {problem}: {_FIX}")
 
 
@@ -73,35 +73,58 @@ def _parts(root: Path, rel: Any) -> list[str]:
     return parts
 
 
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _check_regular(root: Path, rel: Any, name: str, dir_fd: int) -> None:
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        raise _error(root, rel, "is missing") from None
+    except OSError as exc:
+        raise _error(root, rel, f"cannot be checked ({exc.strerror})") from None
+    if stat.S_ISLNK(mode):
+        raise _error(root, rel, "cannot be opened safely (goes through a symlink)")
+    if not stat.S_ISREG(mode):
+        raise _error(root, rel, _NOT_REGULAR)
+
+
 def _open_leaf(root: Path, rel: Any) -> int:
     """Open `root/rel` read-only without following any symlink below `root`; return the fd
     of a regular file (the caller closes it)."""
     parts = _parts(root, rel)
     try:
-        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        current = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise _error(root, rel, f"the run directory cannot be opened ({exc.strerror})") from None
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
+            if last:  # never open a device at all: opening some has side effects
+                _check_regular(root, rel, part, current)
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
             flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
             try:
-                fd = os.open(part, flags, dir_fd=dir_fd)
+                fd = os.open(part, flags, dir_fd=current)
             except FileNotFoundError:
                 raise _error(root, rel, "is missing") from None
             except OSError as exc:
-                # ELOOP: a symlink (O_NOFOLLOW); ENOTDIR: a file where a folder should be
-                what = "goes through a symlink" if exc.errno == errno.ELOOP else exc.strerror
+                # O_NOFOLLOW fails with ELOOP on a symlink, or ENOTDIR with O_DIRECTORY
+                what = "goes through a symlink" if _is_link(part, current) else exc.strerror
                 raise _error(root, rel, f"cannot be opened safely ({what})") from None
-            os.close(dir_fd)
-            dir_fd = fd
-        if not stat.S_ISREG(os.fstat(dir_fd).st_mode):
-            raise _error(root, rel, "is not a regular file (a device, FIFO, socket or folder)")
+            os.close(current)
+            current = fd  # the folder just opened, then finally the file
+        # checked again on the open file: the entry may have been swapped since the lstat
+        if not stat.S_ISREG(os.fstat(current).st_mode):
+            raise _error(root, rel, _NOT_REGULAR)
     except BaseException:
-        os.close(dir_fd)
+        os.close(current)
         raise
-    return dir_fd
+    return current
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
