@@ -25,6 +25,13 @@ class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
         total_rounds: rounds after which `is_stopped` is True.
         generator: the server's torch generator (from its `RNGSuite`).
 
+    A handler written against the original BlazeFL works unchanged: it sets up its own state
+    in ``__init__`` (without calling this one), implements ``sample_clients``,
+    ``downlink_package``, ``load`` (which calls its own ``global_update(buffer)`` once the
+    round's buffer is full) and ``is_stopped`` or the older name ``if_stop``; either name then
+    answers for both. The package's round loop (`run_round`) calls ``global_update()`` without
+    arguments, so such a handler is driven by the user's own loop, as in the original.
+
     Example:
         >>> class MyServer(BaseServerHandler[MyUplink, MyDownlink]): ...
     """
@@ -79,8 +86,18 @@ class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
         """Aggregate the loaded uplinks into the new global state and advance the round."""
 
     def is_stopped(self) -> bool:
-        """True once `total_rounds` rounds are done."""
+        """True once `total_rounds` rounds are done (or what an overridden `if_stop` says)."""
+        if type(self).if_stop is not BaseServerHandler.if_stop:
+            return self.if_stop()
         return self.round >= self.total_rounds
+
+    def if_stop(self) -> bool:
+        """The original BlazeFL's older name for :meth:`is_stopped` (either may be overridden).
+
+        Returns:
+            Whether the federated run is over.
+        """
+        return self.is_stopped()
 
     def summary(self) -> dict[str, Any]:
         """Evaluation summary of the current global state (override to add metrics)."""

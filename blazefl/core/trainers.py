@@ -388,12 +388,22 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         return super().uplink_package()
 
     # -- the workload API -----------------------------------------------------------------
-    def _start(self) -> ThreadPoolExecutor:
+    def train_round(
+        self, payload: DownlinkT, cid_list: Sequence[int], round: int | None = None
+    ) -> Iterator[ClientResult]:
+        """See `BaseClientTrainer.train_round` (workload API only).
+
+        Raises:
+            ValueError: the subclass implements the original `worker` instead of a workload.
+        """
         if self._uses_original_api():
             raise ValueError(
                 "this trainer implements the original worker(cid, device, payload, stop_event): "
                 "drive it with local_process / uplink_package, not train_round"
             )
+        return super().train_round(payload, cid_list, round)
+
+    def _start(self) -> ThreadPoolExecutor:
         if self._executor is None:
             pin_client_threads(self.threads_per_client)
             for _ in range(self.num_workers):
@@ -420,7 +430,12 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         stop = self.stop_event = threading.Event()
 
         def submit(task: ClientTask) -> Future[ClientResult]:
-            return executor.submit(self._run_on_idle_worker, task, payload, stop)
+            try:
+                return executor.submit(self._run_on_idle_worker, task, payload, stop)
+            except RuntimeError:
+                if stop.is_set():  # close() from another thread shut the pool down mid-round
+                    raise ClientCancelledError("round cancelled: the trainer was closed") from None
+                raise
 
         finished = False
         try:
