@@ -114,7 +114,9 @@ class Bench:
         )
         self.env.pop("BLAZEFL_TEST_PERTURB_UPLINK", None)
         script = Path(sys.executable).parent / "blazefl"
-        self.blazefl = [str(script)] if script.exists() else [sys.executable, "-m", "blazefl.pipeline.cli"]
+        self.blazefl = (
+            [str(script)] if script.exists() else [sys.executable, "-m", "blazefl.pipeline.cli"]
+        )
         self.counter = 0
         self.timeout = args.timeout
         self._stores: dict[str, tuple[Path, Path]] = {}

@@ -34,7 +34,13 @@ __all__ = [
     "MAX_WORKERS",
     "MAX_ROUNDS",
     "INT_MAX",
-    "HParamError", "param", "validate", "FieldSpec", "field_specs", "from_mapping"]
+    "HParamError",
+    "param",
+    "validate",
+    "FieldSpec",
+    "field_specs",
+    "from_mapping",
+]
 
 T = TypeVar("T")
 
@@ -89,7 +95,9 @@ class FieldSpec:
         if self.type in (int, float):
             low, high = self.low, self.high if self.high is not None else INT_MAX
             if low is not None and (value <= low if self.low_open else value < low):
-                raise HParamError(f"{key} must be {'>' if self.low_open else '>='} {low}, got {value}")
+                raise HParamError(
+                    f"{key} must be {'>' if self.low_open else '>='} {low}, got {value}"
+                )
             if value > high:
                 raise HParamError(f"{key} must be <= {high}, got {value}")
         if self.choices is not None:

@@ -18,9 +18,8 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
-from collections.abc import Callable
 
 __all__ = ["Registry", "RegistryError", "is_import_path", "import_object"]
 

@@ -16,11 +16,11 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from blazefl.algorithms import ALGORITHMS, Algorithm
+from blazefl.algorithms import ALGORITHMS, RESERVED_SECTIONS, Algorithm
 from blazefl.algorithms.common import TrainHParams
 from blazefl.core.loop import EXECUTION_MODES
 from blazefl.core.process_pool import IPC_MODES
@@ -31,7 +31,10 @@ from blazefl.hparams import (
     MAX_SAMPLES,
     MAX_THREADS,
     MAX_WORKERS,
+    FieldSpec,
     HParamError,
+    field_specs,
+    from_mapping,
     param,
     validate,
 )
@@ -43,7 +46,11 @@ __all__ = [
     "FLConfig",
     "RuntimeConfig",
     "ExperimentSpec",
+    "SECTIONS",
+    "algorithm_of",
+    "schema",
 ]
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -152,8 +159,7 @@ class ExperimentSpec:
         k, n = self.fl.clients_per_round, self.data.clients
         if k is not None and k > n:
             raise HParamError(
-                f"fl.clients_per_round ({k}) must be <= data.clients ({n}); lower it or add "
-                "clients"
+                f"fl.clients_per_round ({k}) must be <= data.clients ({n}); lower it or add clients"
             )
         algo.check(self)
 
@@ -162,6 +168,106 @@ class ExperimentSpec:
         """The selected algorithm object (built-in or imported)."""
         return ALGORITHMS.get(self.fl.algorithm)
 
-    def replace(self, **changes: Any) -> ExperimentSpec:
-        """A copy with top-level fields replaced (sections are replaced whole)."""
-        return dataclasses.replace(self, **changes)
+    # -- the flat form: dotted keys, as params.yaml, manifests and DVC name them ----------
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> ExperimentSpec:
+        """Build from dotted keys (`{"data.clients": 8, "train.lr": 0.05, ...}`); keys left
+        out keep their defaults.
+
+        Raises:
+            HParamError: unknown key or section, wrong type or value, cross-field conflict.
+
+        Example:
+            >>> ExperimentSpec.from_flat({"seed": 3, "fl.algorithm": "fedprox", "fedprox.mu": 0.1})
+        """
+        algo = algorithm_of(flat.get("fl.algorithm", FLConfig.algorithm))
+        groups = _section_values(flat, algo)
+        built: dict[str, Any] = {s: from_mapping(c, groups[s], s) for s, c in SECTIONS.items()}
+        hparams: Any = from_mapping(algo.HParams, groups[algo.name], algo.name)
+        seed = _SEED.check(flat.get("seed", _SEED.default), "seed")
+        return cls(seed=seed, hparams=hparams, **built)
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every setting as dotted keys, in params.yaml order (the algorithm's section last)."""
+        out: dict[str, Any] = {"seed": self.seed}
+        sections: dict[str, Any] = {s: getattr(self, s) for s in SECTIONS}
+        sections[self.algorithm.name] = self.hparams
+        for section, obj in sections.items():
+            out.update({f"{section}.{f.name}": getattr(obj, f.name) for f in fields(obj)})
+        return out
+
+    def updated(self, changes: Mapping[str, Any]) -> ExperimentSpec:
+        """A copy with some dotted keys changed (`spec.updated({"data.size": 80})`)."""
+        flat = self.to_flat()
+        if "fl.algorithm" in changes and changes["fl.algorithm"] != self.fl.algorithm:
+            flat = {k: v for k, v in flat.items() if k.partition(".")[0] != self.algorithm.name}
+        return ExperimentSpec.from_flat({**flat, **changes})
+
+
+#: The experiment's own sections, in params.yaml order (the algorithm's section follows).
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "fl": FLConfig,
+    "train": TrainHParams,
+    "runtime": RuntimeConfig,
+}
+assert ("seed", *SECTIONS) == RESERVED_SECTIONS
+
+_SEED = next(s for s in field_specs(ExperimentSpec) if s.name == "seed")
+
+
+def algorithm_of(name: Any) -> Algorithm:
+    """The algorithm object `fl.algorithm` names (built-in or import path).
+
+    Raises:
+        HParamError: not a string, unknown, or not importable.
+    """
+    if not isinstance(name, str):
+        raise HParamError(f"fl.algorithm must be a string, got {name!r}")
+    try:
+        return ALGORITHMS.get(name)
+    except ValueError as exc:  # RegistryError, or a malformed user algorithm
+        raise HParamError(f"fl.algorithm: {exc}") from None
+
+
+def schema(algorithm: str = "fedavg") -> dict[str, FieldSpec]:
+    """Every dotted key of an experiment with `algorithm`, in params.yaml order.
+
+    Returns:
+        {"seed": spec, "data.dataset": spec, ..., "<algorithm>.<key>": spec}.
+    """
+    algo = algorithm_of(algorithm)
+    out = {"seed": _SEED}
+    for section, cls in {**SECTIONS, algo.name: algo.HParams}.items():
+        out.update({f"{section}.{s.name}": s for s in field_specs(cls)})
+    return out
+
+
+def _section_values(flat: Mapping[str, Any], algo: Algorithm) -> dict[str, dict[str, Any]]:
+    """Group dotted keys by section; refuse unknown sections and malformed keys.
+
+    Sections of built-in algorithms that are not selected are validated (a typo is caught)
+    and then ignored: they neither change the run nor its hash.
+    """
+    builtins = {a.name: a for a in map(ALGORITHMS.get, ALGORITHMS)}
+    groups: dict[str, dict[str, Any]] = {s: {} for s in (*SECTIONS, algo.name)}
+    others: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key == "seed":
+            continue
+        section, dot, leaf = key.partition(".") if isinstance(key, str) else ("", "", "")
+        if not dot or not leaf or "." in leaf:
+            raise HParamError(f"unknown config key {key!r}: keys look like train.lr or seed")
+        if section in groups:
+            groups[section][leaf] = value
+        elif section in builtins:
+            others.setdefault(section, {})[leaf] = value
+        else:
+            raise HParamError(
+                f"unknown config section {section!r} (key {key}); sections: "
+                f"seed, {', '.join(groups)}"
+            )
+    for section, values in others.items():
+        from_mapping(builtins[section].HParams, values, section)
+    return groups

@@ -102,7 +102,31 @@ def _runtime_options(fn: F) -> F:
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Usage mistakes (unknown option, bad flag value) end as one line and exit code 2,
+    like every other bad input, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(0)
+        except click.ClickException as exc:
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see: {exc.ctx.command_path} --help)"
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option("0.1.0", prog_name="blazefl")
 def main() -> None:
     """BlazeFL: reproducible federated-learning simulation as a snapshot pipeline."""
@@ -142,9 +166,7 @@ def run(
 
 
 @main.command()
-@click.argument(
-    "name", type=click.Choice(STAGE_NAMES)
-)
+@click.argument("name", type=click.Choice(STAGE_NAMES))
 @click.option("--round", "round_", type=int, default=None, help="Round (round/evaluate).")
 @_config_options
 @_runtime_options

@@ -15,6 +15,7 @@ from blazefl.stages.config import load_config, parse_set, to_spec
 
 __all__ = ["load", "execution", "run_command", "stage_command", "is_client_failure"]
 
+
 def load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
     """The validated flat config from a params file and `--set` overrides."""
     return load_config(config_path, parse_set(sets))

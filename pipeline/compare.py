@@ -11,7 +11,6 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, sha256_file
 from blazefl.pipeline.verify import (
     Echo,
     _files,
@@ -21,6 +20,7 @@ from blazefl.pipeline.verify import (
     _rounds,
     differing_uplinks,
 )
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, sha256_file
 
 __all__ = ["diff_runs", "show_run"]
 

@@ -12,8 +12,8 @@ it reproduced; extending `fl.rounds` only adds stages.
 Each stage lists as params only the keys its bytes depend on: `prepare` the dataset keys,
 `partition` the partition keys, init and rounds every byte-relevant key (their manifests
 record the whole byte config). The round count, execution mode, worker count and IPC
-(declared `affects_bytes=False`) are never listed, and the stage commands never pass them: the commands
-read them from the params file, so switching to processes or adding rounds makes nothing
+(declared `affects_bytes=False`) are never listed, and the stage commands never pass them:
+the commands read them from the params file, so switching to processes or adding rounds makes nothing
 stale. No output is `persist`: DVC deletes a stage's outs before running it, which the
 stages expect. Per-round metrics, the summary and the plot data are `cache: false` (small,
 meant for git, `dvc exp show` and `dvc plots show`); `timings/` and the PNG are not outputs

@@ -10,11 +10,11 @@ from typing import Any, TextIO
 from blazefl.core.loop import ExecutionSettings
 from blazefl.core.memory import tune_malloc
 from blazefl.stages import init, partition, report
+from blazefl.stages.artifacts import MANIFEST, RunDir
+from blazefl.stages.config import ConfigError, byte_config, config_sha256
 from blazefl.stages.evaluate import evaluate
 from blazefl.stages.prepare import build_datasets, write_dataset_store
 from blazefl.stages.session import Session
-from blazefl.stages.config import ConfigError, byte_config, config_sha256
-from blazefl.stages.artifacts import MANIFEST, RunDir
 
 __all__ = ["check_run_config", "run_experiment", "Progress"]
 

@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.core.loop import ExecutionSettings
-from blazefl.stages.config import ConfigError, config_sha256, load_config, to_spec
-from blazefl.stages.init import init
-from blazefl.stages.session import Session
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -34,6 +31,9 @@ from blazefl.stages.artifacts import (
     sha256_bytes,
     sha256_file,
 )
+from blazefl.stages.config import ConfigError, config_sha256, load_config, to_spec
+from blazefl.stages.init import init
+from blazefl.stages.session import Session
 
 __all__ = ["verify_run", "parse_rounds", "environment_note"]
 

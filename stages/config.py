@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from blazefl.algorithms import ALGORITHMS, RESERVED_SECTIONS, Algorithm
-from blazefl.hparams import FieldSpec, HParamError, field_specs, from_mapping
-from blazefl.registry import RegistryError
-from blazefl.spec import DataConfig, ExperimentSpec, FLConfig, ModelConfig, RuntimeConfig
-from blazefl.algorithms.common import TrainHParams
+from blazefl.algorithms import Algorithm
+from blazefl.hparams import FieldSpec, HParamError
+from blazefl.spec import SECTIONS, ExperimentSpec, algorithm_of
+from blazefl.spec import schema as spec_schema
+from blazefl.stages.safe_yaml import YAMLInputError, load_yaml, load_yaml_file
 
 __all__ = [
     "ConfigError",
@@ -41,18 +40,6 @@ __all__ = [
     "dump_yaml",
     "default_config",
 ]
-
-#: The experiment's own sections, in params.yaml order (the algorithm's section follows).
-SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "fl": FLConfig,
-    "train": TrainHParams,
-    "runtime": RuntimeConfig,
-}
-assert tuple(SECTIONS) == RESERVED_SECTIONS[1:]
-
-_SEED = next(s for s in field_specs(ExperimentSpec) if s.name == "seed")
 
 
 class ConfigError(ValueError):
@@ -72,66 +59,18 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _algorithm(name: Any) -> Algorithm:
-    if not isinstance(name, str):
-        raise ConfigError(f"fl.algorithm must be a string, got {name!r}")
     try:
-        return ALGORITHMS.get(name)
-    except RegistryError as exc:
-        raise ConfigError(f"fl.algorithm: {exc}") from None
+        return algorithm_of(name)
+    except HParamError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def schema(algorithm: str = "fedavg") -> dict[str, FieldSpec]:
-    """Every config key of an experiment with `algorithm`, in params.yaml order.
-
-    Returns:
-        {"seed": spec, "data.dataset": spec, ..., "<algorithm>.<key>": spec}.
-    """
-    out = {"seed": _SEED}
-    sections = {**SECTIONS, _algorithm(algorithm).name: _algorithm(algorithm).HParams}
-    for section, cls in sections.items():
-        out.update({f"{section}.{s.name}": s for s in field_specs(cls)})
-    return out
-
-
-def default_config(algorithm: str = "fedavg") -> dict[str, Any]:
-    """The flat config of the default experiment (with `algorithm` selected)."""
-    return load_config(None, {"fl.algorithm": algorithm})
-
-
-def _section_values(flat: dict[str, Any], algo: Algorithm) -> dict[str, dict[str, Any]]:
-    """Group dotted keys by section; refuse unknown sections and malformed keys.
-
-    Sections of built-in algorithms that are not selected are validated (a typo is caught)
-    and then ignored: they neither change the run nor its hash.
-    """
-    builtins = {a.name: a for a in map(ALGORITHMS.get, ALGORITHMS)}
-    groups: dict[str, dict[str, Any]] = {s: {} for s in (*SECTIONS, algo.name)}
-    others: dict[str, dict[str, Any]] = {}
-    for key, value in flat.items():
-        if key == "seed":
-            continue
-        section, dot, leaf = key.partition(".")
-        if not dot or not leaf or "." in leaf:
-            raise ConfigError(f"unknown config key {key!r}: keys look like train.lr or seed")
-        if section in groups:
-            groups[section][leaf] = value
-        elif section in builtins:
-            others.setdefault(section, {})[leaf] = value
-        else:
-            raise ConfigError(
-                f"unknown config section {section!r} (key {key}); sections: "
-                f"seed, {', '.join(groups)}"
-            )
-    for section, values in others.items():
-        _build(builtins[section].HParams, values, section)
-    return groups
-
-
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Every config key of an experiment with `algorithm`, in params.yaml order."""
     try:
-        return from_mapping(cls, values, section)
+        return spec_schema(algorithm)
     except HParamError as exc:
-        raise ConfigError(f"config key {exc}") from None
+        raise ConfigError(str(exc)) from None
 
 
 def to_spec(config: dict[str, Any]) -> ExperimentSpec:
@@ -140,26 +79,15 @@ def to_spec(config: dict[str, Any]) -> ExperimentSpec:
     Raises:
         ConfigError: unknown key or section, wrong type or value, cross-field conflict.
     """
-    algo = _algorithm(config.get("fl.algorithm", "fedavg"))
-    groups = _section_values(config, algo)
-    built = {s: _build(cls, groups[s], s) for s, cls in SECTIONS.items()}
-    hparams = _build(algo.HParams, groups[algo.name], algo.name)
-    seed = config.get("seed", _SEED.default)
     try:
-        seed = _SEED.check(seed, "seed")
-        return ExperimentSpec(seed=seed, hparams=hparams, **built)
+        return ExperimentSpec.from_flat(config)
     except HParamError as exc:
-        raise ConfigError(f"config key {exc}") from None
+        raise ConfigError(str(exc)) from None
 
 
-def _flat_spec(spec: ExperimentSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"seed": spec.seed}
-    sections = {s: getattr(spec, s) for s in SECTIONS}
-    sections[spec.algorithm.name] = spec.hparams
-    for section, obj in sections.items():
-        assert is_dataclass(obj)
-        out.update({f"{section}.{f.name}": getattr(obj, f.name) for f in fields(obj)})
-    return out
+def default_config(algorithm: str = "fedavg") -> dict[str, Any]:
+    """The flat config of the default experiment (with `algorithm` selected)."""
+    return load_config(None, {"fl.algorithm": algorithm})
 
 
 def byte_keys(config: dict[str, Any]) -> list[str]:
@@ -185,8 +113,6 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     Raises:
         ConfigError: on an item without '=' or a value that is not valid YAML.
     """
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -195,9 +121,9 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if len(raw) > 4096:
             raise ConfigError(f"--set {key}: value is longer than 4096 characters")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from None
+            value = load_yaml(raw, f"--set {key}") if raw.strip() else None
+        except YAMLInputError as exc:
+            raise ConfigError(str(exc)) from None
         if isinstance(value, dict | list):
             raise ConfigError(f"--set {key}: expects a single value, got {raw!r}")
         out[key.strip()] = value
@@ -205,23 +131,17 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 
 
 def _read_tree(path: str | Path) -> dict[str, Any]:
-    import yaml
-
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         if str(path) == "params.yaml":  # the default file may be absent: all defaults
             return {}
         raise ConfigError(f"config file {p} does not exist: pass an existing --config")
-    if not p.is_file():
-        raise ConfigError(f"config {p} is not a file: pass a params YAML file as --config")
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a directory: pass a params YAML file as --config")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{p} is not valid YAML{where}: fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config {p}: {exc}") from None
+        tree = load_yaml_file(p) or {}
+    except YAMLInputError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{p} must hold a mapping of config keys, got {type(tree).__name__}")
     return tree
@@ -245,7 +165,7 @@ def load_config(
     """
     flat = flatten(_read_tree(path)) if path is not None else {}
     flat.update(overrides or {})
-    return _flat_spec(to_spec(flat))
+    return to_spec(flat).to_flat()
 
 
 def dump_yaml(config: dict[str, Any]) -> str:

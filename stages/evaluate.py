@@ -8,7 +8,13 @@ from typing import Any
 from blazefl.algorithms.common import evaluate_model
 from blazefl.core.serialization import load_model_state_dict
 from blazefl.reproducibility import pin_client_threads
-from blazefl.stages.artifacts import ArtifactError, RunDir, atomic_write, canonical_json, read_safetensors
+from blazefl.stages.artifacts import (
+    ArtifactError,
+    RunDir,
+    atomic_write,
+    canonical_json,
+    read_safetensors,
+)
 from blazefl.stages.snapshot import GLOBAL
 from blazefl.stages.stores import build_from_stores
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import create_rng_suite
-from blazefl.stages.config import byte_config, config_sha256
 from blazefl.stages.artifacts import (
     MANIFEST,
     RunDir,
@@ -16,6 +15,7 @@ from blazefl.stages.artifacts import (
     environment,
     sha256_bytes,
 )
+from blazefl.stages.config import byte_config, config_sha256
 from blazefl.stages.snapshot import snapshot_files
 from blazefl.stages.stores import build_from_stores
 

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.experiment import build_partition
-from blazefl.stages.config import to_spec
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json
-from blazefl.stages.stores import load_labels
+from blazefl.stages.config import to_spec
 from blazefl.stages.prepare import tree_hashes
+from blazefl.stages.stores import load_labels
 
 #: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
 #: its public set (`Algorithm.partition_keys`), see `partition_keys`.

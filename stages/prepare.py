@@ -9,8 +9,8 @@ import numpy as np
 
 from blazefl.data import ImageDataset
 from blazefl.experiment import build_data
-from blazefl.stages.config import to_spec
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
+from blazefl.stages.config import to_spec
 
 DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
 
@@ -58,7 +58,13 @@ def write_dataset_store(
             group.create_array(f"{split}_images", data=images, chunks=chunk, compressors=None)
             group.create_array(f"{split}_labels", data=ds.labels.numpy().astype(np.int64))
         group.attrs.update(
-            {"mean": list(train.mean), "num_classes": train.num_classes, "std": list(train.std)}
+            {
+                "crop_padding": train.crop_padding,
+                "hflip": train.hflip,
+                "mean": list(train.mean),
+                "num_classes": train.num_classes,
+                "std": list(train.std),
+            }
         )
         manifest = {
             "config": {k: config[k] for k in DATA_KEYS},

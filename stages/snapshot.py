@@ -78,5 +78,3 @@ class RoundOutputs:
     metrics: dict[str, Any]
     seconds: float = 0.0
     uplinks: dict[int, str] = field(default_factory=dict)
-
-

@@ -4,7 +4,6 @@ from them."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +65,8 @@ def load_dataset_store(run: RunDir) -> tuple[ImageDataset, ImageDataset]:
                 num_classes=int(attrs["num_classes"]),
                 mean=tuple(attrs["mean"]),
                 std=tuple(attrs["std"]),
+                crop_padding=int(attrs["crop_padding"]),
+                hflip=bool(attrs["hflip"]),
             )
         )
     return out[0], out[1]
@@ -112,5 +113,3 @@ def model_spec_from_store(config: dict[str, Any], run: RunDir) -> ModelSpec:
     except Exception as exc:
         raise ArtifactError(f"{run.dataset} is corrupt ({exc}): delete it and rerun") from None
     return ModelSpec(config["model.name"], num_classes, c, h, config["model.dropout"])
-
-

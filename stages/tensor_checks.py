@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from blazefl.stages.untrusted import read_bounded
 
 __all__ = [

@@ -12,8 +12,8 @@ from torch import nn
 
 from blazefl.core.cancellation import raise_if_cancelled
 from blazefl.core.optim import FlatSGD
-from blazefl.hparams import param, validate
 from blazefl.data import ImageDataset
+from blazefl.hparams import param, validate
 
 __all__ = ["ClientPartition", "TrainHParams", "LocalSGD", "evaluate_model"]
 

@@ -4,6 +4,8 @@ split of a training set into private data and a shared open set."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +14,6 @@ from blazefl.core.optim import FlatSGD
 from blazefl.data import ImageDataset
 
 __all__ = ["distill", "entropy_reduction_aggregation", "predict_soft_labels", "split_open_set"]
-
 
 
 def entropy_reduction_aggregation(mean_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -114,10 +115,9 @@ def split_open_set(data: ImageDataset, open_size: int) -> tuple[ImageDataset, Im
     cut = len(data) - open_size
 
     def part(sl: slice) -> ImageDataset:
-        return ImageDataset(
-            data.images[sl].clone(), data.labels[sl].clone(), data.num_classes, data.mean, data.std
+        # replace() keeps every other field (normalisation, the dataset's augmentation)
+        return dataclasses.replace(
+            data, images=data.images[sl].clone(), labels=data.labels[sl].clone()
         )
 
     return part(slice(0, cut)), part(slice(cut, None))
-
-

@@ -1,6 +1,12 @@
 """Core of the framework: packages, protocols, server handler, trainers, IPC, round loop."""
 
-from blazefl.core.loop import EXECUTION_MODES, ExecutionSettings, RoundResult, make_trainer, run_round
+from blazefl.core.loop import (
+    EXECUTION_MODES,
+    ExecutionSettings,
+    RoundResult,
+    make_trainer,
+    run_round,
+)
 from blazefl.core.memory import tune_malloc
 from blazefl.core.packages import (
     ClientResult,

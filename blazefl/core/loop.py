@@ -85,7 +85,11 @@ class ExecutionSettings:
 
     @classmethod
     def of(
-        cls, runtime: Any, mode: str | None = None, workers: int | None = None, ipc: str | None = None
+        cls,
+        runtime: Any,
+        mode: str | None = None,
+        workers: int | None = None,
+        ipc: str | None = None,
     ) -> ExecutionSettings:
         """Settings from a runtime config section (`mode`, `workers`, `ipc`), with overrides."""
         return cls(mode or runtime.mode, workers or runtime.workers, ipc or runtime.ipc)

@@ -12,11 +12,13 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from blazefl.data.transforms import random_crop, random_horizontal_flip
+from blazefl.registry import Registry
 
 __all__ = [
     "DATASETS",
@@ -27,7 +29,13 @@ __all__ = [
     "synthetic_dataset",
 ]
 
-DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist", "digits")
+DatasetLoader = Callable[..., "ImageDataset"]
+"""`loader(*, root, size, seed, train) -> ImageDataset`: `size` and `seed` matter to generated
+datasets, `root` to datasets read from files; a loader ignores what it does not use."""
+
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+"""Datasets by config name (`data.dataset`); a user's own loader is given as
+'pkg.module:loader' and called with the keyword arguments of :data:`DatasetLoader`."""
 
 
 class DatasetNotFoundError(ValueError):
@@ -460,7 +468,7 @@ def load_dataset(
     (optional extra ``blazefl[digits]``) or a local torchvision one.
 
     Args:
-        name: one of ``DATASETS``.
+        name: a name in ``DATASETS`` or an import path 'pkg.module:loader'.
         root: local folder for the torchvision datasets (config key ``data.root``); unused for
             ``"synthetic"`` and ``"digits"``.
         size: number of samples of the synthetic dataset (> 0); real datasets load whole.
@@ -474,20 +482,39 @@ def load_dataset(
         >>> load_dataset("synthetic", size=500, seed=1, train=False).shape
         (3, 32, 32)
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if size <= 0:
         raise ValueError(f"size must be > 0, got {size}")
-    if name == "synthetic":
-        return synthetic_dataset(size, seed, train=train)
-    if name == "digits":
-        # Imported here: digits.py builds on this module's ImageDataset.
-        from blazefl.data.digits import load_digits_dataset
-
-        return load_digits_dataset(train=train)
-    if root is None:
+    loader = DATASETS.get(name)  # RegistryError (a ValueError) for an unknown name
+    data = loader(root=root, size=size, seed=seed, train=train)
+    if not isinstance(data, ImageDataset):
         raise ValueError(
-            f"dataset {name!r} is read from a local folder: set data.root to the folder holding "
-            "the torchvision files (downloads are disabled)"
+            f"dataset loader {name!r} returned {type(data).__name__}, not ImageDataset"
         )
-    return load_torchvision_dataset(name, root, train=train)
+    return data
+
+
+def _load_digits(*, train: bool, **_: Any) -> ImageDataset:
+    # Imported here: digits.py builds on this module's ImageDataset.
+    from blazefl.data.digits import load_digits_dataset
+
+    return load_digits_dataset(train=train)
+
+
+def _torchvision_loader(name: str) -> DatasetLoader:
+    def load(*, root: str | os.PathLike[str] | None, train: bool, **_: Any) -> ImageDataset:
+        if root is None:
+            raise ValueError(
+                f"dataset {name!r} is read from a local folder: set data.root to the folder "
+                "holding the torchvision files (downloads are disabled)"
+            )
+        return load_torchvision_dataset(name, root, train=train)
+
+    return load
+
+
+DATASETS.register(
+    "synthetic", lambda *, size, seed, train, **_: synthetic_dataset(size, seed, train=train)
+)
+for _name in ("cifar10", "mnist", "fashion_mnist"):
+    DATASETS.register(_name, _torchvision_loader(_name))
+DATASETS.register("digits", _load_digits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -12,10 +13,24 @@ from torch.nn.modules.conv import _ConvNd
 from blazefl.models.cnn import CNN
 from blazefl.models.resnet import resnet18
 from blazefl.models.small_cnn import SmallCNN
+from blazefl.registry import Registry
 
 __all__ = ["MODELS", "ModelSelector", "build_model"]
 
-MODELS: tuple[str, ...] = ("cnn", "cnn_small", "resnet18")
+ModelFactory = Callable[..., nn.Module]
+"""`factory(num_classes=, in_channels=, image_size=, dropout=) -> nn.Module`."""
+
+MODELS: Registry[ModelFactory] = Registry("model")
+"""Models by config name (`model.name`); a user's own factory is given as 'pkg.module:factory'
+and called with the keyword arguments of :data:`ModelFactory`."""
+MODELS.register("cnn", lambda **kw: CNN(**kw))
+MODELS.register("cnn_small", lambda *, dropout, **kw: SmallCNN(**kw))
+MODELS.register(
+    "resnet18",
+    lambda *, dropout, image_size, **kw: resnet18(
+        small_input=image_size <= _SMALL_INPUT_MAX_SIDE, **kw
+    ),
+)
 """Names accepted by :func:`build_model` and :meth:`ModelSelector.select_model`."""
 
 _SMALL_INPUT_MAX_SIDE = 64
@@ -62,21 +77,25 @@ def build_model(
         >>> sum(p.numel() for p in model.parameters())
         62006
     """
+    factory = MODELS.get(name)  # RegistryError (a ValueError) for an unknown name
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; allowed names: {', '.join(MODELS)}")
+        return _build_user_model(
+            factory, name, num_classes, in_channels, image_size, dropout, generator
+        )
     if name != "cnn" and dropout:
         raise ValueError(f"model {name!r} has no dropout; dropout={dropout} is only for 'cnn'")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
+    args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if generator is None:
-        return _construct(name, num_classes, in_channels, image_size, dropout)
+        return factory(dropout=dropout, **args)
     # Construction draws its throwaway default init from the global RNG; put its state back so
     # callers see no change. (Building on the meta device would avoid the draws but imports
     # torch's symbolic-shape machinery: ~0.4 s and ~40 MB per process.) Call from one thread
     # at a time, as every other user of the global RNG.
     saved = torch.get_rng_state()
     try:
-        model = _construct(name, num_classes, in_channels, image_size, dropout)
+        model = factory(dropout=dropout, **args)
     finally:
         torch.set_rng_state(saved)
     conv_init = "kaiming_normal_fan_out" if name == "resnet18" else "default"
@@ -84,14 +103,32 @@ def build_model(
     return model
 
 
-def _construct(
-    name: str, num_classes: int, in_channels: int, image_size: int, dropout: float
+def _build_user_model(
+    factory: ModelFactory,
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    dropout: float,
+    generator: torch.Generator | None,
 ) -> nn.Module:
-    if name == "cnn":
-        return CNN(num_classes, in_channels, image_size, dropout)
-    if name == "cnn_small":
-        return SmallCNN(num_classes, in_channels, image_size)
-    return resnet18(num_classes, in_channels, small_input=image_size <= _SMALL_INPUT_MAX_SIDE)
+    """Call a user's factory; with a generator, its default init draws from a global RNG
+    seeded from that generator (and restored afterwards), so the weights are a function of
+    the generator alone, whatever init scheme the user's modules use."""
+    args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    if generator is None:
+        model = factory(dropout=dropout, **args)
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        saved = torch.get_rng_state()
+        try:
+            torch.manual_seed(seed)  # main thread only: models are built before pools start
+            model = factory(dropout=dropout, **args)
+        finally:
+            torch.set_rng_state(saved)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not a Module")
+    return model
 
 
 @torch.no_grad()
@@ -144,7 +181,7 @@ class ModelSelector:
         CNN(...)
     """
 
-    MODELS: tuple[str, ...] = MODELS
+    MODELS: Registry[ModelFactory] = MODELS
 
     def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32) -> None:
         self.num_classes = num_classes

@@ -1,9 +1,9 @@
 """Global-RNG strategy: seed, capture and restore the process-global generators.
 
-This mirrors BlazeFL's ``seed_everything`` / ``RandomStateSnapshot``. It is meant for scripts and
-the sequential trainer. Client work in thread pools must use an explicit
-:class:`~blazefl.reproducibility.rng.RNGSuite` instead: the global generators are shared by all
-threads of a process, so concurrent clients would race on them (DESIGN section 4, rule 2).
+This mirrors the original BlazeFL's ``seed_everything`` / ``RandomStateSnapshot`` (same names,
+same meaning). It is meant for scripts and the sequential trainer. Client work in thread pools
+must use an explicit :class:`~blazefl.reproducibility.rng.RNGSuite` instead: the global
+generators are shared by all threads of a process, so concurrent clients would race on them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from blazefl.reproducibility.rng import (
     tensor_to_bytes,
     unpack_checked,
 )
+from blazefl.reproducibility.setup import setup_reproducibility
 
 __all__ = ["RandomStateSnapshot", "seed_everything"]
 
@@ -37,11 +38,13 @@ _CUDA_PREFIX = "cuda."
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python ``random``, numpy's legacy global RNG, torch (CPU and CUDA) and PYTHONHASHSEED.
+    """Seed python ``random``, numpy's legacy global RNG and torch (CPU and CUDA).
 
-    For scripts and sequential runs. Do not call it from client work: the global generators are
-    shared by every thread in the process, so concurrent clients would race on them. Setting
-    ``PYTHONHASHSEED`` only affects interpreters started afterwards (e.g. spawned workers).
+    Also calls :func:`setup_reproducibility` (``PYTHONHASHSEED`` and cuDNN's deterministic
+    flags), as the original BlazeFL's ``seed_everything`` does. For scripts and sequential runs.
+    Do not call it from client work: the global generators are shared by every thread in the
+    process, so concurrent clients would race on them. Setting ``PYTHONHASHSEED`` only affects
+    interpreters started afterwards (e.g. spawned workers).
 
     Args:
         seed: integer in ``[0, 2**32)`` (numpy's legacy ``np.random.seed`` accepts no more).
@@ -59,12 +62,12 @@ def seed_everything(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     seed = int(seed)
+    setup_reproducibility(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():  # torch.manual_seed already does this; explicit for clarity
         torch.cuda.manual_seed_all(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
 
 
 def _encode_numpy_legacy(state: tuple[Any, ...]) -> bytes:
@@ -90,8 +93,10 @@ class RandomStateSnapshot:
     """Exact state of the process-global generators at one point in time.
 
     Holds python's ``random`` state, numpy's legacy global state (``np.random.get_state()``), the
-    torch CPU generator state and, when CUDA is available, one state per CUDA device. Capture and
-    restore are not atomic with respect to other threads using the global generators.
+    torch CPU generator state (``torch_cpu``, alias ``torch``), when CUDA is available one state
+    per CUDA device (``torch_cuda_all``; ``torch_cuda`` is the current device's, as in the
+    original BlazeFL) and ``PYTHONHASHSEED`` (``environ``). Capture and restore are not atomic
+    with respect to other threads using the global generators.
 
     Example:
         >>> snap = RandomStateSnapshot.capture()
@@ -103,8 +108,22 @@ class RandomStateSnapshot:
 
     python: tuple[Any, ...]
     numpy: tuple[Any, ...]
-    torch: Tensor
-    torch_cuda: tuple[Tensor, ...] = field(default_factory=tuple)
+    torch_cpu: Tensor
+    torch_cuda_all: tuple[Tensor, ...] = field(default_factory=tuple)
+    environ: str | None = None  # PYTHONHASHSEED at capture time; None: unset or not recorded
+
+    @property
+    def torch(self) -> Tensor:
+        """The torch CPU generator state (alias of ``torch_cpu``)."""
+        return self.torch_cpu
+
+    @property
+    def torch_cuda(self) -> Tensor | None:
+        """The current CUDA device's generator state, ``None`` without CUDA (original meaning)."""
+        if not self.torch_cuda_all:
+            return None
+        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return self.torch_cuda_all[min(current, len(self.torch_cuda_all) - 1)]
 
     @classmethod
     def capture(cls) -> RandomStateSnapshot:
@@ -122,31 +141,38 @@ class RandomStateSnapshot:
         return cls(
             python=random.getstate(),
             numpy=(np_state[0], np_state[1].copy(), *np_state[2:]),
-            torch=torch.get_rng_state().clone(),
-            torch_cuda=cuda_states,
+            torch_cpu=torch.get_rng_state().clone(),
+            torch_cuda_all=cuda_states,
+            environ=os.environ.get("PYTHONHASHSEED"),
         )
 
     def restore(self) -> None:
-        """Set the global generators back to the captured states.
+        """Set the global generators (and a recorded ``PYTHONHASHSEED``) back to the snapshot.
+
+        ``RandomStateSnapshot.restore(snapshot)``, the original's spelling, works too.
 
         Raises:
             RuntimeError: the snapshot holds CUDA states for more devices than are available.
         """
-        if self.torch_cuda:
+        if self.torch_cuda_all:
             available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if available < len(self.torch_cuda):
+            if available < len(self.torch_cuda_all):
                 raise RuntimeError(
-                    f"snapshot holds {len(self.torch_cuda)} CUDA RNG states, "
+                    f"snapshot holds {len(self.torch_cuda_all)} CUDA RNG states, "
                     f"but only {available} CUDA devices are available"
                 )
+        if self.environ is not None:
+            os.environ["PYTHONHASHSEED"] = self.environ
         random.setstate(self.python)
         np.random.set_state(self.numpy)
-        torch.set_rng_state(self.torch)
-        for device, state in enumerate(self.torch_cuda):
+        torch.set_rng_state(self.torch_cpu)
+        for device, state in enumerate(self.torch_cuda_all):
             torch.cuda.set_rng_state(state, device)
 
     def to_tensors(self) -> dict[str, Tensor]:
         """Encode the snapshot exactly as 1-D ``uint8`` tensors (deterministic bytes).
+
+        ``environ`` is not encoded (it is configuration, not generator state).
 
         Returns:
             Keys ``"python"``, ``"numpy"``, ``"torch"`` and ``"cuda.<i>"`` per CUDA device.
@@ -154,9 +180,9 @@ class RandomStateSnapshot:
         tensors = {
             "python": bytes_to_tensor(encode_python_state(self.python)),
             "numpy": bytes_to_tensor(_encode_numpy_legacy(self.numpy)),
-            "torch": self.torch.clone(),
+            "torch": self.torch_cpu.clone(),
         }
-        for device, state in enumerate(self.torch_cuda):
+        for device, state in enumerate(self.torch_cuda_all):
             tensors[f"{_CUDA_PREFIX}{device}"] = state.clone()
         return tensors
 
@@ -192,6 +218,6 @@ class RandomStateSnapshot:
         return cls(
             python=decode_python_state(tensor_to_bytes(tensors["python"], "python")),
             numpy=_decode_numpy_legacy(tensor_to_bytes(tensors["numpy"], "numpy")),
-            torch=tensors["torch"].detach().cpu().clone(),
-            torch_cuda=tuple(tensors[key].detach().cpu().clone() for key in expected),
+            torch_cpu=tensors["torch"].detach().cpu().clone(),
+            torch_cuda_all=tuple(tensors[key].detach().cpu().clone() for key in expected),
         )

@@ -38,7 +38,9 @@ SIDE = 16
 NUM_CLIENTS = 6
 SPEC = ModelSpec("cnn", 10, 3, SIDE)
 SMALL = DSFLHParams(public_size_per_round=100, kd_epochs=1, kd_batch_size=50, kd_lr=0.1)
-SMALL_TRAIN = TrainHParams(local_epochs=1, batch_size=50, lr=0.05)
+SMALL_TRAIN = TrainHParams(
+    local_epochs=1, batch_size=50, lr=0.05, momentum=0.0, weight_decay=0.0, augment=False
+)
 
 
 @dataclass
@@ -63,7 +65,9 @@ def small_setup() -> Setup:
 def learning_setup() -> Setup:
     """A bit more data and local work, so the global model clearly beats chance."""
     dsfl = DSFLHParams(public_size_per_round=150, kd_epochs=3, kd_batch_size=20, kd_lr=0.3)
-    hp = TrainHParams(local_epochs=3, batch_size=20, lr=0.05, momentum=0.9)
+    hp = TrainHParams(
+        local_epochs=3, batch_size=20, lr=0.05, momentum=0.9, weight_decay=0.0, augment=False
+    )
     return _setup(900, 300, dsfl, hp, clients_per_round=NUM_CLIENTS, rounds=5)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -21,20 +20,29 @@ from blazefl import (
 from tests.core.workloads import TINY_SPEC
 
 SPEC_ERRORS = [
-    pytest.param({"num_clients": 0}, ["0", ">= 1"], id="clients-zero"),
-    pytest.param({"num_clients": -3}, ["-3", ">= 1"], id="clients-negative"),
-    pytest.param({"dataset": "imagenet"}, ["'imagenet'", "synthetic", "cifar10"], id="dataset"),
-    pytest.param({"model": "vgg16"}, ["'vgg16'", "cnn", "resnet18"], id="model"),
-    pytest.param({"partition": "banana"}, ["'banana'", "iid", "dirichlet"], id="partitioner"),
-    pytest.param({"partition": "dirichlet", "alpha": 0.0}, ["alpha", "0.0", "> 0"], id="alpha-0"),
+    pytest.param({"seed": -1}, ["seed", "-1", ">= 0"], id="seed"),
+    pytest.param({"data.clients": 0}, ["clients", "0", ">= 1"], id="clients-zero"),
+    pytest.param({"data.clients": -3}, ["-3", ">= 1"], id="clients-negative"),
     pytest.param(
-        {"partition": "dirichlet", "alpha": -1.0}, ["alpha", "-1.0", "> 0"], id="alpha-neg"
+        {"data.dataset": "imagenet"}, ["'imagenet'", "synthetic", "cifar10"], id="dataset"
     ),
-    pytest.param({"alpha": -0.5}, ["alpha", "-0.5", "> 0"], id="alpha-neg-iid"),
-    pytest.param({"clients_per_round": 9}, ["clients_per_round", "9", "8"], id="per-round-big"),
-    pytest.param({"clients_per_round": 0}, ["clients_per_round", "0", "1"], id="per-round-zero"),
-    pytest.param({"threads_per_client": 0}, ["threads_per_client", "0", ">= 1"], id="threads"),
-    pytest.param({"data_size": 0}, ["data_size", "0", ">= 1"], id="data-size"),
+    pytest.param({"model.name": "vgg16"}, ["'vgg16'", "cnn", "resnet18"], id="model"),
+    pytest.param({"data.partition": "banana"}, ["'banana'", "iid", "dirichlet"], id="partitioner"),
+    pytest.param({"data.alpha": 0.0}, ["alpha", "0.0", "> 0"], id="alpha-0"),
+    pytest.param({"data.alpha": -1.0}, ["alpha", "-1.0", "> 0"], id="alpha-neg"),
+    pytest.param({"data.alpha": float("nan")}, ["alpha", "finite"], id="alpha-nan"),
+    pytest.param({"train.lr": float("inf")}, ["lr", "finite"], id="lr-inf"),
+    pytest.param({"fl.clients_per_round": 9}, ["clients_per_round", "9", "8"], id="per-round-big"),
+    pytest.param({"fl.clients_per_round": 0}, ["clients_per_round", "0", "1"], id="per-round-zero"),
+    pytest.param(
+        {"runtime.threads_per_client": 0}, ["threads_per_client", "0", ">= 1"], id="threads"
+    ),
+    pytest.param(
+        {"runtime.threads_per_client": 100000}, ["threads_per_client", "<= 256"], id="threads-huge"
+    ),
+    pytest.param({"data.size": 0}, ["size", "0", ">= 1"], id="data-size"),
+    pytest.param({"data.size": 10**9}, ["size", "<= 2000000"], id="data-size-huge"),
+    pytest.param({"seed": 2**64}, ["seed", "<="], id="seed-2-64"),
 ]
 
 
@@ -46,12 +54,12 @@ def _assert_names(message: str, needles: list[str]) -> None:
 @pytest.mark.parametrize(("change", "needles"), SPEC_ERRORS)
 def test_bad_spec_value_is_named_with_what_is_allowed(change: dict, needles: list[str]) -> None:
     with pytest.raises(ValueError) as info:
-        dataclasses.replace(TINY_SPEC, **change)
+        TINY_SPEC.updated(change)
     _assert_names(str(info.value), needles)
 
 
 def test_more_clients_than_samples_is_rejected() -> None:
-    spec = dataclasses.replace(TINY_SPEC, data_size=50, num_clients=60, clients_per_round=None)
+    spec = TINY_SPEC.updated({"data.size": 50, "data.clients": 60, "fl.clients_per_round": None})
     with pytest.raises(ValueError) as info:
         build_experiment(spec)
     _assert_names(str(info.value), ["60", "50", "<="])
@@ -62,7 +70,14 @@ def test_missing_data_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         load_dataset("cifar10", root=missing)
     _assert_names(str(info.value), ["cifar10", str(missing), "downloads are disabled"])
-    spec = ExperimentSpec(dataset="cifar10", data_root=str(missing), num_clients=2)
+    spec = ExperimentSpec.from_flat(
+        {
+            "data.dataset": "cifar10",
+            "data.root": str(missing),
+            "data.clients": 2,
+            "fl.clients_per_round": 2,
+        }
+    )
     with pytest.raises(ValueError, match=re.escape(str(missing))):
         build_experiment(spec)
 
@@ -74,7 +89,7 @@ def test_real_dataset_without_root_says_what_to_set() -> None:
 
 @pytest.fixture(scope="module")
 def workload():  # type: ignore[no-untyped-def]
-    return build_experiment(dataclasses.replace(TINY_SPEC, data_size=80)).workload()
+    return build_experiment(TINY_SPEC.updated({"data.size": 80})).workload()
 
 
 @pytest.mark.parametrize("workers", [0, -1])
@@ -93,7 +108,7 @@ def test_unknown_mode_is_named(workload) -> None:  # type: ignore[no-untyped-def
         make_trainer("gpu", workload, seed=0)  # type: ignore[arg-type]
     _assert_names(str(info.value), ["'gpu'", "sequential", "threads", "processes"])
     with pytest.raises(ValueError, match="'gpu'"):
-        simulate(dataclasses.replace(TINY_SPEC, data_size=80), mode="gpu")  # type: ignore[arg-type]
+        simulate(TINY_SPEC.updated({"data.size": 80}), mode="gpu")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", ["sequential", "threads", "processes"])

@@ -9,8 +9,6 @@ workload that uses the global generator.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from blazefl import (
@@ -22,7 +20,7 @@ from blazefl import (
 )
 from tests.core.workloads import TINY_SPEC, NoiseDownlink, NoiseWorkload
 
-SPEC = dataclasses.replace(TINY_SPEC, dropout=0.3, clients_per_round=None, rounds=2)
+SPEC = TINY_SPEC.updated({"model.dropout": 0.3, "fl.clients_per_round": None, "fl.rounds": 2})
 
 
 def _fedavg_round_hashes(mode: str, workers: int) -> tuple[list[dict[int, str]], bytes]:
@@ -34,10 +32,10 @@ def _fedavg_round_hashes(mode: str, workers: int) -> tuple[list[dict[int, str]],
 
 
 def test_fedavg_with_dropout_and_augmentation_threads_equal_sequential() -> None:
-    assert SPEC.dropout > 0 and SPEC.hparams.augment
+    assert SPEC.model.dropout > 0 and SPEC.train.augment
     seq_hashes, seq_model = _fedavg_round_hashes("sequential", 1)
     thr_hashes, thr_model = _fedavg_round_hashes("threads", 4)
-    assert len(seq_hashes[0]) == SPEC.num_clients  # 8 clients on 4 threads, twice
+    assert len(seq_hashes[0]) == SPEC.data.clients  # 8 clients on 4 threads, twice
     assert thr_hashes == seq_hashes
     assert thr_model == seq_model
 

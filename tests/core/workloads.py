@@ -31,15 +31,21 @@ from blazefl.algorithms.fedavg import FedAvgWorker
 from blazefl.core.packages import ClientTask
 
 #: The tiny FedAvg config most core tests share (640 samples, 8 clients, batch 32).
-TINY_HPARAMS = TrainHParams(batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4, augment=True)
-TINY_SPEC = ExperimentSpec(
-    seed=7,
-    data_size=640,
-    test_size=100,
-    num_clients=8,
-    clients_per_round=5,
-    rounds=2,
-    hparams=TINY_HPARAMS,
+TINY_HPARAMS = TrainHParams(
+    local_epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4, augment=True
+)
+TINY_SPEC = ExperimentSpec.from_flat(
+    {
+        "seed": 7,
+        "data.size": 640,
+        "data.test_size": 100,
+        "data.clients": 8,
+        "data.partition": "iid",
+        "fl.clients_per_round": 5,
+        "fl.rounds": 2,
+        "train.local_epochs": 1,
+        "train.batch_size": 32,
+    }
 )
 
 
@@ -115,7 +121,7 @@ def wait_until_dead(pid: int, timeout: float = 10.0) -> None:
 
 
 def all_clients() -> list[int]:
-    return list(range(TINY_SPEC.num_clients))
+    return list(range(TINY_SPEC.data.clients))
 
 
 def run_all_clients(trainer: BaseClientTrainer, round: int = 1) -> list[int]:

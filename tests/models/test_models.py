@@ -67,7 +67,7 @@ def test_small_cnn_generator_init_uses_default_bounds() -> None:
 
 def test_model_selector_builds_each_model() -> None:
     selector = ModelSelector(num_classes=7, in_channels=1, image_size=28)
-    assert selector.MODELS == MODELS == ("cnn", "cnn_small", "resnet18")
+    assert tuple(selector.MODELS) == tuple(MODELS) == ("cnn", "cnn_small", "resnet18")
     assert selector.select_model("cnn")(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
 
 

@@ -77,7 +77,7 @@ def test_rounds_in_only_one_run_are_reported(tiny_run, blazefl, tmp_path) -> Non
 def test_changed_tensor_is_named_with_its_difference(tiny_run, blazefl, tmp_path) -> None:
     from safetensors.torch import load_file
 
-    from blazefl.pipeline.store import safetensors_bytes
+    from blazefl.stages.artifacts import safetensors_bytes
 
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)

@@ -17,7 +17,7 @@ DSFL_SETS = [
     "data.clients=6",
     "fl.clients_per_round=3",
     "fl.rounds=3",
-    "dsfl.public_per_round=100",
+    "dsfl.public_size_per_round=100",
     "train.local_epochs=1",
     "train.batch_size=32",
 ]

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from blazefl.pipeline.config import NON_BYTE_KEYS, dump_yaml, load_config
 from blazefl.pipeline.dvcgen import stage_name, write_dvc
+from blazefl.stages.config import byte_keys, dump_yaml, load_config
+
+NON_BYTE_KEYS = ("fl.rounds", "runtime.mode", "runtime.workers", "runtime.ipc")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,9 +178,11 @@ def test_stages_list_only_byte_keys_and_never_persist(tmp_path: Path) -> None:
     doc = yaml.safe_load(text)
     assert "persist" not in text
     assert list(doc["stages"]) == ["prepare", "partition", *ROUND_STAGES, "report"]
-    byte_keys = sorted(k for k in config if k not in NON_BYTE_KEYS)
+    round_keys = sorted(k for k in config if k not in NON_BYTE_KEYS)
+    assert round_keys == byte_keys(config)
+    assert not any(k.startswith("dsfl.") for k in round_keys)  # only the selected algorithm
     for name in ROUND_STAGES:
-        assert doc["stages"][name]["params"] == byte_keys
+        assert doc["stages"][name]["params"] == round_keys
     for name, stage in doc["stages"].items():
         assert not set(stage.get("params", [])) & set(NON_BYTE_KEYS), name
         assert "--mode" not in stage["cmd"] and "--workers" not in stage["cmd"], name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from blazefl.pipeline.store import sha256_file
+from blazefl.stages.artifacts import sha256_file
 
 
 def test_show_prints_a_row_per_round_with_metrics(tiny_run, blazefl) -> None:

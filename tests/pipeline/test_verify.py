@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from blazefl.core.trainers import PERTURB_ENV
-from blazefl.pipeline.store import canonical_json, sha256_file
+from blazefl.stages.artifacts import canonical_json, sha256_file
 
 
 def ok_lines(rounds: range) -> list[str]:

@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from blazefl.stages.manifest_schema import (
     ROUND_FIELDS,
     Field,
@@ -16,8 +19,6 @@ from blazefl.stages.manifest_schema import (
     validate_round_manifest,
     validate_store_manifest,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SHA = "ab" * 32
 CONFIG = {"data.clients": 6, "data.root": None, "seed": 7, "train.augment": True, "train.lr": 0.05}

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from blazefl.stages.run_lock import LOCK_NAME, RunLock, RunLockedError
 
 _HOLDER = """

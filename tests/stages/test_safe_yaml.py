@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from blazefl.stages import safe_yaml
-from blazefl.stages.safe_yaml import YAMLInputError, load_yaml, load_yaml_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from blazefl.stages import safe_yaml
+from blazefl.stages.safe_yaml import YAMLInputError, load_yaml, load_yaml_file
 
 LAUGHS = "\n".join(
     ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from blazefl.stages.tensor_checks import (
     ArtifactContentError,
     ZarrArrayMeta,

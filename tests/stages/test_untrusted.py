@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from blazefl.stages.untrusted import (
     UntrustedArtifactError,
     check_writable_inside,
