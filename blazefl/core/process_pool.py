@@ -24,7 +24,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -240,6 +240,32 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         # an exception in the consumer, `break`) leaves results in the pipes and workers busy;
         # the next round, or close(), must not mistake them for its own.
         self._round_token: object | None = None
+
+    # -- the original BlazeFL's process-pool contract is not this one ----------------------
+    def _refuse_original_contract(self) -> None:
+        cls = type(self)
+        if hasattr(cls, "worker") or hasattr(cls, "get_client_config"):
+            raise ValueError(
+                "ProcessPoolClientTrainer does not run the original BlazeFL worker(config, "
+                "payload, device, stop_event, *, shm_buffer): move the work into a "
+                "ClientWorkload / ClientWorker (see docs/migration.md, 'The process-pool worker')"
+            )
+
+    def train_round(
+        self, payload: DownlinkT, cid_list: Sequence[int], round: int | None = None
+    ) -> Iterator[ClientResult]:
+        """See `BaseClientTrainer.train_round`.
+
+        Raises:
+            ValueError: a subclass implements the original process-pool `worker` contract.
+        """
+        self._refuse_original_contract()
+        return super().train_round(payload, cid_list, round)
+
+    def local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
+        """BlazeFL-style API: train the clients and cache their uplinks (sorted by client id)."""
+        self._refuse_original_contract()
+        super().local_process(payload, cid_list)
 
     # -- pool lifecycle ----------------------------------------------------------------
     def _start(self) -> None:
