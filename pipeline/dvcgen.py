@@ -1,6 +1,6 @@
 """`blazefl dvc`: write dvc.yaml (one explicit stage per round) and params.yaml for a config.
 
-The pipeline is a straight chain, one stage per step of the run directory (DESIGN §3)::
+The pipeline is a straight chain, one stage per step of the run directory::
 
     prepare -> partition -> round_000 (init) -> round_001 -> ... -> round_T -> report
 
@@ -13,8 +13,8 @@ Each stage lists as params only the keys its bytes depend on: `prepare` the data
 `partition` the partition keys, init and rounds every byte-relevant key (their manifests
 record the whole byte config). The round count, execution mode, worker count and IPC
 (declared `affects_bytes=False`) are never listed, and the stage commands never pass them:
-the commands read them from the params file, so switching to processes or adding rounds makes nothing
-stale. No output is `persist`: DVC deletes a stage's outs before running it, which the
+the commands read them from the params file, so switching to processes or adding rounds
+makes nothing stale. No output is `persist`: DVC deletes a stage's outs before running it, which the
 stages expect. Per-round metrics, the summary and the plot data are `cache: false` (small,
 meant for git, `dvc exp show` and `dvc plots show`); `timings/` and the PNG are not outputs
 at all (timings vary; the PNG needs the optional matplotlib).

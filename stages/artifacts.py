@@ -1,6 +1,6 @@
 """The artifact store: run-directory layout, atomic commits, canonical files, manifests.
 
-Layout (DESIGN §3)::
+Layout (the README's artifact section)::
 
     RUN/dataset/            zarr store of the data + manifest.json        (prepare)
     RUN/partitions/         zarr: flat indices + offsets + manifest.json  (partition)

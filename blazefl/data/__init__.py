@@ -1,18 +1,12 @@
 """Datasets, client partitioners and generator-driven transforms.
 
 Everything random here takes an explicit seed or ``torch.Generator``; nothing reads or advances
-the process-global RNG (see DESIGN.md section 4).
+the process-global RNG.
 """
 
+from blazefl.data.catalog import DATASETS, DatasetLoader, load_dataset
 from blazefl.data.dataset import FilteredDataset, PartitionedDataset
-from blazefl.data.datasets import (
-    DATASETS,
-    DatasetNotFoundError,
-    ImageDataset,
-    load_dataset,
-    load_torchvision_dataset,
-    synthetic_dataset,
-)
+from blazefl.data.datasets import DatasetNotFoundError, ImageDataset, synthetic_dataset
 from blazefl.data.digits import (
     DIGITS_TEST_FRACTION,
     MissingDependencyError,
@@ -26,6 +20,7 @@ from blazefl.data.partitioners import (
     quantity_partition,
     shard_partition,
 )
+from blazefl.data.torchvision_data import load_torchvision_dataset
 from blazefl.data.transforms import (
     GeneratorDropout,
     GeneratorRandomCrop,
@@ -39,6 +34,7 @@ __all__ = [
     "DATASETS",
     "DIGITS_TEST_FRACTION",
     "PARTITIONERS",
+    "DatasetLoader",
     "DatasetNotFoundError",
     "FilteredDataset",
     "GeneratorDropout",

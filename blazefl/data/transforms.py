@@ -1,10 +1,10 @@
 """Batched, generator-driven augmentation and dropout.
 
 torchvision transforms and ``nn.Dropout`` draw from torch's process-global generator, which
-client threads share and race on (DESIGN.md section 4, rule 2). Everything here draws only from
-the ``torch.Generator`` it is given, works on a whole ``[B, C, H, W]`` batch per call (no Python
-loop over samples), and so gives the same bits in any thread or worker for the same generator
-state.
+client threads share and race on (see the determinism rules in the README). Everything here
+draws only from the ``torch.Generator`` it is given, works on a whole ``[B, C, H, W]`` batch
+per call (no Python loop over samples), and so gives the same bits in any thread or worker for
+the same generator state.
 """
 
 from __future__ import annotations

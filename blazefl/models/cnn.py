@@ -17,8 +17,9 @@ class CNN(nn.Module):
 
     Dropout (``dropout > 0``) is applied after fc1 and fc2 in training mode, drawing its masks
     from ``self.generator`` only, never from torch's global RNG (threads share that one and race
-    on it, DESIGN section 4 rule 2). Set ``model.generator = suite.torch`` (a generator on the
-    model's device) before training; training with dropout and no generator raises RuntimeError.
+    on it: the README's determinism rules). Set ``model.generator = suite.torch`` (a generator
+    on the model's device) before training; training with dropout and no generator raises
+    RuntimeError.
 
     Args:
         num_classes: number of output logits.

@@ -146,8 +146,9 @@ class NoiseUplink(UplinkPackage):
 class NoiseWorkload:
     """Each client sums `draws` random vectors, from the global RNG or its own generator.
 
-    With `use_global_rng=True` this is exactly the bug DESIGN section 4 rule 2 forbids: threads
-    share torch's global generator, so which draws a client gets depends on scheduling.
+    With `use_global_rng=True` this is exactly the bug the determinism rules forbid (global RNG
+    in client work): threads share torch's global generator, so which draws a client gets
+    depends on scheduling.
     """
 
     use_global_rng: bool
