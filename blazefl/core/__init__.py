@@ -1,5 +1,10 @@
 """Core of the framework: packages, protocols, server handler, trainers, IPC, round loop."""
 
+from blazefl.core.cancellation import (
+    ClientCancelledError,
+    current_stop_event,
+    raise_if_cancelled,
+)
 from blazefl.core.loop import (
     EXECUTION_MODES,
     ExecutionSettings,
@@ -39,6 +44,7 @@ __all__ = [
     "IPC_MODES",
     "BaseClientTrainer",
     "BaseServerHandler",
+    "ClientCancelledError",
     "ClientResult",
     "ClientTask",
     "ClientTrainer",
@@ -52,6 +58,7 @@ __all__ = [
     "ThreadPoolClientTrainer",
     "UplinkPackage",
     "WorkerCrashedError",
+    "current_stop_event",
     "deserialize_model",
     "flatten_module_",
     "load_model_state_dict",
@@ -59,6 +66,7 @@ __all__ = [
     "model_state_dict",
     "package_layout",
     "package_sha256",
+    "raise_if_cancelled",
     "run_client_task",
     "run_round",
     "serialize_model",
