@@ -251,5 +251,20 @@ def show(run_dir: str) -> None:
     show_run(Path(run_dir), echo=click.echo)
 
 
+@main.command()
+@click.option(
+    "--algorithm",
+    default="fedavg",
+    show_default=True,
+    help="Algorithm whose own section to list (a name or 'pkg.module:Name').",
+)
+@_user_errors
+def schema(algorithm: str) -> None:
+    """Every config key: default, allowed values, whether it changes result bytes."""
+    from blazefl.pipeline import commands
+
+    click.echo(commands.schema_table(algorithm), nl=False)
+
+
 if __name__ == "__main__":
     main()

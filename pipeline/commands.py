@@ -11,9 +11,9 @@ from blazefl.core.loop import ExecutionSettings
 from blazefl.pipeline.runner import run_experiment
 from blazefl.stages import evaluate, init, partition, prepare, report, round_stage
 from blazefl.stages.artifacts import RunDir
-from blazefl.stages.config import load_config, parse_set, to_spec
+from blazefl.stages.config import load_config, parse_set, schema_table, to_spec
 
-__all__ = ["load", "execution", "run_command", "stage_command", "is_client_failure"]
+__all__ = ["schema_table", "load", "execution", "run_command", "stage_command", "is_client_failure"]
 
 
 def load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:

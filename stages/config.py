@@ -39,6 +39,7 @@ __all__ = [
     "flatten",
     "dump_yaml",
     "default_config",
+    "schema_table",
 ]
 
 
@@ -180,3 +181,32 @@ def dump_yaml(config: dict[str, Any]) -> str:
             node = node.setdefault(p, {})
         node[leaf] = config[dotted]
     return yaml.safe_dump(tree, sort_keys=False, default_flow_style=False)
+
+
+def _shown(value: Any) -> str:
+    return (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    )
+
+
+def schema_table(algorithm: str = "fedavg") -> str:
+    """The config keys of an experiment with `algorithm` as a markdown table (key, default,
+    allowed values, whether it changes result bytes, meaning): what `blazefl schema` prints."""
+    rows = ["| key | default | allowed | bytes | meaning |", "|---|---|---|---|---|"]
+    for key, spec in schema(algorithm).items():
+        if spec.choices is not None:
+            allowed = getattr(spec.choices(), "choices_text", None)
+            text = allowed() if callable(allowed) else ", ".join(spec.choices())
+        elif spec.type is bool:
+            text = "true, false"
+        elif spec.type in (int, float):
+            low = "" if spec.low is None else f"{'>' if spec.low_open else '>='} {spec.low}"
+            high = "" if spec.high is None else f"<= {spec.type(spec.high):,}"
+            text = ", ".join(p for p in (low, high) if p) or "any"
+        else:
+            text = "a path" if key == "data.root" else "text"
+        if spec.optional:
+            text += ", or null"
+        bytes_ = "yes" if spec.affects_bytes else "no"
+        rows.append(f"| `{key}` | `{_shown(spec.default)}` | {text} | {bytes_} | {spec.doc} |")
+    return "\n".join(rows) + "\n"
