@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazefl.core.cancellation import raise_if_cancelled
 from blazefl.core.optim import FlatSGD
 from blazefl.data import ImageDataset
 
@@ -66,6 +67,7 @@ def distill(
     for _ in range(epochs if n else 0):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
+            raise_if_cancelled()  # a stopped round ends between batches, as local SGD does
             pick = order[start : start + batch_size]
             x = data.normalize(data.images.index_select(0, indices[pick]))
             log_probs = F.log_softmax(model(x), dim=1)

@@ -226,7 +226,7 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
     the server's distillation. Client soft labels are summed in float64 in ascending client-id
     order; the mean is unweighted, as in the paper. Distillation runs in the calling thread, so
     its bits depend on that thread's intra-op thread count; every trainer pins it when it starts
-    (a caller running `global_update` without a trainer must call `setup_reproducibility`).
+    (a caller running `global_update` without a trainer must call `pin_client_threads`).
 
     Args:
         model: the global model (distilled in place each round).
