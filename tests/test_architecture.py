@@ -5,6 +5,7 @@ here before it confuses anyone."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,13 @@ def test_no_generic_top_level_module_is_importable(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", "None"], out.stdout
+
+
+def test_every_public_name_resolves_and_is_listed_for_type_checkers() -> None:
+    import blazefl
+
+    source = (ROOT / "blazefl" / "__init__.py").read_text()
+    eager = source[source.index("if TYPE_CHECKING:") :]
+    for name in blazefl.__all__:
+        assert getattr(blazefl, name) is not None, name
+        assert re.search(rf"\b{name},?\n", eager), f"{name} missing from the TYPE_CHECKING imports"
