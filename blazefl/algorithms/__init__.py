@@ -22,12 +22,22 @@ from blazefl.algorithms.fedavg import (
     FedAvgWorker,
     ModelSpec,
 )
+from blazefl.algorithms.scaffold import (
+    Scaffold,
+    ScaffoldClientWorkload,
+    ScaffoldDownlinkPackage,
+    ScaffoldHParams,
+    ScaffoldServerHandler,
+    ScaffoldUplinkPackage,
+    ScaffoldWorker,
+)
 from blazefl.registry import Registry
 
 #: Algorithms by config name (`fl.algorithm`); a user's own is given as 'pkg.module:Name'.
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm", adapt=adapt_algorithm)
 ALGORITHMS.register("fedavg", FedAvg())
 ALGORITHMS.register("dsfl", DSFL())
+ALGORITHMS.register("scaffold", Scaffold())
 
 __all__ = [
     "ALGORITHMS",
@@ -50,6 +60,13 @@ __all__ = [
     "LocalSGD",
     "ModelSpec",
     "NoHParams",
+    "Scaffold",
+    "ScaffoldClientWorkload",
+    "ScaffoldDownlinkPackage",
+    "ScaffoldHParams",
+    "ScaffoldServerHandler",
+    "ScaffoldUplinkPackage",
+    "ScaffoldWorker",
     "TrainHParams",
     "entropy_reduction_aggregation",
     "evaluate_model",
