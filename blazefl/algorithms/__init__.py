@@ -2,7 +2,13 @@
 an `Algorithm` object registered here by name (one line per built-in)."""
 
 from blazefl.algorithms.base import RESERVED_SECTIONS, Algorithm, NoHParams, adapt_algorithm
-from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.common import (
+    ClientPartition,
+    GradHook,
+    LocalSGD,
+    TrainHParams,
+    evaluate_model,
+)
 from blazefl.algorithms.distillation import entropy_reduction_aggregation, split_open_set
 from blazefl.algorithms.dsfl import (
     DSFL,
@@ -22,6 +28,13 @@ from blazefl.algorithms.fedavg import (
     FedAvgWorker,
     ModelSpec,
 )
+from blazefl.algorithms.fedavgm import FedAvgM, FedAvgMHParams, FedAvgMServerHandler
+from blazefl.algorithms.fedprox import (
+    FedProx,
+    FedProxClientWorkload,
+    FedProxHParams,
+    FedProxWorker,
+)
 from blazefl.algorithms.scaffold import (
     Scaffold,
     ScaffoldClientWorkload,
@@ -38,6 +51,8 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm", adapt=adapt_algorithm)
 ALGORITHMS.register("fedavg", FedAvg())
 ALGORITHMS.register("dsfl", DSFL())
 ALGORITHMS.register("scaffold", Scaffold())
+ALGORITHMS.register("fedprox", FedProx())
+ALGORITHMS.register("fedavgm", FedAvgM())
 
 __all__ = [
     "ALGORITHMS",
@@ -57,6 +72,14 @@ __all__ = [
     "FedAvgServerHandler",
     "FedAvgUplinkPackage",
     "FedAvgWorker",
+    "FedAvgM",
+    "FedAvgMHParams",
+    "FedAvgMServerHandler",
+    "FedProx",
+    "FedProxClientWorkload",
+    "FedProxHParams",
+    "FedProxWorker",
+    "GradHook",
     "LocalSGD",
     "ModelSpec",
     "NoHParams",

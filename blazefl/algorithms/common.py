@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +15,12 @@ from blazefl.core.optim import FlatSGD
 from blazefl.data import ImageDataset
 from blazefl.hparams import param, validate
 
-__all__ = ["ClientPartition", "TrainHParams", "LocalSGD", "evaluate_model"]
+__all__ = ["ClientPartition", "GradHook", "TrainHParams", "LocalSGD", "evaluate_model"]
+
+#: Called by `LocalSGD.run` after every backward pass, before the optimizer step, with the
+#: flat gradient and the flat parameters (views of the model's parameter prefix, see
+#: `flatten_module_`); it edits the gradient in place (FedProx's proximal term).
+GradHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -105,8 +110,20 @@ class LocalSGD:
         self._u8 = torch.empty(shape, dtype=torch.uint8)
         self._x = torch.empty(shape, dtype=torch.float32)
 
-    def run(self, indices: torch.Tensor, generator: torch.Generator) -> float:
+    def run(
+        self,
+        indices: torch.Tensor,
+        generator: torch.Generator,
+        grad_hook: GradHook | None = None,
+    ) -> float:
         """Train `local_epochs` epochs over `indices`, shuffled by `generator`.
+
+        Args:
+            indices: the client's sample indices.
+            generator: the client's generator (shuffling, augmentation).
+            grad_hook: edits the flat gradient in place after every backward pass, before
+                weight decay and momentum: `hook(grad, params)`, run without autograd. None
+                (the default) adds no op, so FedAvg's bytes do not depend on this seam.
 
         Returns:
             Mean training loss over all steps.
@@ -132,6 +149,9 @@ class LocalSGD:
                 loss = F.cross_entropy(self.model(x), y)
                 self.optimizer.zero_grad()
                 loss.backward()
+                if grad_hook is not None:
+                    with torch.no_grad():
+                        grad_hook(self.optimizer.grad, self.optimizer.params)
                 self.optimizer.step()
                 total += float(loss.detach())
                 steps += 1
