@@ -4,16 +4,30 @@ instant."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from blazefl.core import ClientTrainingError, WorkerCrashedError
 from blazefl.core.loop import ExecutionSettings
 from blazefl.pipeline.runner import run_experiment
 from blazefl.stages import evaluate, init, partition, prepare, report, round_stage
-from blazefl.stages.artifacts import RunDir
+from blazefl.stages.artifacts import ArtifactError, RunDir
 from blazefl.stages.config import load_config, parse_set, schema_table, to_spec
+from blazefl.stages.provenance import refuse_upstream_rewrite
+from blazefl.stages.run_lock import RunLock
+from blazefl.stages.temp_cleanup import clean_stale_pymp_dirs
 
-__all__ = ["schema_table", "load", "execution", "run_command", "stage_command", "is_client_failure"]
+__all__ = [
+    "schema_table",
+    "load",
+    "execution",
+    "run_command",
+    "stage_command",
+    "is_client_failure",
+    "pack_command",
+    "unpack_command",
+]
 
 
 def load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
@@ -31,8 +45,28 @@ def execution(
 def run_command(
     config: dict[str, Any], out: str, how: ExecutionSettings, quiet: bool
 ) -> dict[str, Any]:
-    """`blazefl run`: every missing stage of the run directory, in one process."""
-    return run_experiment(config, RunDir(out), how, quiet)
+    """`blazefl run`: every missing stage of the run directory, in one process (holding the
+    run's lock: a second writer is refused)."""
+    with writing(out) as run:
+        return run_experiment(config, run, how, quiet)
+
+
+@contextlib.contextmanager
+def writing(out: str) -> Iterator[RunDir]:
+    """The run directory `out`, locked for this process while the block writes it.
+
+    Raises:
+        ArtifactError: `out` is an existing non-empty folder that is not a run directory.
+        RunLockedError: another blazefl process is writing `out`.
+    """
+    run = RunDir(out)
+    if run.root.is_dir() and any(run.root.iterdir()) and not run.is_run_dir():
+        raise ArtifactError(
+            f"--out {run.root} is a non-empty folder that is not a blazefl run directory: "
+            "choose a new or empty folder"
+        )
+    with RunLock(run.root):
+        yield run
 
 
 def stage_command(
@@ -41,12 +75,22 @@ def stage_command(
     """`blazefl stage NAME`: one stage, from its declared inputs alone (as DVC runs it).
 
     Later rounds on disk made with another config are not an error here: under DVC they are
-    DVC's to replace as the pipeline proceeds. `blazefl run` keeps its resume guard.
+    DVC's to replace as the pipeline proceeds. `blazefl run` keeps its resume guard. Outside
+    DVC, re-running prepare / partition / init over a run with later rounds is refused.
     """
-    run = RunDir(out)
     if name in ("round", "evaluate") and t is None:
         raise ValueError(f"stage {name} needs --round N")
+    with writing(out) as run:
+        _stage(name, t, config, run, how)
+
+
+def _stage(
+    name: str, t: int | None, config: dict[str, Any], run: RunDir, how: ExecutionSettings
+) -> None:
+    if name in ("prepare", "partition", "init"):
+        refuse_upstream_rewrite(run, name)  # later rounds would silently go stale
     if name == "round":
+        clean_stale_pymp_dirs()
         round_stage(config, run, t, how)  # type: ignore[arg-type]
     elif name == "evaluate":
         evaluate(config, run, t)  # type: ignore[arg-type]
@@ -59,3 +103,23 @@ def stage_command(
 def is_client_failure(exc: BaseException) -> bool:
     """True when client work failed (exit code 1), as opposed to bad input."""
     return isinstance(exc, ClientTrainingError | WorkerCrashedError)
+
+
+def pack_command(run_dir: str, archive: str) -> Any:
+    """`blazefl pack RUN ARCHIVE`: check the run against its manifests and write one archive
+    of it (same run, same bytes). Returns the `RunContents` (its `digest` is quoted)."""
+    from pathlib import Path
+
+    from blazefl.pipeline.archive import pack_run
+
+    return pack_run(Path(run_dir), Path(archive))
+
+
+def unpack_command(archive: str, dest: str) -> Any:
+    """`blazefl unpack ARCHIVE DIR`: unpack into a new or empty DIR after checking every
+    member and every file against the manifests. Returns the `RunContents`."""
+    from pathlib import Path
+
+    from blazefl.pipeline.archive import unpack_run
+
+    return unpack_run(Path(archive), Path(dest))

@@ -11,27 +11,45 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from blazefl.pipeline.chain import files_of
 from blazefl.pipeline.verify import (
     Echo,
-    _files,
     _fmt_rounds,
     _ids,
     _open_run,
     _rounds,
     differing_uplinks,
 )
-from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, sha256_file
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
+
+_files = files_of
+
+
+def _hash(run: RunDir, path: Path) -> str:
+    """sha256 of a file of the run, opened as untrusted ("unreadable" if it is unsafe)."""
+    try:
+        return run.hash_file(run.rel(path))
+    except ValueError as exc:
+        return f"unreadable ({str(exc)[:60]})"
+
+
+def _bytes(run: RunDir, path: Path) -> bytes | None:
+    try:
+        return run.read_file(run.rel(path), 64 << 20)
+    except ValueError:
+        return None
+
 
 __all__ = ["diff_runs", "show_run"]
 
 
 # -- diff ----------------------------------------------------------------------------------
-def _tensor_diffs(pa: Path, pb: Path) -> str:
+def _tensor_diffs(ra: RunDir, pa: Path, rb: RunDir, pb: Path) -> str:
     """Which tensors of two safetensors files differ, largest max abs difference first."""
     from safetensors.torch import load
 
     try:
-        a, b = load(pa.read_bytes()), load(pb.read_bytes())
+        a, b = load(ra.read_file(ra.rel(pa))), load(rb.read_file(rb.rel(pb)))
     except Exception as exc:  # a damaged file: say so instead of failing the whole diff
         return f"unreadable safetensors ({str(exc).splitlines()[0][:80]})"
     items: list[tuple[float, str]] = []
@@ -69,10 +87,15 @@ def _round_diffs(a: RunDir, b: RunDir, t: int) -> list[str]:
     for rel in sorted(set(fa) | set(fb)):
         if rel not in fa or rel not in fb:
             out.append(f"{rel} only in {'A' if rel in fa else 'B'}")
-        elif sha256_file(fa[rel]) != sha256_file(fb[rel]):
-            detail = _tensor_diffs(fa[rel], fb[rel]) if rel.endswith(".safetensors") else ""
+        elif _hash(a, fa[rel]) != _hash(b, fb[rel]):
+            detail = _tensor_diffs(a, fa[rel], b, fb[rel]) if rel.endswith(".safetensors") else ""
             out.append(f"{rel} differs" + (f": {detail}" if detail else ""))
     ma, mb = a.manifest(t), b.manifest(t)
+    # any recorded byte counts: fields not detailed below are named here
+    detailed = {"clients", "uplinks", "summary"}
+    other = sorted(k for k in set(ma) | set(mb) if k not in detailed and ma.get(k) != mb.get(k))
+    if other:
+        out.append(f"{MANIFEST} differs in: {', '.join(other)}")
     if ma.get("kind") != mb.get("kind"):
         out.append(f"kind: {ma.get('kind')} (A) vs {mb.get('kind')} (B)")
     if ma.get("clients") != mb.get("clients"):
@@ -89,7 +112,7 @@ def _round_diffs(a: RunDir, b: RunDir, t: int) -> list[str]:
     pa, pb = a.metrics_path(t), b.metrics_path(t)
     if pa.is_file() != pb.is_file():
         out.append(f"{a.rel(pa)} only in {'A' if pa.is_file() else 'B'}")
-    elif pa.is_file() and pa.read_bytes() != pb.read_bytes():
+    elif pa.is_file() and _bytes(a, pa) != _bytes(b, pb):
         out.append(f"{a.rel(pa)} differs: {_dict_diffs(a.read_json(pa), b.read_json(pb))}")
     return out
 
@@ -112,12 +135,15 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
         echo(
             f"environment differs (bits are only promised for the same one): {_dict_diffs(ea, eb)}"
         )
+    ka, kb = a.manifest(0)["code"], b.manifest(0)["code"]
+    if ka != kb:
+        echo(f"code differs: {_dict_diffs(ka, kb)}")
     for store in ("dataset", "partitions"):
-        ha = {rel: sha256_file(p) for rel, p in _files(a.root / store).items()}
-        hb = {rel: sha256_file(p) for rel, p in _files(b.root / store).items()}
+        ha = {rel: _hash(a, p) for rel, p in _files(a.root / store).items()}
+        hb = {rel: _hash(b, p) for rel, p in _files(b.root / store).items()}
         bad = sorted(k for k in set(ha) | set(hb) if ha.get(k) != hb.get(k))
         ma, mb = a.root / store / MANIFEST, b.root / store / MANIFEST
-        if ma.is_file() and mb.is_file() and ma.read_bytes() != mb.read_bytes():
+        if _bytes(a, ma) != _bytes(b, mb):
             bad.append(MANIFEST)
         if bad:
             echo(f"{store} differs: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
@@ -165,6 +191,10 @@ def show_run(run_dir: Path, echo: Echo) -> None:
     m0 = run.manifest(0)
     env = m0.get("environment", {})
     echo(f"run {run.root}: {_rounds(rounds)}, config sha256 {str(m0.get('config_sha256'))[:12]}")
+    code = m0["code"]
+    commit = f", commit {str(code.get('commit'))[:12]}" if code.get("commit") else ""
+    dirty = " (with local changes)" if code.get("dirty") else ""
+    echo(f"code: blazefl {code.get('version')}{commit}{dirty}")
     echo(
         f"environment: torch {env.get('torch')}, numpy {env.get('numpy')}, python "
         f"{env.get('python')}, {env.get('cpu_isa')} ({env.get('machine')}), "
@@ -190,11 +220,17 @@ def show_run(run_dir: Path, echo: Echo) -> None:
         echo(
             f"{t:>5}  {str(m.get('kind', '?')):<5}  {len(m.get('clients', [])):>7}  "
             f"{str(m.get('outputs', {}).get('global.safetensors', '-'))[:12]:<12}  "
-            f"{sha256_file(run.round_dir(t) / MANIFEST)[:12]:<12}  {_num(train_loss):>10}  "
+            f"{_hash(run, run.round_dir(t) / MANIFEST)[:12]:<12}  {_num(train_loss):>10}  "
             f"{_num(metrics.get('test_loss')):>9}  {_num(metrics.get('test_accuracy')):>8}"
             + (f"  ({', '.join(notes)})" if notes else "")
         )
     last = run.last_complete_round()
+    if last is not None:
+        digest = _hash(run, run.round_dir(last) / MANIFEST)
+        echo(
+            f"digest: {digest} (sha256 of round-{last:04d}/{MANIFEST}; it covers every round "
+            "back to the dataset through the recorded hashes)"
+        )
     gap = [t for t in rounds if last is not None and t > last]
     if gap:
         echo(f"note: {_rounds(gap)} after a missing round (not part of the chain)")

@@ -9,12 +9,20 @@ from typing import Any, TextIO
 
 from blazefl.core.loop import ExecutionSettings
 from blazefl.core.memory import tune_malloc
+from blazefl.data import ImageDataset
 from blazefl.stages import init, partition, report
 from blazefl.stages.artifacts import MANIFEST, RunDir
 from blazefl.stages.config import ConfigError, byte_config, config_sha256
 from blazefl.stages.evaluate import evaluate
 from blazefl.stages.prepare import build_datasets, write_dataset_store
+from blazefl.stages.provenance import (
+    ProvenanceError,
+    check_dataset_store,
+    check_round_provenance,
+    check_stores,
+)
 from blazefl.stages.session import Session
+from blazefl.stages.temp_cleanup import clean_stale_pymp_dirs
 
 __all__ = ["check_run_config", "run_experiment", "Progress"]
 
@@ -55,10 +63,10 @@ def check_run_config(config: dict[str, Any], run: RunDir) -> None:
     """
     rounds = run.complete_rounds()
     for t in sorted({rounds[0], rounds[-1]} if rounds else set()):
-        recorded = run.read_json(run.round_dir(t) / MANIFEST)
-        if recorded.get("config_sha256") == config_sha256(config):
+        recorded = run.manifest(t)
+        if recorded["config_sha256"] == config_sha256(config):
             continue
-        old = recorded.get("config", {})
+        old = recorded["config"]
         new = byte_config(config)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         detail = f" (differs in: {', '.join(changed)})" if changed else ""
@@ -66,6 +74,47 @@ def check_run_config(config: dict[str, Any], run: RunDir) -> None:
             f"run directory {run.root} was made with another config{detail}: use a new --out "
             "to start a new run, or restore the old config to resume"
         )
+
+
+def _ensure_stores(
+    config: dict[str, Any], run: RunDir, progress: Progress
+) -> tuple[ImageDataset, ImageDataset] | None:
+    """Make or check the stores: a store made with another config is rebuilt while no round
+    depends on it yet, and refused (one line, the differing keys) once rounds do.
+
+    Returns:
+        The (train, test) sets if prepare ran here (kept in memory instead of read back).
+    """
+    has_rounds = bool(run.complete_rounds())
+    data = None
+    rebuild = not (run.dataset / MANIFEST).exists()
+    if not rebuild:
+        try:
+            check_dataset_store(config, run)
+        except ProvenanceError as exc:
+            if has_rounds:
+                raise
+            progress.line(f"rebuilding the stores: {str(exc).split(': rebuild')[0]}")
+            rebuild = True
+    if rebuild:
+        data = build_datasets(config)
+        write_dataset_store(config, run, *data)
+    if rebuild or not (run.partitions / MANIFEST).exists():
+        partition(config, run)
+    else:
+        try:
+            stores = check_stores(config, run)
+        except ProvenanceError as exc:
+            if has_rounds:
+                raise
+            progress.line(f"rebuilding the partitions: {str(exc).split(': rebuild')[0]}")
+            partition(config, run)
+            stores = check_stores(config, run)
+        rounds = run.complete_rounds()
+        for t in sorted({rounds[0], rounds[-1]} if rounds else set()):
+            m = run.manifest(t, max_clients=config["data.clients"])
+            check_round_provenance(config, run, t, m, stores)
+    return data
 
 
 def run_experiment(
@@ -89,18 +138,14 @@ def run_experiment(
     """
     check_run_config(config, run)
     tune_malloc()
+    clean_stale_pymp_dirs()  # what a SIGKILLed earlier run left in the temp folder
     run.clean_partials()
-    data = None  # what prepare wrote, kept in memory instead of being read back
-    if not (run.dataset / MANIFEST).exists():
-        data = build_datasets(config)
-        write_dataset_store(config, run, *data)
-    if not (run.partitions / MANIFEST).exists():
-        partition(config, run)
+    progress = Progress(config["fl.rounds"], stream, quiet)
+    data = _ensure_stores(config, run, progress)
     if not (run.round_dir(0) / MANIFEST).exists():
         init(config, run, data)
     last = run.last_complete_round() or 0
     total = config["fl.rounds"]
-    progress = Progress(total, stream, quiet)
     if last > 0:
         progress.line(f"resuming after round {last} in {run.root}")
     for t in range(1, min(last, total) + 1):  # a crash may have left a round without metrics

@@ -2,8 +2,9 @@
 
 - `verify_run` checks every chosen round against its manifest (files on disk, the parent-hash
   chain, input hashes), then re-executes it from round t-1's *recorded* artifacts in a scratch
-  directory and compares the recomputed outputs and per-client uplink hashes with the manifest.
-  The run directory is only read.
+  in memory and compares the recomputed outputs and per-client uplink hashes with the manifest.
+  The chain checks (stores, recorded configs, input hashes) live in `pipeline.chain`. The run
+  directory is only read, every file as untrusted.
 
 Example:
     >>> verify_run(Path("artifacts/default"), "3,5-7", "processes", 2, None, echo=print)
@@ -15,46 +16,65 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from blazefl.core.loop import ExecutionSettings
+from blazefl.pipeline.chain import (
+    chain_problems,
+    code_note,
+    provenance_problems,
+    store_problems,
+)
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
     RunDir,
     canonical_json,
+    code_version,
     environment,
     sha256_bytes,
-    sha256_file,
 )
 from blazefl.stages.config import ConfigError, config_sha256, load_config, to_spec
-from blazefl.stages.init import init
+from blazefl.stages.init import init_outputs
+from blazefl.stages.manifest_schema import validate_round_manifest
 from blazefl.stages.session import Session
 
 __all__ = ["verify_run", "parse_rounds", "environment_note"]
 
 Echo = Callable[[str], None]
-_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_RANGE_RE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 
 
 # -- shared helpers ------------------------------------------------------------------------
-def parse_rounds(spec: str) -> list[int]:
+def parse_rounds(spec: str, last: int | None = None) -> list[int]:
     """Parse a round spec like "3,5-7" into sorted round numbers ([3, 5, 6, 7]).
+
+    Args:
+        spec: the spec.
+        last: the run's last complete round: a range past it is refused before it is
+            expanded (so `0-999999999` allocates nothing).
 
     Raises:
         ConfigError: on anything but comma-separated numbers and ascending ranges.
+        ArtifactError: a round past `last`.
     """
+    if len(spec) > 10_000:
+        raise ConfigError("--rounds is longer than 10000 characters: give ranges like 3,5-7")
     rounds: set[int] = set()
     for part in spec.split(","):
         m = _RANGE_RE.match(part.strip())
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
             raise ConfigError(f"--rounds expects round numbers and ranges like 3,5-7, got {spec!r}")
         lo = int(m.group(1))
-        rounds.update(range(lo, int(m.group(2) or lo) + 1))
+        hi = int(m.group(2) or lo)
+        if last is not None and hi > last:
+            raise ArtifactError(
+                f"round {max(lo, last + 1)} is not complete (rounds 0-{last} are): choose "
+                f"rounds between 0 and {last}"
+            )
+        rounds.update(range(lo, hi + 1))
     return sorted(rounds)
 
 
@@ -110,80 +130,7 @@ def environment_note(recorded: dict[str, Any], current: dict[str, Any]) -> str |
     )
 
 
-def _files(root: Path) -> dict[str, Path]:
-    """Every file under root (recursively) by relative posix path, except manifests."""
-    if not root.is_dir():
-        return {}
-    return {
-        p.relative_to(root).as_posix(): p
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-
-
-def _store_problems(run: RunDir, name: str) -> list[str]:
-    """Files of the dataset/partitions store that differ from the store's manifest."""
-    root = run.root / name
-    manifest = run.read_json(root / MANIFEST)
-    recorded = manifest.get("files", {})
-    actual = {rel: sha256_file(p) for rel, p in _files(root).items()}
-    bad = sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
-    out = [
-        f"{name}/{rel} "
-        + (
-            "is missing (listed in its manifest)"
-            if rel not in actual
-            else "is not listed in its manifest (added on disk)"
-            if rel not in recorded
-            else "differs from its manifest (modified on disk)"
-        )
-        for rel in bad
-    ]
-    for rel, sha in sorted(manifest.get("inputs", {}).items()):
-        p = run.root / rel
-        if not p.is_file() or sha256_file(p) != sha:
-            out.append(f"{name}: input {rel} differs from its hash in {name}/{MANIFEST}")
-    return out
-
-
 # -- verify --------------------------------------------------------------------------------
-def _chain_problems(run: RunDir, t: int, m: dict[str, Any]) -> list[str]:
-    """What on disk contradicts round t's manifest: outputs, parent hash, inputs, config hash."""
-    problems = []
-    if m.get("round") != t:
-        problems.append(f"manifest says it is round {m.get('round')}")
-    d = run.round_dir(t)
-    outputs = m.get("outputs", {})
-    for name, sha in sorted(outputs.items()):
-        p = d / name
-        if not p.is_file():
-            problems.append(f"{name} is missing (listed in its manifest)")
-        elif sha256_file(p) != sha:
-            problems.append(f"{name} differs from its manifest (modified on disk)")
-    for name in sorted(set(_files(d)) - set(outputs)):
-        problems.append(f"{name} is not listed in its manifest (added on disk)")
-    parent_rel = f"round-{t - 1:04d}/{MANIFEST}"
-    if t == 0:
-        if m.get("parent") is not None:
-            problems.append("round 0 names a parent manifest (the chain starts at round 0)")
-    elif sha256_file(run.root / parent_rel) != m.get("parent"):
-        problems.append(
-            f"parent hash does not match {parent_rel}: the chain is broken (that manifest "
-            "was edited or replaced)"
-        )
-    for rel, sha in sorted(m.get("inputs", {}).items()):
-        p = run.root / rel
-        if rel == parent_rel:
-            continue  # reported by the parent check
-        if not p.is_file():
-            problems.append(f"input {rel} is missing")
-        elif sha256_file(p) != sha:
-            problems.append(f"input {rel} differs from its hash in this manifest (modified)")
-    if config_sha256(m.get("config", {})) != m.get("config_sha256"):
-        problems.append("config_sha256 does not match the config in the manifest (edited)")
-    return problems
-
-
 def _recomputed_diffs(
     run: RunDir,
     t: int,
@@ -197,7 +144,7 @@ def _recomputed_diffs(
     new_hashes = {name: sha256_bytes(data) for name, data in files.items()}
     bad = [n for n in sorted(set(outputs) | set(new_hashes)) if outputs.get(n) != new_hashes.get(n)]
     path = run.metrics_path(t)
-    if metrics is not None and path.is_file() and path.read_bytes() != canonical_json(metrics):
+    if metrics is not None and path.is_file() and _read(run, path) != canonical_json(metrics):
         bad.append(run.rel(path))
     if new is not None and new.get("summary") != m.get("summary"):
         bad.append(f"{MANIFEST} (summary)")
@@ -215,6 +162,13 @@ def _recomputed_diffs(
     return out
 
 
+def _read(run: RunDir, path: Path) -> bytes | None:
+    try:
+        return run.read_file(run.rel(path), 1 << 20)
+    except ValueError:
+        return None
+
+
 def differing_uplinks(a: dict[str, Any], b: dict[str, Any]) -> list[int]:
     """Client ids whose uplink hash differs (or exists in only one) of two manifests."""
     ua, ub = a.get("uplinks", {}), b.get("uplinks", {})
@@ -225,57 +179,30 @@ def _ids(ids: list[int]) -> str:
     return ", ".join(str(i) for i in ids) or "none"
 
 
-class _Scratch:
-    """A throwaway run directory whose stores and round dirs are symlinks into the real run,
-    plus one warm `Session` reused while the config stays the same. Nothing is committed."""
+class _Reexecutor:
+    """Re-executes rounds of a run in memory: round 0 through `init_outputs`, later rounds
+    through one warm `Session` (reused while the config stays the same). Nothing is written."""
 
-    def __init__(
-        self, run: RunDir, tmp: Path, mode: str | None, workers: int | None, ipc: str | None
-    ) -> None:
-        self.run, self.tmp = run, tmp
+    def __init__(self, run: RunDir, mode: str | None, workers: int | None, ipc: str | None):
+        self.run = run
         self.mode, self.workers, self.ipc = mode, workers, ipc
         self.session: Any = None
         self.session_key: str | None = None
 
-    def _link(self, root: Path, rel: str) -> None:
-        dst, src = root / rel, (self.run.root / rel).resolve()
-        if dst.exists() or dst.is_symlink():
-            return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            dst.symlink_to(src, target_is_directory=True)
-        except OSError:  # no symlinks on this file system: copy instead
-            shutil.copytree(src, dst)
-
-    def _root(self, name: str) -> RunDir:
-        root = self.tmp / name
-        for store in ("dataset", "partitions"):
-            self._link(root, store)
-        return RunDir(root)
-
     def init(self, config: dict[str, Any]) -> dict[str, bytes]:
-        """Re-run the init stage into a fresh scratch run; its output files by name."""
-        scratch = self._root(f"init-{len(list(self.tmp.glob('init-*')))}")
-        d = init(config, scratch)
-        return {name: p.read_bytes() for name, p in _files(d).items()}
+        return init_outputs(config, self.run)[0]
 
     def round(self, t: int, config: dict[str, Any]) -> Any:
         """Compute round t from the recorded round t-1 (never from a recomputed one)."""
-        scratch = self._root("rounds")
-        self._link(scratch.root, f"round-{t - 1:04d}")
         key = config_sha256(config)
         if self.session is None or self.session_key != key:
             self.close()
             runtime = to_spec(config).runtime
             execution = ExecutionSettings.of(runtime, self.mode, self.workers, self.ipc)
-            self.session = Session(config, scratch, execution)
+            self.session = Session(config, self.run, execution)
             self.session_key = key
         self.session.load(t - 1)
         return self.session.compute(t)
-
-    def unscratch(self, text: str) -> str:
-        """Name the real run instead of the scratch copy in a message."""
-        return re.sub(re.escape(str(self.tmp)) + r"/(init-\d+|rounds)", str(self.run.root), text)
 
     def close(self) -> None:
         if self.session is not None:
@@ -284,21 +211,23 @@ class _Scratch:
 
 
 @contextlib.contextmanager
-def _scratch(
+def _reexecutor(
     run: RunDir, mode: str | None, workers: int | None, ipc: str | None
-) -> Iterator[_Scratch]:
-    with tempfile.TemporaryDirectory(prefix="blazefl-verify-") as tmp:
-        s = _Scratch(run, Path(tmp), mode, workers, ipc)
-        try:
-            yield s
-        finally:
-            s.close()
+) -> Iterator[_Reexecutor]:
+    r = _Reexecutor(run, mode, workers, ipc)
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 def _config_of(m: dict[str, Any], t: int) -> dict[str, Any]:
-    if not isinstance(m.get("config"), dict):
-        raise ArtifactError(f"round-{t:04d}/{MANIFEST} has no config: the manifest is corrupt")
-    return load_config(None, m["config"])
+    try:
+        return load_config(None, m["config"])
+    except ConfigError as exc:
+        raise ArtifactError(
+            f"round-{t:04d}/{MANIFEST} records an invalid config ({exc}): the run is tampered"
+        ) from None
 
 
 def verify_run(
@@ -327,15 +256,11 @@ def verify_run(
     run = _open_run(run_dir)
     last = run.last_complete_round()
     assert last is not None  # _open_run checked round 0
-    chosen = parse_rounds(rounds) if rounds is not None else list(range(last + 1))
-    beyond = [t for t in chosen if t > last]
-    if beyond:
-        raise ArtifactError(
-            f"round {beyond[0]} is not complete in {run.root} (rounds 0-{last} are): choose "
-            f"rounds between 0 and {last}"
-        )
+    chosen = parse_rounds(rounds, last) if rounds is not None else list(range(last + 1))
     manifests = {t: run.manifest(t) for t in chosen}
     configs = {t: _config_of(m, t) for t, m in manifests.items()}
+    for t, m in manifests.items():  # client ids below the run's data.clients
+        validate_round_manifest(m, f"round-{t:04d}/{MANIFEST}", configs[t]["data.clients"])
 
     seen: list[dict[str, Any]] = []
     for t, m in manifests.items():
@@ -346,6 +271,9 @@ def verify_run(
         note = environment_note(rec, environment(configs[t]["runtime.threads_per_client"]))
         if note:
             echo(note)
+    notes = {code_note(m["code"], code_version()) for m in manifests.values()} - {None}
+    for note in sorted(notes):  # type: ignore[type-var]
+        echo(note)
 
     cfg0 = configs[chosen[0]]
     how = mode or cfg0["runtime.mode"]
@@ -357,14 +285,18 @@ def verify_run(
 
     ok = True
     for store in ("dataset", "partitions"):
-        for problem in _store_problems(run, store):
+        for problem in store_problems(run, store):
             echo(problem)
             ok = False
+    seen_configs: dict[str, list[str]] = {}
     failed = []
-    with _scratch(run, mode, workers, ipc) as scratch:
+    with _reexecutor(run, mode, workers, ipc) as scratch:
         for t in chosen:
             m, config = manifests[t], configs[t]
-            problems = _chain_problems(run, t, m)
+            key = m["config_sha256"]
+            if key not in seen_configs:  # the stores against each config rounds were made with
+                seen_configs[key] = provenance_problems(run, config)
+            problems = seen_configs[key] + chain_problems(run, t, m)
             for problem in problems:
                 echo(f"round {t}: {problem}")
             reexecuted = True
@@ -374,8 +306,8 @@ def verify_run(
                 else:
                     out = scratch.round(t, config)
                     diffs = _recomputed_diffs(run, t, m, out.files, out.manifest, out.metrics)
-            except ArtifactError as exc:
-                echo(f"round {t}: cannot re-execute: {scratch.unscratch(str(exc))}")
+            except ValueError as exc:  # ArtifactError, ProvenanceError, ManifestError, ...
+                echo(f"round {t}: cannot re-execute: {exc}")
                 diffs, reexecuted = [], False
             if diffs:
                 echo(f"round {t}: DIFFERS: {'; '.join(diffs)}")

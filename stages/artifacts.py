@@ -24,11 +24,27 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from blazefl.stages.manifest_schema import (
+    MAX_MANIFEST_BYTES,
+    parse_manifest_json,
+    validate_round_manifest,
+    validate_store_manifest,
+)
+from blazefl.stages.run_lock import LOCK_NAME
+from blazefl.stages.untrusted import (
+    check_writable_inside,
+    read_bounded,
+    safe_child_dirs,
+    sha256_inside,
+)
 
 __all__ = [
     "ArtifactError",
@@ -41,11 +57,20 @@ __all__ = [
     "safetensors_bytes",
     "read_safetensors",
     "environment",
+    "code_version",
     "MANIFEST",
+    "MAX_FILE_BYTES",
+    "MAX_HASHED_BYTES",
 ]
 
 MANIFEST = "manifest.json"
+#: Largest artifact file read into memory (a snapshot file, a metrics file): far above any
+#: real one, far below what a tampered sparse file could make the reader allocate.
+MAX_FILE_BYTES = 8 << 30
+#: Largest file hashed (streamed, so only time is at stake).
+MAX_HASHED_BYTES = 64 << 30
 _ROUND_RE = re.compile(r"^round-(\d{4,})$")
+_RUN_ENTRIES = frozenset(["dataset", "partitions", "metrics", "timings", "plots", "summary.json"])
 
 
 class ArtifactError(ValueError):
@@ -95,16 +120,29 @@ def partial_path(final: Path) -> Path:
     return final.parent / f".{final.name}.partial"
 
 
+def _check_inside(final: Path, root: Path | None) -> None:
+    if root is not None:
+        rel = final.relative_to(root).as_posix()
+        check_writable_inside(root, rel)
+        check_writable_inside(root, partial_path(final).relative_to(root).as_posix())
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
     """Write a directory atomically: yields a temporary sibling, renamed onto `final` on success.
 
     On error the temporary directory is removed and `final` is untouched.
+
+    Args:
+        final: the directory to (re)place.
+        root: the run directory `final` lies in: no symlink between them is followed (a
+            downloaded run may hold a symlinked folder pointing elsewhere).
 
     Example:
         >>> with atomic_dir(run / "round-0003") as tmp:
         ...     (tmp / "global.safetensors").write_bytes(data)
     """
+    _check_inside(final, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,8 +164,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file atomically (temporary sibling, fsync, rename)."""
+def atomic_write(path: Path, data: bytes, root: Path | None = None) -> None:
+    """Write a file atomically (temporary sibling, fsync, rename).
+
+    Args:
+        path: the file.
+        data: its bytes.
+        root: the run directory `path` lies in: no symlink between them is followed.
+    """
+    _check_inside(path, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial"
     with open(tmp, "wb") as f:
@@ -178,6 +223,47 @@ def environment(threads_per_client: int) -> dict[str, Any]:
     }
 
 
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or it hangs
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The code that makes the bytes: package version and, when the package runs from a git
+    checkout of its own source, the commit and whether tracked files were modified.
+
+    Recorded in every round manifest (field `code`) so a published run names its code; it is
+    not compared on re-execution (like `environment`, it describes the bytes, it does not make
+    them). Outside a checkout (an installed wheel), or without git, commit and dirty are null.
+
+    Example:
+        >>> code_version()["version"]
+        '0.1.0'
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg_version: str | None = version("blazefl")
+    except PackageNotFoundError:
+        pkg_version = None
+    source = Path(__file__).resolve().parent.parent / "blazefl"
+    commit = dirty = None
+    top = _git(["rev-parse", "--show-toplevel"], source) if source.is_dir() else None
+    # only our own checkout counts: a wheel installed inside some other repository's venv
+    # must not record that repository's commit
+    if top and Path(top).resolve() / "blazefl" == source.resolve():
+        commit = _git(["rev-parse", "HEAD"], source)
+        status = _git(["status", "--porcelain", "--untracked-files=no"], source)
+        dirty = None if commit is None or status is None else bool(status)
+    return {"commit": commit, "dirty": dirty, "version": pkg_version}
+
+
 class RunDir:
     """Paths and queries of one run directory.
 
@@ -224,13 +310,12 @@ class RunDir:
         return path.relative_to(self.root).as_posix()
 
     def complete_rounds(self) -> list[int]:
-        """Rounds whose directory holds a manifest (round 0 = init), ascending."""
-        if not self.root.is_dir():
-            return []
+        """Rounds whose directory holds a manifest (round 0 = init), ascending. Symlinked
+        round folders are not rounds (a downloaded run must not point outside itself)."""
         rounds = []
-        for entry in self.root.iterdir():
-            m = _ROUND_RE.match(entry.name)
-            if m and (entry / MANIFEST).is_file():
+        for name in safe_child_dirs(self.root):
+            m = _ROUND_RE.match(name)
+            if m and (self.root / name / MANIFEST).is_file():
                 rounds.append(int(m.group(1)))
         return sorted(rounds)
 
@@ -253,36 +338,70 @@ class RunDir:
                 shutil.rmtree(entry, ignore_errors=True)
         return removed
 
-    def read_json(self, path: Path) -> dict[str, Any]:
-        """Read a JSON artifact; missing or corrupt raises `ArtifactError`."""
-        try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
+    def read_json(self, path: Path, max_bytes: int = MAX_MANIFEST_BYTES) -> dict[str, Any]:
+        """Read a JSON object artifact inside the run (bounded, no symlink followed); missing
+        or corrupt raises `ArtifactError`."""
+        rel = self.rel(path)
+        if not (path.exists() or path.is_symlink()):
             raise ArtifactError(
-                f"{self.rel(path)} is missing in {self.root}: run the stage that makes it "
+                f"{rel} is missing in {self.root}: run the stage that makes it "
                 "(blazefl run resumes)"
-            ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ArtifactError(
-                f"{self.rel(path)} is corrupt (not JSON): delete it and run again"
-            ) from None
+            )
+        data = parse_manifest_json(read_bounded(self.root, rel, max_bytes), rel)
         if not isinstance(data, dict):
-            raise ArtifactError(f"{self.rel(path)} is corrupt (not a JSON object)")
+            raise ArtifactError(f"{rel} is corrupt (not a JSON object)")
         return data
 
-    def manifest(self, t: int) -> dict[str, Any]:
-        """Round t's manifest (round 0 = init)."""
+    def manifest(self, t: int, max_clients: int | None = None) -> dict[str, Any]:
+        """Round t's manifest (round 0 = init), checked against the manifest schema.
+
+        Args:
+            t: the round.
+            max_clients: data.clients, if known: recorded client ids must be below it.
+        """
         path = self.round_dir(t) / MANIFEST
-        if not path.exists():
+        if not (path.exists() or path.is_symlink()):
             last = self.last_complete_round()
             have = "no complete round" if last is None else f"rounds 0-{last} are complete"
             raise ArtifactError(
                 f"round {t} is missing or incomplete in {self.root} ({have}): run the "
                 "earlier stages first"
             )
-        return self.read_json(path)
+        where = self.rel(path)
+        m = validate_round_manifest(self.read_json(path), where, max_clients)
+        if m["round"] != t:
+            raise ArtifactError(f"{where} says it is round {m['round']}: the run is tampered")
+        return m
+
+    def store_manifest(self, name: str) -> dict[str, Any]:
+        """The manifest of store `name` ("dataset" or "partitions"), schema-checked."""
+        path = self.root / name / MANIFEST
+        m = validate_store_manifest(self.read_json(path), self.rel(path))
+        if m["kind"] != name:
+            raise ArtifactError(f"{self.rel(path)} is a {m['kind']} manifest: the run is tampered")
+        return m
 
     def manifest_sha256(self, path: Path) -> str:
-        if not path.exists():
+        """sha256 of a file inside the run (regular file, no symlink, bounded)."""
+        if not (path.exists() or path.is_symlink()):
             raise ArtifactError(f"{self.rel(path)} is missing: run the stage that makes it")
-        return sha256_file(path)
+        return sha256_inside(self.root, self.rel(path), MAX_HASHED_BYTES)
+
+    def hash_file(self, rel: str) -> str:
+        """sha256 of `RUN/rel` where `rel` comes from an artifact (checked as untrusted)."""
+        return sha256_inside(self.root, rel, MAX_HASHED_BYTES)
+
+    def read_file(self, rel: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of `RUN/rel` where `rel` comes from an artifact (checked as untrusted)."""
+        return read_bounded(self.root, rel, max_bytes)
+
+    def is_run_dir(self) -> bool:
+        """Whether the folder holds any of a run's entries (stores, rounds, metrics, lock)."""
+        names = set(safe_child_dirs(self.root)) | {
+            p.name for p in self.root.glob("*") if p.is_file()
+        }
+        return (
+            bool(names & _RUN_ENTRIES)
+            or any(_ROUND_RE.match(n) for n in names)
+            or (self.root / LOCK_NAME).exists()
+        )

@@ -15,8 +15,6 @@ manifests record and DVC lists as params.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +101,11 @@ def byte_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_sha256(config: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the byte-relevant config."""
-    blob = json.dumps(byte_config(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """SHA-256 of the canonical JSON of the byte-relevant config (the one digest function,
+    `manifest_schema.config_digest`, so writers and manifest checks cannot drift apart)."""
+    from blazefl.stages.manifest_schema import config_digest
+
+    return config_digest(byte_config(config))
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:

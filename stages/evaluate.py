@@ -13,8 +13,9 @@ from blazefl.stages.artifacts import (
     RunDir,
     atomic_write,
     canonical_json,
-    read_safetensors,
+    sha256_bytes,
 )
+from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import GLOBAL
 from blazefl.stages.stores import build_from_stores
 
@@ -29,14 +30,22 @@ def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:
     """
     if t < 1:
         raise ArtifactError(f"--round must be >= 1, got {t}")
-    manifest = run.manifest(t)
+    stores = check_stores(config, run)
+    manifest = run.manifest(t, max_clients=config["data.clients"])
+    check_round_provenance(config, run, t, manifest, stores)
     pin_client_threads(config["runtime.threads_per_client"])
     exp = build_from_stores(config, run)
     server = exp.server()
+    rel = f"round-{t:04d}/{GLOBAL}"
+    data = run.read_file(rel)
+    if sha256_bytes(data) != manifest["outputs"][GLOBAL]:
+        raise ArtifactError(f"{rel} does not match the hash in its manifest: restore it")
     try:
-        load_model_state_dict(server.model, read_safetensors(run.round_dir(t) / GLOBAL, run.root))
-    except ValueError as exc:
-        raise ArtifactError(f"round-{t:04d}/{GLOBAL} does not fit the model: {exc}") from None
+        from safetensors.torch import load
+
+        load_model_state_dict(server.model, load(data))
+    except Exception as exc:  # damaged bytes or another model's tensors
+        raise ArtifactError(f"{rel} does not fit the model: {str(exc)[:100]}") from None
     result = evaluate_model(server.model, exp.test)
     metrics = {
         "round": t,
@@ -45,5 +54,5 @@ def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:
         "train_loss": manifest.get("summary", {}).get("train_loss"),
     }
     path = run.metrics_path(t)
-    atomic_write(path, canonical_json(metrics))
+    atomic_write(path, canonical_json(metrics), run.root)
     return path

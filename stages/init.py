@@ -12,28 +12,36 @@ from blazefl.stages.artifacts import (
     RunDir,
     atomic_dir,
     canonical_json,
+    code_version,
     environment,
     sha256_bytes,
 )
 from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.provenance import check_stores
 from blazefl.stages.snapshot import snapshot_files
 from blazefl.stages.stores import build_from_stores
 
+__all__ = ["init", "init_outputs"]
 
-def init(
+
+def init_outputs(
     config: dict[str, Any], run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
-) -> Path:
-    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server + every client's
-    stream derived from (seed, client id)) and the manifest that starts the chain.
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Round 0's files and manifest, computed without writing anything (`verify` compares
+    them with the recorded ones).
 
     Args:
         config: validated flat config.
-        run: the run directory (dataset and partitions must exist).
+        run: the run directory (its stores must have been made with `config`).
         data: the in-memory (train, test) sets equal to the store's, if the caller has them.
 
     Returns:
-        The round-0000 directory.
+        ({relative path: bytes}, manifest).
+
+    Raises:
+        ProvenanceError: a store was made with another config.
     """
+    stores = check_stores(config, run)
     exp = build_from_stores(config, run, data)
     server = exp.server()
     clients = {
@@ -43,13 +51,11 @@ def init(
     files = snapshot_files(server, clients, {})
     manifest: dict[str, Any] = {
         "clients": [],
+        "code": code_version(),
         "config": byte_config(config),
         "config_sha256": config_sha256(config),
         "environment": environment(config["runtime.threads_per_client"]),
-        "inputs": {
-            "dataset/manifest.json": run.manifest_sha256(run.dataset / MANIFEST),
-            "partitions/manifest.json": run.manifest_sha256(run.partitions / MANIFEST),
-        },
+        "inputs": stores,
         "kind": "init",
         "outputs": {name: sha256_bytes(data) for name, data in files.items()},
         "parent": None,
@@ -57,7 +63,30 @@ def init(
         "summary": {},
         "uplinks": {},
     }
-    with atomic_dir(run.round_dir(0)) as tmp:
+    return files, manifest
+
+
+def init(
+    config: dict[str, Any], run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
+) -> Path:
+    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server + every client's
+    stream derived from (seed, client id)) and the manifest that starts the chain, naming the
+    hashes of both store manifests.
+
+    Args:
+        config: validated flat config.
+        run: the run directory (dataset and partitions must exist, made with `config`).
+        data: the in-memory (train, test) sets equal to the store's, if the caller has them.
+
+    Returns:
+        The round-0000 directory.
+
+    Example:
+        >>> init(load_config("params.yaml"), RunDir("artifacts/default"))
+        PosixPath('artifacts/default/round-0000')
+    """
+    files, manifest = init_outputs(config, run, data)
+    with atomic_dir(run.round_dir(0), run.root) as tmp:
         for name, blob in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(blob)

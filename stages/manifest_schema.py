@@ -118,6 +118,9 @@ ROUND_FIELDS: dict[str, Field] = {
     "clients": Field("a sorted list of distinct client ids", _client_ids),
     "config": _CONFIG,
     "config_sha256": _SHA,
+    "code": Field(
+        "an object of names -> scalars (version, commit, dirty)", _mapping(_is_name, _is_scalar)
+    ),
     "environment": Field("an object of names -> scalars", _mapping(_is_name, _is_scalar)),
     "inputs": _FILES,
     "kind": Field("'init' or 'round'", lambda v: v in ("init", "round")),

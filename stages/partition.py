@@ -9,6 +9,7 @@ from blazefl.experiment import build_partition
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json
 from blazefl.stages.config import to_spec
 from blazefl.stages.prepare import tree_hashes
+from blazefl.stages.provenance import check_dataset_store
 from blazefl.stages.stores import load_labels
 
 #: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
@@ -32,16 +33,21 @@ def partition_keys(config: dict[str, Any]) -> list[str]:
 def partition(config: dict[str, Any], run: RunDir) -> Path:
     """Split the training set among clients and store the index arrays in `RUN/partitions`.
 
+    The manifest records `partition_keys(config)` and the dataset manifest's hash.
+
     Returns:
         The partitions directory.
+
+    Raises:
+        ProvenanceError: the dataset store was made with another config.
     """
     import zarr
 
+    dataset_sha = check_dataset_store(config, run)  # made with this config's data keys
     labels = load_labels(run)
     part = build_partition(to_spec(config), labels)
     keys = partition_keys(config)
-    dataset_sha = run.manifest_sha256(run.dataset / MANIFEST)
-    with atomic_dir(run.partitions) as tmp:
+    with atomic_dir(run.partitions, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         group.create_array("indices", data=part.indices.numpy())
         group.create_array("offsets", data=part.offsets.numpy())

@@ -49,7 +49,7 @@ def write_dataset_store(
     """Commit `train` / `test` as the run's dataset store (atomically)."""
     import zarr
 
-    with atomic_dir(run.dataset) as tmp:
+    with atomic_dir(run.dataset, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         for split, ds in (("train", train), ("test", test)):
             images = ds.images.numpy()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.stages.artifacts import ArtifactError, RunDir, atomic_write, canonical_json
+from blazefl.stages.untrusted import check_writable_inside
 
 
 def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:
@@ -38,9 +39,11 @@ def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
         "test_loss": final.get("test_loss"),
         "train_loss": final.get("train_loss"),
     }
-    atomic_write(run.summary_path, canonical_json(summary))
-    atomic_write(run.plot_data_path, canonical_json(metrics))
+    atomic_write(run.summary_path, canonical_json(summary), run.root)
+    atomic_write(run.plot_data_path, canonical_json(metrics), run.root)
     if plot and metrics:
+        check_writable_inside(run.root, run.rel(run.plot_path))
+        check_writable_inside(run.root, f"plots/.{run.plot_path.name}.partial")
         write_plot(metrics, run.plot_path)
     return run.summary_path
 

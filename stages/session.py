@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from blazefl.core.loop import ExecutionSettings, run_round
-from blazefl.core.serialization import load_model_state_dict
+from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.data import ImageDataset
-from blazefl.reproducibility import pin_client_threads
+from blazefl.reproducibility import create_rng_suite, pin_client_threads
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -24,13 +24,16 @@ from blazefl.stages.artifacts import (
     atomic_dir,
     atomic_write,
     canonical_json,
+    code_version,
     environment,
     sha256_bytes,
-    sha256_file,
 )
 from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import GLOBAL, RNG, STATE, RoundOutputs, client_key, snapshot_files
 from blazefl.stages.stores import build_from_stores
+from blazefl.stages.temp_cleanup import claim_pymp_dir
+from blazefl.stages.tensor_checks import ArtifactContentError, check_tensors
 
 __all__ = ["Session"]
 
@@ -58,18 +61,18 @@ class Session:
     ) -> None:
         self.config = config
         self.run = run
+        # the stores must have been made with this config (else: one line, nothing trained)
+        self.store_hashes = check_stores(config, run)
         self.exp = build_from_stores(config, run, data)
         self.execution = execution or ExecutionSettings.of(self.exp.spec.runtime)
+        if self.execution.mode == "processes":
+            claim_pymp_dir()  # so a later run can remove it if this process is SIGKILLed
         threads = self.exp.spec.runtime.threads_per_client
         pin_client_threads(threads)
         self.server = self.exp.server()
         self.trainer = self.execution.make_trainer(
             self.exp.workload(), seed=self.exp.spec.seed, threads_per_client=threads
         )
-        self.store_hashes = {
-            "dataset/manifest.json": run.manifest_sha256(run.dataset / MANIFEST),
-            "partitions/manifest.json": run.manifest_sha256(run.partitions / MANIFEST),
-        }
         self.loaded: int | None = None
         self.parent: dict[str, str] = {}
         self._state_bytes: dict[str, bytes] = {}  # serialized client states, reused if unchanged
@@ -77,63 +80,112 @@ class Session:
     # -- state in and out ----------------------------------------------------------------
     def load(self, t: int) -> None:
         """Load round t's snapshot (global model, RNG streams, algorithm state) as the
-        starting point of round t+1. Every file must match the hash in round t's manifest."""
-        manifest = self.run.manifest(t)
-        d = self.run.round_dir(t)
-        recorded: dict[str, str] = manifest.get("outputs", {})
-        if GLOBAL not in recorded or RNG not in recorded:
-            raise ArtifactError(f"round-{t:04d}/{MANIFEST} is corrupt (no outputs): rerun it")
-        files = {name: self._read(d / name) for name in sorted(recorded)}
+        starting point of round t+1.
+
+        Round t's manifest must match its schema and have been made with this config from
+        these stores; every file is read inside the run (bounded, no symlink), must match the
+        hash in the manifest and hold the tensor names, dtypes and shapes this run expects.
+        """
+        clients = self.exp.spec.data.clients
+        manifest = self.run.manifest(t, max_clients=clients)
+        check_round_provenance(self.config, self.run, t, manifest, self.store_hashes)
+        pre = f"round-{t:04d}/"
+        recorded: dict[str, str] = manifest["outputs"]
+        files = {name: self.run.read_file(pre + name) for name in sorted(recorded)}
         for name, data in files.items():
             if recorded[name] != sha256_bytes(data):
                 raise ArtifactError(
-                    f"round-{t:04d}/{name} does not match the hash in its manifest (changed "
-                    f"after it was written): restore it, or delete {d} and run again"
+                    f"{pre}{name} does not match the hash in its manifest (changed after it "
+                    f"was written): restore it, or delete {self.run.round_dir(t)} and run again"
                 )
-        from safetensors.torch import load
-
-        try:
-            load_model_state_dict(self.server.model, load(files[GLOBAL]))
-            rng = load(files[RNG])
-            states = {n: load(b) for n, b in files.items() if n.startswith(STATE + "/")}
-        except Exception as exc:
-            raise ArtifactError(
-                f"round-{t:04d} is corrupt ({str(exc).splitlines()[0][:100]}): delete "
-                f"{d} and run again"
-            ) from None
+        unknown = [n for n in files if n not in (GLOBAL, RNG) and not n.startswith(STATE + "/")]
+        if unknown:
+            raise ArtifactContentError(f"{pre}{unknown[0]} is not a snapshot file: tampered run")
+        states = {n: self._tensors(pre + n, b) for n, b in files.items() if n.startswith(STATE)}
+        model = self._tensors(pre + GLOBAL, files[GLOBAL])
+        own = model_state_dict(self.server.model)
+        check_tensors(model, {k: (v.dtype, tuple(v.shape)) for k, v in own.items()}, pre + GLOBAL)
+        rng = self._tensors(pre + RNG, files[RNG])
+        self._check_rng(rng, pre + RNG)
+        load_model_state_dict(self.server.model, model)
         self._load_rng(rng, t)
         self._load_state(states, t)
         self._state_bytes = {n: b for n, b in files.items() if n.startswith(STATE + "/")}
         self.server.round = t
         self.loaded = t
-        pre = f"round-{t:04d}/"
-        self.parent = {pre + MANIFEST: sha256_file(d / MANIFEST)}
+        self.parent = {pre + MANIFEST: self.run.manifest_sha256(self.run.round_dir(t) / MANIFEST)}
         self.parent.update({pre + name: sha for name, sha in recorded.items()})
+
+    @staticmethod
+    def _tensors(where: str, data: bytes) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load
+
+        try:
+            return load(data)
+        except Exception as exc:  # safetensors raises several types on damaged bytes
+            raise ArtifactError(
+                f"{where} is corrupt ({str(exc).splitlines()[0][:100]}): delete its round and "
+                "run again"
+            ) from None
+
+    def _check_rng(self, rng: dict[str, torch.Tensor], where: str) -> None:
+        """Exactly the streams of this run (server + every client), each a 1-D uint8 state
+        (`load_state_tensors` validates the contents)."""
+        assert self.server.rng is not None
+        layout = list(create_rng_suite(0, 0).state_tensors())
+        names = [f"server.{k}" for k in self.server.rng.state_tensors()]
+        names += [f"{client_key(c)}.{k}" for c in range(self.exp.spec.data.clients) for k in layout]
+        for n in names:
+            if n in rng and rng[n].dim() != 1:
+                raise ArtifactContentError(
+                    f"{where}: tensor {n} has {rng[n].dim()} dims, expected 1: the run is tampered"
+                )
+        expected = {n: (torch.uint8, tuple(rng[n].shape) if n in rng else (0,)) for n in names}
+        check_tensors(rng, expected, where)
 
     def _load_state(self, states: dict[str, dict[str, torch.Tensor]], t: int) -> None:
         server_file = f"{STATE}/server.safetensors"
-        try:
-            if hasattr(self.server, "load_state_tensors"):
-                self.server.load_state_tensors(states[server_file])
-            clients = {}
-            for name, tensors in states.items():
-                if name != server_file:
-                    cid = int(name.removeprefix(f"{STATE}/client-").removesuffix(".safetensors"))
-                    clients[cid] = tensors
-        except (KeyError, ValueError) as exc:
-            raise ArtifactError(
-                f"round-{t:04d}/{STATE} is incomplete or corrupt ({exc}): delete the round and "
-                "run again"
-            ) from None
+        pre = f"round-{t:04d}/"
+        stateful = hasattr(self.server, "load_state_tensors")
+        if stateful != (server_file in states):
+            raise ArtifactContentError(
+                f"{pre}{server_file} is {'missing' if stateful else 'unexpected'} for "
+                f"{self.config['fl.algorithm']}: the run is tampered or from another algorithm"
+            )
+        clients: dict[int, dict[str, torch.Tensor]] = {}
+        reference: tuple[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]] | None = None
+        for name, tensors in sorted(states.items()):
+            if name == server_file:
+                continue
+            stem = name.removeprefix(f"{STATE}/client-").removesuffix(".safetensors")
+            cid = int(stem) if stem.isdecimal() and len(stem) == 5 else -1
+            if not 0 <= cid < self.exp.spec.data.clients:
+                raise ArtifactContentError(
+                    f"{pre}{name} is not the state of a client of this run (data.clients is "
+                    f"{self.exp.spec.data.clients}): the run is tampered"
+                )
+            # every client's state has one layout: a file that differs was tampered with
+            layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+            if reference is None:
+                reference = (name, layout)
+            check_tensors(tensors, reference[1], f"{pre}{name} (unlike {reference[0]})")
+            clients[cid] = tensors
+        if stateful:
+            got = states[server_file]
+            for k, v in self.server.state_tensors().items():  # names and dtypes are fixed
+                if k in got and got[k].dtype != v.dtype:
+                    raise ArtifactContentError(
+                        f"{pre}{server_file}: tensor {k} has dtype {got[k].dtype}, expected "
+                        f"{v.dtype}: the run is tampered"
+                    )
+            try:
+                self.server.load_state_tensors(got)
+            except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+                raise ArtifactError(
+                    f"{pre}{STATE} is incomplete or corrupt ({str(exc)[:100]}): delete the "
+                    "round and run again"
+                ) from None
         self.trainer.client_states = clients
-
-    def _read(self, path: Any) -> bytes:
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactError(
-                f"{self.run.rel(path)} is missing: delete {self.run.rel(path.parent)} and run again"
-            ) from None
 
     def _load_rng(self, rng: dict[str, torch.Tensor], t: int) -> None:
         assert self.server.rng is not None
@@ -171,6 +223,7 @@ class Session:
         outputs = {name: sha256_bytes(data) for name, data in files.items()}
         manifest = {
             "clients": result.clients,
+            "code": code_version(),
             "config": byte_config(self.config),
             "config_sha256": config_sha256(self.config),
             "environment": environment(self.config["runtime.threads_per_client"]),
@@ -202,12 +255,13 @@ class Session:
             Seconds spent writing the round's artifacts.
         """
         start = time.perf_counter()
-        with atomic_dir(self.run.round_dir(out.round)) as tmp:
+        with atomic_dir(self.run.round_dir(out.round), self.run.root) as tmp:
             for name, data in out.files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
             (tmp / MANIFEST).write_bytes(canonical_json(out.manifest))
-        atomic_write(self.run.metrics_path(out.round), canonical_json(out.metrics))
+        root = self.run.root
+        atomic_write(self.run.metrics_path(out.round), canonical_json(out.metrics), root)
         write_seconds = time.perf_counter() - start
         timings = {
             "clients": len(out.manifest["clients"]),
@@ -218,7 +272,7 @@ class Session:
             "workers": self.execution.workers,
             "write_seconds": write_seconds,
         }
-        atomic_write(self.run.timings_path(out.round), canonical_json(timings))
+        atomic_write(self.run.timings_path(out.round), canonical_json(timings), root)
         return write_seconds
 
     def close(self) -> None:

@@ -4,6 +4,10 @@ from them."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,14 +19,10 @@ from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment, model_spec_for
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
 from blazefl.stages.config import to_spec
+from blazefl.stages.tensor_checks import check_partition_arrays, check_zarr_array_meta
 
-__all__ = [
-    "load_labels",
-    "load_dataset_store",
-    "load_partition",
-    "build_from_stores",
-    "model_spec_from_store",
-]
+#: Most elements a stored image array may declare (16 Gi): a bound before anything else.
+MAX_STORED_ELEMENTS = 1 << 34
 
 
 def _open_group(path: Any, what: str) -> Any:
@@ -38,7 +38,18 @@ def _open_group(path: Any, what: str) -> Any:
         ) from None
 
 
-def _read_array(group: Any, name: str, where: Any) -> np.ndarray:
+def _read_array(
+    group: Any,
+    name: str,
+    where: Path,
+    max_elements: int | None = None,
+    dtype: str | None = None,
+    ndim: int | None = None,
+) -> np.ndarray:
+    """Read a stored array; with `max_elements`, only after checking its declared metadata
+    (bounded size, the expected dtype and rank), so nothing is allocated before that."""
+    if max_elements is not None:
+        check_zarr_array_meta(where / name / "zarr.json", max_elements, dtype=dtype, ndim=ndim)
     try:
         return np.asarray(group[name][...])
     except Exception as exc:
@@ -47,36 +58,94 @@ def _read_array(group: Any, name: str, where: Any) -> np.ndarray:
         ) from None
 
 
+def _stored_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):  # os.walk does not follow symlinked folders
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def _read_images(group: Any, name: str, where: Path) -> np.ndarray:
+    """Images are stored uncompressed, so a declared shape must be backed by as many bytes on
+    disk: a zarr.json declaring a huge shape is refused before zarr allocates it."""
+    meta = check_zarr_array_meta(
+        where / name / "zarr.json", MAX_STORED_ELEMENTS, dtype="uint8", ndim=4
+    )
+    declared, on_disk = math.prod(meta.shape), _stored_bytes(where / name)
+    if declared > on_disk:
+        raise ArtifactError(
+            f"{where}/{name} declares shape {list(meta.shape)} ({declared} bytes) but its files "
+            f"hold {on_disk} bytes: the store is tampered; rebuild it (blazefl stage prepare)"
+        )
+    return _read_array(group, name, where)
+
+
 def load_labels(run: RunDir) -> np.ndarray:
-    """Training labels from the dataset store."""
-    return _read_array(_open_group(run.dataset, "prepare"), "train_labels", run.dataset)
+    """Training labels from the dataset store (as many as the stored training images)."""
+    group = _open_group(run.dataset, "prepare")
+    rows = _image_rows(run.dataset, "train")
+    return _read_array(group, "train_labels", run.dataset, rows, "int64", 1)
+
+
+def _image_rows(where: Path, split: str) -> int:
+    meta = check_zarr_array_meta(
+        where / f"{split}_images" / "zarr.json", MAX_STORED_ELEMENTS, dtype="uint8", ndim=4
+    )
+    return meta.shape[0]
 
 
 def load_dataset_store(run: RunDir) -> tuple[ImageDataset, ImageDataset]:
-    """Train and test sets from `RUN/dataset`."""
+    """Train and test sets from `RUN/dataset`, metadata checked before any array is read."""
     group = _open_group(run.dataset, "prepare")
     attrs = dict(group.attrs)
     out = []
     for split in ("train", "test"):
-        out.append(
-            ImageDataset(
-                images=torch.from_numpy(_read_array(group, f"{split}_images", run.dataset)),
-                labels=torch.from_numpy(_read_array(group, f"{split}_labels", run.dataset)),
-                num_classes=int(attrs["num_classes"]),
-                mean=tuple(attrs["mean"]),
-                std=tuple(attrs["std"]),
-                crop_padding=int(attrs["crop_padding"]),
-                hflip=bool(attrs["hflip"]),
+        images = _read_images(group, f"{split}_images", run.dataset)
+        labels = _read_array(group, f"{split}_labels", run.dataset, len(images), "int64", 1)
+        if len(images) != len(labels):
+            raise ArtifactError(
+                f"{run.dataset}: {split} holds {len(images)} images but {len(labels)} labels: "
+                "the store is tampered; rebuild it (blazefl stage prepare)"
             )
-        )
+        try:
+            out.append(
+                ImageDataset(
+                    images=torch.from_numpy(images),
+                    labels=torch.from_numpy(labels),
+                    num_classes=int(attrs["num_classes"]),
+                    mean=tuple(attrs["mean"]),
+                    std=tuple(attrs["std"]),
+                    crop_padding=int(attrs["crop_padding"]),
+                    hflip=bool(attrs["hflip"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"{run.dataset} has corrupt attributes ({str(exc)[:80]}): rebuild it "
+                "(blazefl stage prepare)"
+            ) from None
     return out[0], out[1]
 
 
-def load_partition(run: RunDir) -> ClientPartition:
-    """Per-client index arrays from `RUN/partitions`."""
+def load_partition(run: RunDir, num_clients: int, num_samples: int) -> ClientPartition:
+    """Per-client index arrays from `RUN/partitions`, checked before use.
+
+    Args:
+        run: the run directory.
+        num_clients: data.clients.
+        num_samples: the private training set size (samples clients may own).
+
+    Raises:
+        ArtifactError / ArtifactContentError: missing, over-sized, negative or out-of-range
+            indices, offsets not monotone, a sample owned twice.
+    """
     group = _open_group(run.partitions, "partition")
-    indices = _read_array(group, "indices", run.partitions)
-    offsets = _read_array(group, "offsets", run.partitions)
+    where = run.partitions
+    indices = _read_array(group, "indices", where, max(num_samples, 1), "int64", 1)
+    offsets = _read_array(group, "offsets", where, num_clients + 1, "int64", 1)
+    check_partition_arrays(indices, offsets, num_clients, num_samples, run.rel(where))
     return ClientPartition(torch.from_numpy(indices), torch.from_numpy(offsets))
 
 
@@ -95,12 +164,8 @@ def build_from_stores(
     """
     spec = to_spec(config)
     train, test = data if data is not None else load_dataset_store(run)
-    part = load_partition(run)
-    if part.num_clients != spec.data.clients:
-        raise ArtifactError(
-            f"partitions hold {part.num_clients} clients but data.clients is "
-            f"{spec.data.clients}: rerun the partition stage or use a new --out"
-        )
+    private = len(train) - spec.algorithm.public_size(spec.hparams)
+    part = load_partition(run, spec.data.clients, max(private, 0))
     return Experiment(spec, train, test, part, model_spec_for(spec, train))
 
 

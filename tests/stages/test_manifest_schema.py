@@ -27,6 +27,7 @@ CONFIG = {"data.clients": 6, "data.root": None, "seed": 7, "train.augment": True
 def _round(t: int = 2, clients: tuple[int, ...] = (1, 4)) -> dict[str, Any]:
     return {
         "clients": list(clients),
+        "code": {"commit": None, "dirty": None, "version": "0.1.0"},
         "config": dict(CONFIG),
         "config_sha256": config_digest(CONFIG),
         "environment": {"machine": "x86_64", "threads_per_client": 1, "torch": "2.14.1"},

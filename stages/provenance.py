@@ -1,0 +1,177 @@
+"""Provenance checks: what a stage reads must have been made with the config it runs.
+
+Every store and round records the byte-relevant config it was made from and the hashes of
+its inputs (DESIGN of the chain: dataset -> partitions -> round 0 -> round 1 -> ...):
+
+- the dataset store records `DATA_KEYS`;
+- the partitions store records `partition_keys(config)` (the algorithm and its public-set
+  keys included) and the dataset manifest's hash;
+- each round records the whole byte config and the hashes of both store manifests and of its
+  parent round's manifest.
+
+Before a stage uses an artifact it checks that record against the config it was asked to run
+with: a mismatch is refused with one line naming the differing keys and the command that
+rebuilds, instead of silently training on data the manifests do not describe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
+from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.prepare import DATA_KEYS
+
+__all__ = [
+    "ProvenanceError",
+    "differing_keys",
+    "check_dataset_store",
+    "check_partitions_store",
+    "check_stores",
+    "check_round_provenance",
+    "refuse_upstream_rewrite",
+    "DATASET_REF",
+    "PARTITIONS_REF",
+]
+
+DATASET_REF = f"dataset/{MANIFEST}"
+PARTITIONS_REF = f"partitions/{MANIFEST}"
+
+
+class ProvenanceError(ArtifactError):
+    """An artifact was made with another config or from other inputs than those asked for."""
+
+
+def differing_keys(recorded: Any, wanted: dict[str, Any]) -> list[str]:
+    """Keys whose value differs between a recorded config and the wanted one, sorted."""
+    rec = recorded if isinstance(recorded, dict) else {}
+    return sorted(k for k in set(rec) | set(wanted) if rec.get(k, object()) != wanted.get(k))
+
+
+def _keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:6])
+    return shown + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def _check_files_listed(run: RunDir, name: str, manifest: dict[str, Any]) -> None:
+    """Every file a store lists is a regular file inside the run (zarr reads them without
+    such checks, so a symlink to /dev/zero or a system file is refused here first)."""
+    from blazefl.stages.untrusted import resolve_inside
+
+    for rel in manifest["files"]:
+        resolve_inside(run.root, f"{name}/{rel}")
+
+
+def check_dataset_store(config: dict[str, Any], run: RunDir) -> str:
+    """Check `RUN/dataset` was made with `config`'s data keys.
+
+    Returns:
+        The sha256 of the dataset manifest.
+
+    Raises:
+        ProvenanceError: made with other data keys (names them and the rebuild command).
+    """
+    if not (run.dataset / MANIFEST).exists():
+        raise ArtifactError(f"dataset store {run.dataset} is missing: run the 'prepare' stage")
+    m = run.store_manifest("dataset")
+    keys = differing_keys(m["config"], {k: config[k] for k in DATA_KEYS})
+    if keys:
+        raise ProvenanceError(
+            f"the dataset store in {run.root} was made with another config (differs in: "
+            f"{_keys(keys)}): rebuild it with `blazefl stage prepare --out {run.root}` and this "
+            "config (then partition and init), or use a new --out"
+        )
+    _check_files_listed(run, "dataset", m)
+    return run.manifest_sha256(run.dataset / MANIFEST)
+
+
+def check_partitions_store(config: dict[str, Any], run: RunDir, dataset_sha: str) -> str:
+    """Check `RUN/partitions` was made with `config`'s partition keys from this dataset store.
+
+    Returns:
+        The sha256 of the partitions manifest.
+
+    Raises:
+        ProvenanceError: other partition keys, or made from another dataset store.
+    """
+    if not (run.partitions / MANIFEST).exists():
+        raise ArtifactError(
+            f"partitions store {run.partitions} is missing: run the 'partition' stage"
+        )
+    from blazefl.stages.partition import partition_keys  # partition imports this module
+
+    m = run.store_manifest("partitions")
+    fix = (
+        f"rebuild it with `blazefl stage partition --out {run.root}` and this config, or use a "
+        "new --out"
+    )
+    keys = differing_keys(m["config"], {k: config[k] for k in partition_keys(config)})
+    if keys:
+        raise ProvenanceError(
+            f"the partitions store in {run.root} was made with another config (differs in: "
+            f"{_keys(keys)}): {fix}"
+        )
+    if m["inputs"].get(DATASET_REF) != dataset_sha:
+        raise ProvenanceError(
+            f"the partitions store in {run.root} was made from another dataset store (rebuilt "
+            f"since): {fix}"
+        )
+    _check_files_listed(run, "partitions", m)
+    return run.manifest_sha256(run.partitions / MANIFEST)
+
+
+def check_stores(config: dict[str, Any], run: RunDir) -> dict[str, str]:
+    """Check both stores against `config`; the hashes of their manifests by relative path."""
+    dataset_sha = check_dataset_store(config, run)
+    return {
+        DATASET_REF: dataset_sha,
+        PARTITIONS_REF: check_partitions_store(config, run, dataset_sha),
+    }
+
+
+def check_round_provenance(
+    config: dict[str, Any], run: RunDir, t: int, manifest: dict[str, Any], stores: dict[str, str]
+) -> None:
+    """Check round t (already schema-checked) was made with `config` from these stores.
+
+    Raises:
+        ProvenanceError: another byte config, or made from stores rebuilt since.
+    """
+    if manifest["config_sha256"] != config_sha256(config):
+        keys = differing_keys(manifest["config"], byte_config(config))
+        how = "blazefl stage init" if t == 0 else f"blazefl stage round --round {t}"
+        raise ProvenanceError(
+            f"round-{t:04d} in {run.root} was made with another config (differs in: "
+            f"{_keys(keys)}): recompute it with `{how} --out {run.root}` and this config, or "
+            "use a new --out"
+        )
+    for ref, sha in stores.items():
+        if manifest["inputs"].get(ref) != sha:
+            store = ref.split("/")[0]
+            raise ProvenanceError(
+                f"round-{t:04d} in {run.root} was made from another {store} store (rebuilt "
+                f"since): its rounds are stale; remove them (rm -r {run.root}/round-*) and run "
+                "again, or use a new --out"
+            )
+
+
+def refuse_upstream_rewrite(run: RunDir, stage: str) -> None:
+    """Refuse re-running `stage` (prepare / partition / init) over a run with later rounds.
+
+    Under DVC (`DVC_STAGE` set) the rewrite is allowed: DVC reruns and replaces every later
+    stage's outputs, and a round left stale would be caught by its recorded input hashes.
+
+    Raises:
+        ProvenanceError: later rounds exist and the caller is not DVC.
+    """
+    if os.environ.get("DVC_STAGE"):
+        return
+    rounds = run.complete_rounds()
+    later = [t for t in rounds if stage != "init" or t > 0]
+    if later:
+        raise ProvenanceError(
+            f"{run.root} holds rounds made from the current {stage} output (up to round "
+            f"{later[-1]}): re-running `{stage}` would leave them stale; remove them first "
+            f"(rm -r {run.root}/round-*) or use a new --out"
+        )
