@@ -1,0 +1,270 @@
+"""Checking a run directory against its manifests, without re-executing anything.
+
+`check_run` is what `blazefl pack` runs before writing an archive and `blazefl unpack` runs on
+the unpacked files before they are renamed into place: every store file against its
+manifest's `files`, every round file against its `outputs`, every `inputs` hash, the
+parent-hash chain 0..T, one config hash for all rounds, and the metrics, summary and plot
+data against the manifests. (`blazefl verify` does all that and re-executes the rounds.)
+
+Example:
+    >>> check_run(Path("artifacts/default")).digest[:12]
+    '3f0c5d2a9b1e'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blazefl.stages.artifacts import MANIFEST, canonical_json
+from blazefl.stages.manifest_schema import (
+    MAX_MANIFEST_BYTES,
+    parse_manifest_json,
+    validate_round_manifest,
+    validate_store_manifest,
+)
+from blazefl.stages.untrusted import is_safe_relpath
+
+__all__ = ["ArchiveError", "RunContents", "check_run", "in_layout"]
+
+#: Largest metrics / summary / plot-data file read.
+MAX_JSON_BYTES = 64 << 20
+STORES = ("dataset", "partitions")
+DERIVED = ("summary.json", "plots/metrics.json")
+_ROUND = re.compile(r"^round-(\d{4,})$")
+_METRICS = re.compile(r"^metrics/round-(\d{4,})\.json$")
+
+
+class ArchiveError(ValueError):
+    """A run that cannot be packed, or an archive refused by `unpack_run` (one line)."""
+
+
+@dataclass(frozen=True)
+class RunContents:
+    """A run directory checked against its manifests.
+
+    Attributes:
+        last_round: the last round T (rounds 0..T are complete and chained).
+        digest: sha256 of round T's manifest file: covers the whole chain.
+        files: every file of the run that an archive holds, by relative posix path, sorted.
+    """
+
+    last_round: int
+    digest: str
+    files: tuple[str, ...]
+
+
+def in_layout(rel: str) -> bool:
+    """Whether a relative path belongs to a run's archive (stores, rounds, metrics, report)."""
+    if not is_safe_relpath(rel):
+        return False
+    top, _, rest = rel.partition("/")
+    if top in STORES or _ROUND.match(top):
+        return bool(rest)
+    return bool(_METRICS.match(rel)) or rel in DERIVED
+
+
+# -- checking a run directory against its manifests ------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read(path: Path, limit: int, shown: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ArchiveError(f"{shown} is larger than {limit} bytes")
+    return data
+
+
+def _files_under(root: Path, top: str) -> dict[str, Path]:
+    """Every file below `root/top` by path relative to `root`; links to regular files count
+    (a DVC cache of type symlink), anything else that is not a folder is refused."""
+    out: dict[str, Path] = {}
+    for dirpath, dirs, names in os.walk(root / top):
+        for name in sorted(dirs):
+            if (Path(dirpath) / name).is_symlink():
+                raise ArchiveError(f"{Path(dirpath, name).relative_to(root)} is a folder link")
+        for name in names:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if not path.is_file():
+                raise ArchiveError(f"{rel} is not a regular file (a device, FIFO or socket)")
+            out[rel] = path
+    return out
+
+
+def _manifest(root: Path, rel: str, store: bool) -> dict[str, Any]:
+    path = root / rel
+    if not path.is_file():
+        raise ArchiveError(f"{rel} is missing: the run is incomplete")
+    data = parse_manifest_json(_read(path, MAX_MANIFEST_BYTES, rel), rel)
+    if store:
+        return validate_store_manifest(data, rel)
+    return validate_round_manifest(data, rel)
+
+
+def _compare(
+    root: Path, top: str, recorded: dict[str, str], actual: dict[str, Path], problems: list[str]
+) -> None:
+    """Files under `top` (manifest excepted) must be exactly those recorded, hashes equal."""
+    on_disk = {rel.removeprefix(f"{top}/"): p for rel, p in actual.items()}
+    on_disk.pop(MANIFEST, None)
+    for name in sorted(set(recorded) | set(on_disk)):
+        if name not in on_disk:
+            problems.append(f"{top}/{name} is missing (listed in {top}/{MANIFEST})")
+        elif name not in recorded:
+            problems.append(f"{top}/{name} is not listed in {top}/{MANIFEST}")
+        elif _sha256(on_disk[name]) != recorded[name]:
+            problems.append(f"{top}/{name} does not match its hash in {top}/{MANIFEST}")
+
+
+def _inputs(root: Path, where: str, inputs: dict[str, str], problems: list[str]) -> None:
+    for rel, sha in sorted(inputs.items()):
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{where}: input {rel} is missing")
+        elif _sha256(path) != sha:
+            problems.append(f"{where}: input {rel} does not match its hash")
+
+
+def _round_numbers(root: Path) -> list[int]:
+    rounds = []
+    for entry in root.iterdir():
+        m = _ROUND.match(entry.name)
+        if m and entry.is_dir():
+            t = int(m.group(1))
+            if entry.name != f"round-{t:04d}":
+                raise ArchiveError(f"{entry.name} is not a round folder name (round-{t:04d})")
+            rounds.append(t)
+    rounds.sort()
+    if not rounds:
+        raise ArchiveError("no round-0000 folder: not a blazefl run directory")
+    gap = next((t for i, t in enumerate(rounds) if t != i), None)
+    if gap is not None:
+        raise ArchiveError(f"round-{gap:04d} is there but round-{rounds.index(gap):04d} is not")
+    return rounds
+
+
+def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Metrics, summary and plot data that agree with the manifests: (files, problems).
+
+    Their test loss and accuracy are checked by `blazefl verify`, which evaluates again;
+    here: round numbers, the train loss the manifests record, and that the summary and plot
+    data are made from the metrics files as `blazefl stage report` makes them."""
+    files, problems, metrics = [], [], []
+    for t in range(1, len(manifests)):
+        rel = f"metrics/round-{t:04d}.json"
+        if not (root / rel).is_file():
+            continue
+        files.append(rel)
+        try:
+            m = json.loads(_read(root / rel, MAX_JSON_BYTES, rel))
+        except ValueError:
+            problems.append(f"{rel} is not JSON")
+            continue
+        loss = manifests[t]["summary"].get("train_loss")
+        if not isinstance(m, dict) or m.get("round") != t or m.get("train_loss") != loss:
+            problems.append(f"{rel} does not match round-{t:04d}/{MANIFEST}")
+        metrics.append(m)
+    plot_rel, summary_rel = "plots/metrics.json", "summary.json"
+    if (root / plot_rel).is_file():
+        files.append(plot_rel)
+        data = _read(root / plot_rel, MAX_JSON_BYTES, plot_rel)
+        try:
+            n = len(json.loads(data))
+        except (ValueError, TypeError):
+            n = -1
+        if not 0 <= n <= len(metrics) or data != canonical_json(metrics[:n]):
+            problems.append(f"{plot_rel} does not match the metrics files")
+        elif (root / summary_rel).is_file():
+            files.append(summary_rel)
+            summary = _read(root / summary_rel, MAX_JSON_BYTES, summary_rel)
+            if summary != canonical_json(_summary(metrics[:n])):
+                problems.append(f"{summary_rel} does not match the metrics files")
+    elif (root / summary_rel).is_file():
+        problems.append(f"{summary_rel} is there without {plot_rel}")
+    return files, problems
+
+
+def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json of these rounds' metrics, as `blazefl.stages.report` writes it."""
+    final = metrics[-1] if metrics else {}
+    accs = [m["test_accuracy"] for m in metrics if m.get("test_accuracy") is not None]
+    return {
+        "best_test_accuracy": max(accs) if accs else None,
+        "rounds": len(metrics),
+        "test_accuracy": final.get("test_accuracy"),
+        "test_loss": final.get("test_loss"),
+        "train_loss": final.get("train_loss"),
+    }
+
+
+def check_run(root: Path) -> RunContents:
+    """Check every file of a run directory against its manifests (nothing is re-executed).
+
+    Checked: the stores' files against their manifests' `files`, every round's files against
+    its `outputs`, every `inputs` hash, the parent-hash chain 0..T, one config hash for all
+    rounds, and the metrics / summary / plot data against the manifests. Files outside the
+    run layout (timings, the PNG, locks, hidden files) are ignored.
+
+    Args:
+        root: the run directory.
+
+    Returns:
+        What an archive of the run holds, and the run's digest.
+
+    Raises:
+        ArchiveError: the first problems found, in one line.
+
+    Example:
+        >>> check_run(Path("artifacts/default")).last_round
+        10
+    """
+    if not root.is_dir():
+        raise ArchiveError(f"{root} is not a folder: pass a run directory")
+    problems: list[str] = []
+    files: list[str] = []
+    for store in STORES:
+        m = _manifest(root, f"{store}/{MANIFEST}", store=True)
+        if m["kind"] != store:
+            raise ArchiveError(f"{store}/{MANIFEST} is a {m['kind']} manifest")
+        actual = _files_under(root, store)
+        _compare(root, store, m["files"], actual, problems)
+        _inputs(root, f"{store}/{MANIFEST}", m.get("inputs", {}), problems)
+        files += actual
+    manifests: list[dict[str, Any]] = []
+    parent: str | None = None
+    for t in _round_numbers(root):
+        top = f"round-{t:04d}"
+        m = _manifest(root, f"{top}/{MANIFEST}", store=False)
+        if m["round"] != t:
+            problems.append(f"{top}/{MANIFEST} says it is round {m['round']}")
+        if m["parent"] != parent:
+            problems.append(f"{top}/{MANIFEST}: parent hash does not match round {t - 1}")
+        if manifests and m["config_sha256"] != manifests[0]["config_sha256"]:
+            problems.append(f"{top} was made with another config than round-0000")
+        actual = _files_under(root, top)
+        _compare(root, top, m["outputs"], actual, problems)
+        _inputs(root, f"{top}/{MANIFEST}", m["inputs"], problems)
+        files += actual
+        manifests.append(m)
+        parent = _sha256(root / top / MANIFEST)
+        if len(problems) >= 3:
+            break
+    derived, more = _derived(root, manifests)
+    problems += more
+    if problems:
+        extra = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ArchiveError("; ".join(problems[:3]) + extra)
+    assert parent is not None  # _round_numbers found round 0
+    return RunContents(len(manifests) - 1, parent, tuple(sorted([*files, *derived])))
