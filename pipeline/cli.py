@@ -206,12 +206,15 @@ def dvc(
 ) -> None:
     """Write dvc.yaml (one stage per round) and params.yaml for the config."""
     from blazefl.pipeline import commands
-    from blazefl.pipeline.dvcgen import write_dvc
+    from blazefl.pipeline.dvcgen import path_note, write_dvc
 
     path = config or config_path
     cfg = commands.load(path, sets)
     written = write_dvc(cfg, out=out, dvc_file=Path(dvc_file), params_file=Path(path))
     click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+    note = path_note()
+    if note:
+        click.echo(note, err=True)
 
 
 @main.command()
@@ -239,6 +242,36 @@ def diff(run_a: str, run_b: str) -> None:
 
     same = diff_runs(Path(run_a), Path(run_b), echo=click.echo)
     sys.exit(0 if same else 1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("archive", type=click.Path(dir_okay=False))
+@_user_errors
+def pack(run_dir: str, archive: str) -> None:
+    """Write one archive of a run (.tar, .tar.gz or .tgz; same run, same bytes)."""
+    from blazefl.pipeline import commands
+
+    got = commands.pack_command(run_dir, archive)
+    click.echo(f"packed rounds 0-{got.last_round} of {run_dir} into {archive}", err=True)
+    click.echo(f"digest: {got.digest}")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_user_errors
+def unpack(archive: str, run_dir: str) -> None:
+    """Check an archive of a run file by file, then unpack it into a new folder."""
+    from blazefl.pipeline import commands
+
+    got = commands.unpack_command(archive, run_dir)
+    click.echo(
+        f"unpacked rounds 0-{got.last_round} into {run_dir}; every file matches its manifest "
+        f"(re-execute with: blazefl verify {run_dir})",
+        err=True,
+    )
+    click.echo(f"digest: {got.digest}")
 
 
 @main.command()

@@ -19,6 +19,17 @@ stages expect. Per-round metrics, the summary and the plot data are `cache: fals
 meant for git, `dvc exp show` and `dvc plots show`); `timings/` and the PNG are not outputs
 at all (timings vary; the PNG needs the optional matplotlib).
 
+The stage commands call `blazefl` by name, found on the PATH of whoever runs `dvc`: activate
+the environment that has it first (`. .venv/bin/activate`). An interpreter path written into
+dvc.yaml would make the `cmd` of every stage, and so dvc.lock, differ between clones, and a
+reader's `dvc repro` would then rerun every stage instead of reproducing the lock.
+
+Switching algorithms: the params of a stage are the keys of the selected algorithm only
+(`dsfl.kd_lr` is no param of a FedAvg pipeline, so editing it reruns nothing). To switch,
+regenerate: `blazefl dvc --set fl.algorithm=dsfl` writes the new algorithm's section into
+params.yaml and its keys into the stages' params; `dvc repro` then reruns partition and every
+round.
+
 Example:
     >>> from blazefl.stages.config import load_config
     >>> write_dvc(load_config(None), out="artifacts/default", dvc_file=Path("dvc.yaml"),
@@ -30,6 +41,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -37,10 +50,13 @@ from blazefl.stages.config import byte_keys, dump_yaml
 from blazefl.stages.partition import partition_keys
 from blazefl.stages.prepare import DATA_KEYS
 
-__all__ = ["stage_name", "dvc_yaml", "write_dvc"]
+__all__ = ["stage_name", "dvc_yaml", "write_dvc", "path_note"]
 
-#: Metrics fields drawn by the top-level plot (one series each, x = round).
-PLOT_FIELDS = ("test_accuracy", "test_loss", "train_loss")
+#: The top-level plots of dvc.yaml: name -> (title, y label, metrics fields drawn; x = round).
+PLOTS = {
+    "accuracy": ("Test accuracy", "accuracy", ("test_accuracy",)),
+    "loss": ("Loss", "loss", ("train_loss", "test_loss")),
+}
 
 
 def stage_name(t: int, rounds: int) -> str:
@@ -143,9 +159,21 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
         "metrics": [{p("summary.json"): {"cache": False}}],
     }
     # `dvc plots` draws series only from JSON lists: the per-round metrics files (one object
-    # each) give it nothing, so the plot reads report's list of all rounds.
-    plot = {"template": "linear", "x": "round", "y": {plot_data: _Flow(PLOT_FIELDS)}}
-    plots = [{"metrics": plot}]
+    # each) give it nothing, so the plots read report's list of all rounds. Accuracy and loss
+    # are separate plots: on one y axis the accuracy curve would be flattened by the loss.
+    plots = [
+        {
+            name: {
+                "title": title,
+                "template": "linear",
+                "x": "round",
+                "y": {plot_data: _Flow(fields)},
+                "x_label": "round",
+                "y_label": y_label,
+            }
+        }
+        for name, (title, y_label, fields) in PLOTS.items()
+    ]
     doc: dict[str, Any] = {"stages": stages, "plots": plots}
     body = yaml.dump(doc, Dumper=_dumper(), sort_keys=False, default_flow_style=False, width=72)
     return header + body
@@ -197,3 +225,29 @@ def write_dvc(
     _write(params_file, dump_yaml(config))
     _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header))
     return [params_file, dvc_file]
+
+
+def path_note() -> str | None:
+    """A one-line hint when the `blazefl` that dvc.yaml's commands call is not this one.
+
+    DVC runs each stage's `cmd` through the shell with the PATH of whoever runs `dvc`, so
+    `dvc repro` in a shell where the environment is not activated fails with "blazefl: command
+    not found", or runs another installation.
+
+    Returns:
+        None when `blazefl` on PATH is the script next to this interpreter; else the hint.
+
+    Example:
+        >>> path_note() is None  # inside an activated virtual environment
+        True
+    """
+    found = shutil.which("blazefl")
+    here = Path(sys.executable).parent / "blazefl"
+    if found is not None and (not here.exists() or Path(found).resolve() == here.resolve()):
+        return None
+    what = "is not on PATH" if found is None else f"on PATH is {found}, not {here}"
+    activate = Path(sys.prefix) / "bin" / "activate"
+    return (
+        f"note: dvc.yaml's stages call `blazefl`, which {what}: activate this environment "
+        f"before running dvc (. {activate})"
+    )
