@@ -188,7 +188,8 @@ def show_run(run_dir: Path, echo: Echo) -> None:
     """
     run = _open_run(run_dir)
     rounds = run.complete_rounds()
-    m0 = run.manifest(0)
+    manifests = {t: run.manifest(t) for t in rounds}  # all checked before anything is printed
+    m0 = manifests[0]
     env = m0.get("environment", {})
     echo(f"run {run.root}: {_rounds(rounds)}, config sha256 {str(m0.get('config_sha256'))[:12]}")
     code = m0["code"]
@@ -206,7 +207,7 @@ def show_run(run_dir: Path, echo: Echo) -> None:
     )
     echo(header)
     for t in rounds:
-        m = run.manifest(t)
+        m = manifests[t]
         metrics: dict[str, Any] = {}
         if run.metrics_path(t).is_file():
             with contextlib.suppress(ArtifactError):
