@@ -80,7 +80,7 @@ def _dict_diffs(a: dict[str, Any], b: dict[str, Any]) -> str:
     )
 
 
-def _round_diffs(a: RunDir, b: RunDir, t: int) -> list[str]:
+def _round_diffs(a: RunDir, b: RunDir, t: int, reported: set[str]) -> list[str]:
     """Lines describing how round t differs between two runs (empty: identical)."""
     out = []
     fa, fb = _files(a.round_dir(t)), _files(b.round_dir(t))
@@ -92,7 +92,7 @@ def _round_diffs(a: RunDir, b: RunDir, t: int) -> list[str]:
             out.append(f"{rel} differs" + (f": {detail}" if detail else ""))
     ma, mb = a.manifest(t), b.manifest(t)
     # any recorded byte counts: fields not detailed below are named here
-    detailed = {"clients", "uplinks", "summary"}
+    detailed = {"clients", "uplinks", "summary"} | reported
     other = sorted(k for k in set(ma) | set(mb) if k not in detailed and ma.get(k) != mb.get(k))
     if other:
         out.append(f"{MANIFEST} differs in: {', '.join(other)}")
@@ -126,18 +126,24 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
     """
     a, b = _open_run(run_a), _open_run(run_b)
     same = True
+    reported: set[str] = set()  # manifest fields already named for the whole run
     ca, cb = a.manifest(0).get("config", {}), b.manifest(0).get("config", {})
     if ca != cb:
         echo(f"config differs: {_dict_diffs(ca, cb)}")
         same = False
+        reported |= {"config", "config_sha256"}
     ea, eb = a.manifest(0).get("environment", {}), b.manifest(0).get("environment", {})
     if ea != eb:
         echo(
             f"environment differs (bits are only promised for the same one): {_dict_diffs(ea, eb)}"
         )
+        same = False  # a recorded byte differs
+        reported.add("environment")
     ka, kb = a.manifest(0)["code"], b.manifest(0)["code"]
     if ka != kb:
         echo(f"code differs: {_dict_diffs(ka, kb)}")
+        same = False
+        reported.add("code")
     for store in ("dataset", "partitions"):
         ha = {rel: _hash(a, p) for rel, p in _files(a.root / store).items()}
         hb = {rel: _hash(b, p) for rel, p in _files(b.root / store).items()}
@@ -152,7 +158,7 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
     common = sorted(ra & rb)
     differing = []
     for t in common:
-        lines = _round_diffs(a, b, t)
+        lines = _round_diffs(a, b, t, reported)
         if not lines:
             continue
         differing.append(t)
