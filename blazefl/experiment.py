@@ -17,6 +17,7 @@ from torch import nn
 
 from blazefl.algorithms import Algorithm, ClientPartition, split_open_set
 from blazefl.algorithms.fedavg import ModelSpec
+from blazefl.core.devices import run_devices, server_device
 from blazefl.core.loop import ExecutionSettings, RoundResult, run_round
 from blazefl.core.protocols import ClientWorkload, ServerHandler
 from blazefl.data import ImageDataset, load_dataset, partition_indices
@@ -105,12 +106,25 @@ class Experiment:
             rng: the server's RNG suite (default: its round-0 suite from the seed); kept as
                 `server.rng` so it can be snapshotted with the round.
             round: rounds already done.
+
+        The server keeps its model on the CPU and evaluates on the run's first device
+        (`server.eval_device`, for servers that have one).
+
+        Raises:
+            DeviceUnavailableError: `runtime.device` names a GPU this machine lacks.
         """
         suite = rng if rng is not None else create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
         server: Any = self.algorithm.server(self, suite.torch)
         server.rng = suite
         server.round = round
+        if hasattr(server, "eval_device"):
+            server.eval_device = self.eval_device
         return server  # type: ignore[no-any-return]
+
+    @property
+    def eval_device(self) -> str:
+        """Where the server evaluates: the first of the run's devices (`blazefl.core.devices`)."""
+        return server_device(run_devices(self.spec.runtime.device))
 
 
 def build_data(spec: ExperimentSpec) -> tuple[ImageDataset, ImageDataset]:
@@ -190,7 +204,10 @@ def simulate(
     server = exp.server()
     results = []
     with execution.make_trainer(
-        exp.workload(), seed=spec.seed, threads_per_client=spec.runtime.threads_per_client
+        exp.workload(),
+        seed=spec.seed,
+        threads_per_client=spec.runtime.threads_per_client,
+        device=spec.runtime.device,
     ) as trainer:
         for t in range(1, spec.fl.rounds + 1):
             result = run_round(server, trainer, t)

@@ -22,6 +22,7 @@ from typing import Any
 
 from blazefl.algorithms import ALGORITHMS, RESERVED_SECTIONS, Algorithm
 from blazefl.algorithms.common import TrainHParams
+from blazefl.core.devices import DeviceChoices
 from blazefl.core.loop import EXECUTION_MODES
 from blazefl.core.process_pool import IPC_MODES
 from blazefl.data import DATASETS, PARTITIONERS
@@ -103,7 +104,9 @@ class RuntimeConfig:
     """How the experiment executes (config section `runtime`).
 
     Mode, workers and IPC never change result bytes; the intra-op thread count does (conv
-    backward and large reductions split work by thread), so it is recorded.
+    backward and large reductions split work by thread), so it is recorded, and so does the
+    device (a GPU run and a CPU run are different experiments). Whether the GPU exists is
+    checked when a trainer starts, so a GPU config validates on any machine.
     """
 
     mode: str = param(
@@ -114,6 +117,9 @@ class RuntimeConfig:
         "shared_memory", choices=lambda: IPC_MODES, affects_bytes=False, doc="process-pool IPC"
     )
     threads_per_client: int = param(1, low=1, high=MAX_THREADS, doc="intra-op threads")
+    device: str = param(
+        "cpu", choices=DeviceChoices, doc="cpu, cuda (every GPU) or cuda:N (docs/gpu.md)"
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -160,6 +166,11 @@ class ExperimentSpec:
         if k is not None and k > n:
             raise HParamError(
                 f"fl.clients_per_round ({k}) must be <= data.clients ({n}); lower it or add clients"
+            )
+        if self.runtime.device != "cpu" and not getattr(algo, "supports_cuda", False):
+            raise HParamError(
+                f"fl.algorithm {algo.name} does not run on a GPU yet (runtime.device is "
+                f"{self.runtime.device}): set runtime.device: cpu"
             )
         algo.check(self)
 

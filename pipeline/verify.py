@@ -268,7 +268,10 @@ def verify_run(
         if rec in seen:
             continue
         seen.append(rec)
-        note = environment_note(rec, environment(configs[t]["runtime.threads_per_client"]))
+        current = environment(
+            configs[t]["runtime.threads_per_client"], configs[t].get("runtime.device", "cpu")
+        )
+        note = environment_note(rec, current)
         if note:
             echo(note)
     notes = {code_note(m["code"], code_version()) for m in manifests.values()} - {None}

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from blazefl.core.devices import device_environment
 from blazefl.stages.manifest_schema import (
     MAX_MANIFEST_BYTES,
     parse_manifest_json,
@@ -209,8 +210,9 @@ def read_safetensors(path: Path, run_root: Path | None = None) -> dict[str, torc
         ) from None
 
 
-def environment(threads_per_client: int) -> dict[str, Any]:
-    """What the bits depend on besides the config: software versions and CPU ISA. No times."""
+def environment(threads_per_client: int, device: str = "cpu") -> dict[str, Any]:
+    """What the bits depend on besides the config: software versions and CPU ISA, and on a
+    GPU run the GPU model, count, CUDA/cuDNN versions and the device rule. No times."""
     import numpy
 
     return {
@@ -220,6 +222,7 @@ def environment(threads_per_client: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads_per_client": threads_per_client,
         "torch": torch.__version__,
+        **device_environment(device),  # {} on the CPU: CPU manifests keep their keys
     }
 
 

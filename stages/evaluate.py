@@ -46,7 +46,8 @@ def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:
         load_model_state_dict(server.model, load(data))
     except Exception as exc:  # damaged bytes or another model's tensors
         raise ArtifactError(f"{rel} does not fit the model: {str(exc)[:100]}") from None
-    result = evaluate_model(server.model, exp.test)
+    # where `blazefl run` evaluates (the run's first device), so the metrics bytes agree
+    result = evaluate_model(server.model, exp.test, device=getattr(server, "eval_device", None))
     metrics = {
         "round": t,
         "test_accuracy": result["accuracy"],

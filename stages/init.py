@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from blazefl.core.devices import rng_device
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import create_rng_suite
 from blazefl.stages.artifacts import (
@@ -44,8 +45,9 @@ def init_outputs(
     stores = check_stores(config, run)
     exp = build_from_stores(config, run, data)
     server = exp.server()
+    device = rng_device(exp.spec.runtime.device)  # a GPU run's streams carry a CUDA generator
     clients = {
-        cid: create_rng_suite(exp.spec.seed, cid).state_tensors()
+        cid: create_rng_suite(exp.spec.seed, cid, device=device).state_tensors()
         for cid in range(exp.spec.data.clients)
     }
     files = snapshot_files(server, clients, {})
@@ -54,7 +56,7 @@ def init_outputs(
         "code": code_version(),
         "config": byte_config(config),
         "config_sha256": config_sha256(config),
-        "environment": environment(config["runtime.threads_per_client"]),
+        "environment": environment(config["runtime.threads_per_client"], exp.spec.runtime.device),
         "inputs": stores,
         "kind": "init",
         "outputs": {name: sha256_bytes(data) for name, data in files.items()},

@@ -16,7 +16,7 @@ import torch
 from blazefl.core.loop import ExecutionSettings, run_round
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.data import ImageDataset
-from blazefl.reproducibility import create_rng_suite, pin_client_threads
+from blazefl.reproducibility import pin_client_threads
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -71,7 +71,10 @@ class Session:
         pin_client_threads(threads)
         self.server = self.exp.server()
         self.trainer = self.execution.make_trainer(
-            self.exp.workload(), seed=self.exp.spec.seed, threads_per_client=threads
+            self.exp.workload(),
+            seed=self.exp.spec.seed,
+            threads_per_client=threads,
+            device=self.exp.spec.runtime.device,
         )
         self.loaded: int | None = None
         self.parent: dict[str, str] = {}
@@ -132,7 +135,7 @@ class Session:
         """Exactly the streams of this run (server + every client), each a 1-D uint8 state
         (`load_state_tensors` validates the contents)."""
         assert self.server.rng is not None
-        layout = list(create_rng_suite(0, 0).state_tensors())
+        layout = self._client_rng_keys()
         names = [f"server.{k}" for k in self.server.rng.state_tensors()]
         names += [f"{client_key(c)}.{k}" for c in range(self.exp.spec.data.clients) for k in layout]
         for n in names:
@@ -187,6 +190,11 @@ class Session:
                 ) from None
         self.trainer.client_states = clients
 
+    def _client_rng_keys(self) -> tuple[str, ...]:
+        """A client stream's keys: a GPU run's streams also carry `torch_cuda`."""
+        cuda = self.exp.spec.runtime.device != "cpu"
+        return ("python", "numpy", "torch", "torch_cuda") if cuda else ("python", "numpy", "torch")
+
     def _load_rng(self, rng: dict[str, torch.Tensor], t: int) -> None:
         assert self.server.rng is not None
         try:
@@ -196,7 +204,7 @@ class Session:
             states: dict[int, dict[str, torch.Tensor]] = {}
             for cid in range(self.exp.spec.data.clients):
                 key = client_key(cid)
-                states[cid] = {k: rng[f"{key}.{k}"] for k in ("python", "numpy", "torch")}
+                states[cid] = {k: rng[f"{key}.{k}"] for k in self._client_rng_keys()}
         except (KeyError, ValueError) as exc:
             raise ArtifactError(
                 f"round-{t:04d}/{RNG} is corrupt or from another config (missing {exc}): "
@@ -226,7 +234,9 @@ class Session:
             "code": code_version(),
             "config": byte_config(self.config),
             "config_sha256": config_sha256(self.config),
-            "environment": environment(self.config["runtime.threads_per_client"]),
+            "environment": environment(
+                self.config["runtime.threads_per_client"], self.exp.spec.runtime.device
+            ),
             "inputs": {**self.store_hashes, **self.parent},
             "kind": "round",
             "outputs": outputs,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +17,14 @@ from blazefl.core.optim import FlatSGD
 from blazefl.data import ImageDataset
 from blazefl.hparams import param, validate
 
-__all__ = ["ClientPartition", "GradHook", "TrainHParams", "LocalSGD", "evaluate_model"]
+__all__ = [
+    "ClientPartition",
+    "GradHook",
+    "TrainHParams",
+    "LocalSGD",
+    "dataset_on",
+    "evaluate_model",
+]
 
 #: Called by `LocalSGD.run` after every backward pass, before the optimizer step, with the
 #: flat gradient and the flat parameters (views of the model's parameter prefix, see
@@ -85,6 +94,23 @@ class TrainHParams:
         validate(self)
 
 
+def dataset_on(data: ImageDataset, device: torch.device | str) -> ImageDataset:
+    """`data` with images, labels and normalisation constants on `device` (`data` itself on
+    the CPU). Same values, so `normalize` gives the same bits of the same ops.
+
+    Example:
+        >>> dataset_on(ds, "cpu") is ds
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return data
+    moved = dataclasses.replace(data, images=data.images.to(device), labels=data.labels.to(device))
+    for name in ("_scale", "_shift"):  # computed on the CPU by __post_init__
+        object.__setattr__(moved, name, getattr(data, name).to(device))
+    return moved
+
+
 class LocalSGD:
     """One worker's reusable training machinery: model, optimizer and batch buffers.
 
@@ -92,9 +118,15 @@ class LocalSGD:
     Nothing here survives from one client to the next except allocations: the optimizer's
     state is cleared and the model weights are overwritten by the caller.
 
+    On a GPU (the model's flat state lives there) the whole training set is copied to the GPU
+    once, when the worker is built: a batch is then gathered on the device, and only the
+    shuffled order (one int64 vector per epoch) and the augmentation's draws cross from the
+    host. Shuffling and augmentation draw from the client's CPU generator on every device.
+
     Args:
         model: the worker's model.
-        flat: its float state, flattened by the caller with `flatten_module_`.
+        flat: its float state, flattened by the caller with `flatten_module_` (on the
+            worker's device).
         data: the training set (uint8 images in memory).
         hp: hyper-parameters.
     """
@@ -103,12 +135,13 @@ class LocalSGD:
         self, model: nn.Module, flat: torch.Tensor, data: ImageDataset, hp: TrainHParams
     ) -> None:
         self.model = model
-        self.data = data
+        self.device = flat.device
+        self.data = dataset_on(data, self.device)
         self.hp = hp
         self.optimizer = FlatSGD(model, flat, hp.lr, hp.momentum, hp.weight_decay)
         shape = (hp.batch_size, *data.images.shape[1:])
-        self._u8 = torch.empty(shape, dtype=torch.uint8)
-        self._x = torch.empty(shape, dtype=torch.float32)
+        self._u8 = torch.empty(shape, dtype=torch.uint8, device=self.device)
+        self._x = torch.empty(shape, dtype=torch.float32, device=self.device)
 
     def run(
         self,
@@ -134,9 +167,12 @@ class LocalSGD:
         self.optimizer.reset()  # every client starts from fresh momentum
         self.model.train()
         n = int(indices.numel())
-        total, steps = 0.0, 0
+        # float64 sum of the float32 losses: the bits of a Python float sum, without a
+        # device sync per step
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        steps = 0
         for _ in range(self.hp.local_epochs):
-            order = indices[torch.randperm(n, generator=generator)]
+            order = indices[torch.randperm(n, generator=generator)].to(self.device)
             for start in range(0, n, self.hp.batch_size):
                 raise_if_cancelled()  # a stopped round ends here, not after all epochs
                 batch = order[start : start + self.hp.batch_size]
@@ -153,18 +189,35 @@ class LocalSGD:
                     with torch.no_grad():
                         grad_hook(self.optimizer.grad, self.optimizer.params)
                 self.optimizer.step()
-                total += float(loss.detach())
+                total.add_(loss.detach())
                 steps += 1
-        return total / max(steps, 1)
+        return float(total) / max(steps, 1)
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, data: ImageDataset, batch_size: int = 256) -> dict[str, float]:
+def evaluate_model(
+    model: nn.Module,
+    data: ImageDataset,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
     """Loss and accuracy of `model` on `data` (fixed batch order, float64 sums).
+
+    Args:
+        model / data: the model and the evaluation set (CPU).
+        batch_size: evaluation batch size.
+        device: evaluate on this device (a copy of the model and data goes there; `model`
+            is not moved). None or CPU: in place on the CPU.
 
     Returns:
         {"loss": mean cross-entropy, "accuracy": fraction correct, "samples": n}.
     """
+    if device is not None and torch.device(device).type != "cpu":
+        # a generator (dropout) is neither copied nor moved: eval mode draws nothing
+        gen = getattr(model, "generator", None)
+        memo: dict[int, object] = {} if gen is None else {id(gen): None}
+        model = copy.deepcopy(model, memo).to(device)
+        data = dataset_on(data, device)
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, len(data)

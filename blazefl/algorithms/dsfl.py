@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from blazefl.algorithms.base import Algorithm
-from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.common import (
+    ClientPartition,
+    LocalSGD,
+    TrainHParams,
+    dataset_on,
+    evaluate_model,
+)
 from blazefl.algorithms.distillation import (
     distill,
     entropy_reduction_aggregation,
@@ -34,6 +40,7 @@ from blazefl.algorithms.distillation import (
     split_open_set,
 )
 from blazefl.algorithms.fedavg import ModelSpec
+from blazefl.core.devices import current_worker_device, model_generator
 from blazefl.core.optim import FlatSGD
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
@@ -121,13 +128,20 @@ class DSFLWorker:
     Nothing survives from one client to the next except allocations: the model's weights are
     overwritten from the client's state, the local SGD state is cleared, and the distillation
     optimizer (plain SGD) has no state.
+
+    On a GPU the model, the private data and the open set live on the assigned device; the
+    round's labels and indices go there once per client, and uplink and state come back to
+    the CPU once per client. Shuffles draw from the client's CPU generator, dropout masks
+    from its CUDA generator.
     """
 
     def __init__(self, workload: DSFLClientWorkload) -> None:
         self.workload = workload
+        self.device = current_worker_device()
         # built from a throwaway generator: never touches the global RNG, weights overwritten
-        self.model = workload.model.build(torch.Generator())
+        self.model = workload.model.build(torch.Generator()).to(self.device)
         self.flat = flatten_module_(self.model)
+        self.open_set = dataset_on(workload.open_set, self.device)
         self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
         self.kd_optimizer = FlatSGD(
             self.model, self.flat, workload.dsfl.kd_lr, grad=self.sgd.optimizer.grad
@@ -155,24 +169,25 @@ class DSFLWorker:
                 f"expected {tuple(self.flat.shape)}"
             )
         self.flat.copy_(start)
-        if hasattr(self.model, "generator"):
-            cast(Any, self.model).generator = rng.torch  # generator-driven dropout
-        open_set = self.workload.open_set
+        if hasattr(self.model, "generator"):  # generator-driven dropout, on the model's device
+            cast(Any, self.model).generator = model_generator(rng, self.device)
+        open_set = self.open_set
         distill(
             self.model,
             self.kd_optimizer,
             open_set,
-            payload.indices,
-            payload.soft_labels,
+            payload.indices.to(self.device),
+            payload.soft_labels.to(self.device),
             epochs=hp.kd_epochs,
             batch_size=hp.kd_batch_size,
             generator=rng.torch,
         )
         indices = self.workload.partition.client(task.cid)
         loss = self.sgd.run(indices, rng.torch)
-        labels = predict_soft_labels(self.model, open_set, payload.next_indices, hp.kd_batch_size)
-        uplink = DSFLUplinkPackage(task.cid, labels, int(indices.numel()), loss)
-        return uplink, {"model": self.flat.clone()}
+        next_indices = payload.next_indices.to(self.device)
+        labels = predict_soft_labels(self.model, open_set, next_indices, hp.kd_batch_size)
+        uplink = DSFLUplinkPackage(task.cid, labels.cpu(), int(indices.numel()), loss)
+        return uplink, {"model": self.flat.to("cpu", copy=True)}
 
 
 @dataclass
@@ -269,6 +284,8 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
         self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
         self.flat = flatten_module_(model)
         self.optimizer = FlatSGD(model, self.flat, self.dsfl.kd_lr)
+        #: where `summary` evaluates (the model, aggregation and distillation stay on the CPU)
+        self.eval_device = "cpu"
         self.soft_labels = torch.empty((0, self.num_classes), dtype=torch.float32)
         self.soft_indices = torch.empty(0, dtype=torch.int64)
         self.train_loss: float | None = None
@@ -383,7 +400,7 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
         if self.distill_loss is not None:
             out["distill_loss"] = self.distill_loss
         if self.test_set is not None:
-            metrics = evaluate_model(self.model, self.test_set)
+            metrics = evaluate_model(self.model, self.test_set, device=self.eval_device)
             out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return out
 
@@ -393,6 +410,7 @@ class DSFL(Algorithm):
     server keeps ERA labels as state, every client keeps its own model as state."""
 
     name = "dsfl"
+    supports_cuda = True  # its worker places itself on the assigned device (docs/gpu.md)
     HParams = DSFLHParams
     partition_keys = ("open_size",)
 

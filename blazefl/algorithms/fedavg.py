@@ -11,6 +11,7 @@ from torch import nn
 
 from blazefl.algorithms.base import Algorithm
 from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.core.devices import current_worker_device, model_generator
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
 from blazefl.core.server import BaseServerHandler
@@ -68,11 +69,17 @@ class ModelSpec:
 
 
 class FedAvgWorker:
-    """One worker's model/optimizer/buffers; trains any client from the downlink."""
+    """One worker's model/optimizer/buffers; trains any client from the downlink.
+
+    The model, its optimizer and the training set live on the device the trainer assigned
+    (`current_worker_device()`); the downlink is copied there once per client and the uplink
+    comes back to the CPU once per client.
+    """
 
     def __init__(self, workload: FedAvgClientWorkload) -> None:
         self.workload = workload
-        self.model = workload.model.build()
+        self.device = current_worker_device()
+        self.model = workload.model.build().to(self.device)
         self.flat = flatten_module_(self.model)
         self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
 
@@ -80,11 +87,12 @@ class FedAvgWorker:
         self, task: ClientTask, payload: FedAvgDownlinkPackage, rng: RNGSuite
     ) -> tuple[FedAvgUplinkPackage, None]:
         self.flat.copy_(payload.model)
-        if hasattr(self.model, "generator"):
-            cast(Any, self.model).generator = rng.torch  # generator-driven dropout
+        if hasattr(self.model, "generator"):  # generator-driven dropout, on the model's device
+            cast(Any, self.model).generator = model_generator(rng, self.device)
         indices = self.workload.partition.client(task.cid)
         loss = self.sgd.run(indices, rng.torch)
-        uplink = FedAvgUplinkPackage(task.cid, self.flat.clone(), int(indices.numel()), loss)
+        model = self.flat.to("cpu", copy=True)  # the pipeline hashes and saves CPU tensors
+        uplink = FedAvgUplinkPackage(task.cid, model, int(indices.numel()), loss)
         return uplink, None
 
 
@@ -141,6 +149,8 @@ class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkP
         self.model = model
         self.flat = flatten_module_(model)
         self.test_set = test_set
+        #: where `summary` evaluates (the model and the float64 aggregation stay on the CPU)
+        self.eval_device = "cpu"
         self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
         self._reset_buffer()
 
@@ -177,7 +187,7 @@ class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkP
         if getattr(self, "train_loss", None) is not None:
             out["train_loss"] = self.train_loss
         if self.test_set is not None:
-            metrics = evaluate_model(self.model, self.test_set)
+            metrics = evaluate_model(self.model, self.test_set, device=self.eval_device)
             out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return out
 
@@ -186,6 +196,7 @@ class FedAvg(Algorithm):
     """FedAvg as an algorithm object (no hyper-parameters beyond the `train` section)."""
 
     name = "fedavg"
+    supports_cuda = True  # its worker places itself on the assigned device (docs/gpu.md)
 
     def server(self, exp: Any, generator: torch.Generator) -> FedAvgServerHandler:
         return FedAvgServerHandler(exp.initial_model(), **exp.server_kwargs(generator))

@@ -95,9 +95,15 @@ class ExecutionSettings:
         return cls(mode or runtime.mode, workers or runtime.workers, ipc or runtime.ipc)
 
     def make_trainer(
-        self, workload: ClientWorkload[Any, Any], *, seed: int, threads_per_client: int = 1
+        self,
+        workload: ClientWorkload[Any, Any],
+        *,
+        seed: int,
+        threads_per_client: int = 1,
+        device: str = "cpu",
     ) -> BaseClientTrainer[Any, Any]:
-        """The trainer for these settings (see `make_trainer`)."""
+        """The trainer for these settings (see `make_trainer`; `device` changes bytes, so it
+        comes from the experiment, not from these settings)."""
         return make_trainer(
             self.mode,  # type: ignore[arg-type]
             workload,
@@ -105,6 +111,7 @@ class ExecutionSettings:
             workers=self.workers,
             ipc=self.ipc,  # type: ignore[arg-type]
             threads_per_client=threads_per_client,
+            device=device,
         )
 
 
@@ -116,6 +123,7 @@ def make_trainer(
     workers: int = 1,
     ipc: Literal["shared_memory", "storage"] = "shared_memory",
     threads_per_client: int = 1,
+    device: str = "cpu",
 ) -> BaseClientTrainer[Any, Any]:
     """Build the trainer for an execution mode (all modes give the same bytes).
 
@@ -126,9 +134,13 @@ def make_trainer(
         workers: worker threads/processes (ignored for sequential).
         ipc: process-pool IPC mode.
         threads_per_client: intra-op threads for client work.
+        device: `runtime.device` ("cpu", "cuda", "cuda:N"; see `blazefl.core.devices`).
 
     Returns:
         A trainer; use it as a context manager so pools are released.
+
+    Raises:
+        ValueError: bad mode/workers/ipc, or a GPU this machine does not have.
     """
     if mode not in EXECUTION_MODES:
         raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")
@@ -137,10 +149,16 @@ def make_trainer(
     if ipc not in IPC_MODES:  # checked in every mode: a typo must not pass silently
         raise ValueError(f"ipc must be one of {', '.join(IPC_MODES)}, got {ipc!r}")
     if mode == "sequential":
-        return BaseClientTrainer(workload, seed=seed, threads_per_client=threads_per_client)
+        return BaseClientTrainer(
+            workload, seed=seed, threads_per_client=threads_per_client, device=device
+        )
     if mode == "threads":
         return ThreadPoolClientTrainer(
-            workload, seed=seed, num_workers=workers, threads_per_client=threads_per_client
+            workload,
+            seed=seed,
+            num_workers=workers,
+            threads_per_client=threads_per_client,
+            device=device,
         )
     if mode == "processes":
         return ProcessPoolClientTrainer(
@@ -149,5 +167,6 @@ def make_trainer(
             num_workers=workers,
             ipc_mode=ipc,
             threads_per_client=threads_per_client,
+            device=device,
         )
     raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.multiprocessing  # noqa: F401  (registers tensor reductions for shared arenas)
 
+from blazefl.core.devices import build_worker, init_client_thread, is_cuda, worker_device
 from blazefl.core.memory import tune_malloc
 from blazefl.core.packages import (
     ClientResult,
@@ -45,7 +46,6 @@ from blazefl.core.packages import (
 from blazefl.core.protocols import ClientWorkload
 from blazefl.core.trainers import BaseClientTrainer, ClientTrainingError, run_client_task
 from blazefl.modes import IPC_MODES
-from blazefl.reproducibility import pin_client_threads
 
 __all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "IPC_MODES"]
 
@@ -123,13 +123,25 @@ def _exit_now() -> NoReturn:
 
 
 def _worker_main(
-    conn: mpc.Connection, workload: ClientWorkload[Any, Any], threads: int, ipc_mode: str
+    conn: mpc.Connection,
+    workload: ClientWorkload[Any, Any],
+    threads: int,
+    ipc_mode: str,
+    device: str = "cpu",
 ) -> None:
-    """Worker process loop: pin threads, build one worker, serve tasks until told to stop."""
+    """Worker process loop: pin threads, build one worker, serve tasks until told to stop.
+
+    On a GPU the determinism settings come first (cuBLAS reads its workspace setting when CUDA
+    initialises); the worker's model and data then live on `device`, and tensors cross the
+    process edge on the CPU: downlink read from the shared arena and uplink written to it,
+    one host<->device copy per client each way. GPU memory goes with the process.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
-    pin_client_threads(threads)
+    init_client_thread(threads, device)
+    if is_cuda(device):
+        torch.cuda.set_device(torch.device(device))
     tune_malloc()
-    worker = workload.make_worker()
+    worker = build_worker(workload, device)
     down_arena: torch.Tensor | None = None
     up_arena: torch.Tensor | None = None
     cached: tuple[int, Any] = (-1, None)
@@ -195,7 +207,8 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         ipc_mode: "shared_memory" (fastest) or "storage" (files on disk, lower memory).
         threads_per_client: intra-op threads pinned in every worker.
         storage_dir: parent folder for storage-mode files (default: system temp dir).
-        start_method: "spawn" or "forkserver".
+        start_method: "spawn" or "forkserver" (spawn only on a GPU).
+        device: `runtime.device`; worker process w runs on `devices[w % len(devices)]`.
 
     Example:
         >>> with ProcessPoolClientTrainer(workload, seed=0, num_workers=2) as trainer:
@@ -213,8 +226,9 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         threads_per_client: int = 1,
         storage_dir: str | os.PathLike[str] | None = None,
         start_method: Literal["spawn", "forkserver"] = "spawn",
+        device: str = "cpu",
     ) -> None:
-        super().__init__(workload, seed=seed, threads_per_client=threads_per_client)
+        super().__init__(workload, seed=seed, threads_per_client=threads_per_client, device=device)
         if num_workers <= 0:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if ipc_mode not in IPC_MODES:
@@ -224,6 +238,8 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 f"start_method must be 'spawn' or 'forkserver' (fork hangs after torch has "
                 f"started threads), got {start_method!r}"
             )
+        if is_cuda(device) and start_method != "spawn":
+            raise ValueError(f"a GPU run needs start_method='spawn', got {start_method!r}")
         self.num_workers = num_workers
         self.ipc_mode = ipc_mode
         self.start_method = start_method
@@ -271,7 +287,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
     def _start(self) -> None:
         if self._procs:
             return
-        pin_client_threads(self.threads_per_client)
+        init_client_thread(self.threads_per_client, self.devices[0])
         ctx: Any = mp.get_context(self.start_method)
         self.workload.share_memory()
         if self.ipc_mode == "storage":
@@ -281,7 +297,13 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(child, self.workload, self.threads_per_client, self.ipc_mode),
+                    args=(
+                        child,
+                        self.workload,
+                        self.threads_per_client,
+                        self.ipc_mode,
+                        worker_device(self.devices, len(self._procs)),
+                    ),
                     daemon=True,
                     name="blazefl-worker",
                 )

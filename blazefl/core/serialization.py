@@ -124,7 +124,9 @@ def flatten_module_(module: nn.Module) -> torch.Tensor:
     if len(dtypes) > 1:
         raise TypeError(f"flatten_module_ needs one float dtype, found {sorted(map(str, dtypes))}")
     total = sum(t.numel() for *_, t in entries)
-    flat = torch.empty(total, dtype=next(iter(dtypes)) if dtypes else torch.float32)
+    # on the module's device: a model moved to a GPU keeps its flat vector there
+    device = entries[0][3].device if entries else None
+    flat = torch.empty(total, dtype=next(iter(dtypes)) if dtypes else torch.float32, device=device)
     offset = 0
     views: dict[int, torch.Tensor] = {}
     for mod, name, is_param, t in entries:

@@ -28,6 +28,14 @@ from typing import Any, Generic
 import torch
 
 from blazefl.core.cancellation import ClientCancelledError, bound_stop_event, raise_if_cancelled
+from blazefl.core.devices import (
+    build_worker,
+    init_client_thread,
+    rng_device,
+    run_devices,
+    worker_device,
+    worker_scope,
+)
 from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_sha256
 from blazefl.core.protocols import ClientWorker, ClientWorkload
 from blazefl.reproducibility import RNGSuite, create_rng_suite, pin_client_threads
@@ -86,9 +94,10 @@ def run_client_task(
         ClientCancelledError: the round was cancelled before or while this client ran.
         ClientTrainingError: client code raised (the cause is chained).
     """
-    rng = RNGSuite.from_state_tensors(task.rng)
     try:
-        with bound_stop_event(stop_event):
+        # on a GPU worker: its device and stream are current, so the CUDA generator lands there
+        with worker_scope(worker), bound_stop_event(stop_event):
+            rng = RNGSuite.from_state_tensors(task.rng)
             raise_if_cancelled()  # a queued client of a cancelled round does not start
             uplink, state = worker.train(task, payload, rng)
     except ClientCancelledError:
@@ -137,6 +146,12 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
         workload: picklable client work (builds the reusable worker).
         seed: experiment seed; client `cid` starts from `create_rng_suite(seed, cid)`.
         threads_per_client: intra-op threads for client work (changes result bits).
+        device: `runtime.device` ("cpu", "cuda", "cuda:N"); worker w runs on
+            `devices[w % len(devices)]` (`blazefl.core.devices`), client RNG suites then carry
+            a CUDA generator. Changes result bits.
+
+    Raises:
+        DeviceUnavailableError: a GPU is asked for and this machine has none (a ValueError).
 
     Example:
         >>> trainer = BaseClientTrainer(workload, seed=42)
@@ -150,9 +165,13 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
         *,
         seed: int,
         threads_per_client: int = 1,
+        device: str = "cpu",
     ) -> None:
         if threads_per_client <= 0:
             raise ValueError(f"threads_per_client must be >= 1, got {threads_per_client}")
+        self.device = device
+        self.devices = run_devices(device)  # refuses a GPU this machine lacks, before any work
+        self._rng_device = rng_device(device)
         self.workload = workload
         self.seed = seed
         self.threads_per_client = threads_per_client
@@ -169,7 +188,7 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
         """The RNG state client `cid` will start its next round from."""
         state = self.rng_states.get(cid)
         if state is None:
-            state = create_rng_suite(self.seed, cid).state_tensors()
+            state = create_rng_suite(self.seed, cid, device=self._rng_device).state_tensors()
             self.rng_states[cid] = state
         return state
 
@@ -208,8 +227,8 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
 
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         if self._worker is None:
-            pin_client_threads(self.threads_per_client)
-            self._worker = self.workload.make_worker()
+            init_client_thread(self.threads_per_client, self.devices[0])
+            self._worker = build_worker(self.workload, worker_device(self.devices, 0))
         stop = self.stop_event = threading.Event()
         for task in tasks:
             yield run_client_task(self._worker, task, payload, stop)
@@ -260,6 +279,8 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         seed: experiment seed.
         num_workers: worker threads (>= 1).
         threads_per_client: intra-op threads pinned in every worker thread.
+        device: `runtime.device`; worker w holds its model on `devices[w % len(devices)]`
+            and runs on its own CUDA stream there, so workers overlap on one GPU.
 
     Example:
         >>> with ThreadPoolClientTrainer(workload, seed=0, num_workers=2) as trainer:
@@ -273,8 +294,9 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         seed: int,
         num_workers: int,
         threads_per_client: int = 1,
+        device: str = "cpu",
     ) -> None:
-        super().__init__(workload, seed=seed, threads_per_client=threads_per_client)
+        super().__init__(workload, seed=seed, threads_per_client=threads_per_client, device=device)
         if num_workers <= 0:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_workers = num_workers
@@ -405,14 +427,14 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
 
     def _start(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            pin_client_threads(self.threads_per_client)
-            for _ in range(self.num_workers):
-                self._idle.put(self.workload.make_worker())
+            init_client_thread(self.threads_per_client, self.devices[0])
+            for w in range(self.num_workers):  # built here: no race on the global RNG
+                self._idle.put(build_worker(self.workload, worker_device(self.devices, w)))
             self._executor = ThreadPoolExecutor(
                 self.num_workers,
                 thread_name_prefix="blazefl-client",
-                initializer=pin_client_threads,
-                initargs=(self.threads_per_client,),
+                initializer=init_client_thread,
+                initargs=(self.threads_per_client, self.devices[0]),
             )
         return self._executor
 

@@ -161,8 +161,8 @@ class ImageDataset:
         """
         if batch_uint8.dtype != torch.uint8:
             raise ValueError(f"normalize expects a uint8 tensor, got {batch_uint8.dtype}")
-        if out is None:
-            out = torch.empty(batch_uint8.shape, dtype=torch.float32)
+        if out is None:  # on the batch's device (a GPU copy of the dataset normalises there)
+            out = torch.empty(batch_uint8.shape, dtype=torch.float32, device=batch_uint8.device)
         elif out.dtype != torch.float32 or out.shape != batch_uint8.shape:
             raise ValueError(
                 f"out must be float32 with shape {tuple(batch_uint8.shape)}, "
