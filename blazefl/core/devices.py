@@ -262,9 +262,12 @@ def build_worker(workload: Any, device: str) -> Any:
             f"{type(worker).__name__} does not support runtime.device={device} (its device is "
             f"{got}): set runtime.device: cpu"
         )
-    if is_cuda(device) and not hasattr(worker, "_blazefl_stream"):
-        # its own stream, so workers of a thread pool overlap on one GPU
-        worker._blazefl_stream = torch.cuda.Stream(device=torch.device(device))
+    if is_cuda(device):
+        # the worker's copies (data, buffers) are complete before its own stream uses them
+        torch.cuda.synchronize(torch.device(device))
+        if not hasattr(worker, "_blazefl_stream"):
+            # its own stream, so workers of a thread pool overlap on one GPU
+            worker._blazefl_stream = torch.cuda.Stream(device=torch.device(device))
     return worker
 
 
