@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "RegistryError", "is_import_path", "import_object"]
+__all__ = ["Registry", "RegistryError", "is_import_path", "import_object", "callable_accepting"]
 
 T = TypeVar("T")
 
@@ -68,6 +69,23 @@ def import_object(path: str, what: str) -> object:
             raise RegistryError(f"{what} {path!r}: {module_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def callable_accepting(*keywords: str) -> Callable[[Any, str], Any]:
+    """An `adapt` hook for registries of functions: the user's object must be callable with
+    these keyword arguments (checked once, on import, instead of failing mid-run)."""
+
+    def adapt(obj: Any, path: str) -> Any:
+        try:
+            inspect.signature(obj).bind(**dict.fromkeys(keywords))
+        except (TypeError, ValueError):
+            wanted = ", ".join(f"{k}=" for k in keywords)
+            raise RegistryError(
+                f"{path!r} must be a function accepting {wanted} (keyword arguments)"
+            ) from None
+        return obj
+
+    return adapt
 
 
 class Registry(Generic[T]):

@@ -155,6 +155,14 @@ class ExperimentSpec:
     def __post_init__(self) -> None:
         validate(self)
         algo = self.algorithm  # resolves user import paths now: a bad one fails here
+        for key, registry, name in (
+            ("model.name", MODELS, self.model.name),
+            ("data.dataset", DATASETS, self.data.dataset),
+        ):
+            try:
+                registry.get(name)
+            except ValueError as exc:
+                raise HParamError(f"{key}: {exc}") from None
         if self.hparams is None:
             object.__setattr__(self, "hparams", _default_hparams(self.fl.algorithm))
         elif not isinstance(self.hparams, algo.HParams):

@@ -8,7 +8,7 @@ from typing import Any
 
 from blazefl.data.datasets import ImageDataset, synthetic_dataset
 from blazefl.data.torchvision_data import TORCHVISION_DATASETS, load_torchvision_dataset
-from blazefl.registry import Registry
+from blazefl.registry import Registry, callable_accepting
 
 __all__ = ["DATASETS", "DatasetLoader", "load_dataset"]
 
@@ -16,7 +16,9 @@ DatasetLoader = Callable[..., ImageDataset]
 """`loader(*, root, size, seed, train) -> ImageDataset`: `size` and `seed` matter to generated
 datasets, `root` to datasets read from files; a loader ignores what it does not use."""
 
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
+DATASETS: Registry[DatasetLoader] = Registry(
+    "dataset", adapt=callable_accepting("root", "size", "seed", "train")
+)
 """Datasets by config name (`data.dataset`); a user's own loader is given as
 'pkg.module:loader' and called with the keyword arguments of :data:`DatasetLoader`."""
 

@@ -13,14 +13,16 @@ from torch.nn.modules.conv import _ConvNd
 from blazefl.models.cnn import CNN
 from blazefl.models.resnet import resnet18
 from blazefl.models.small_cnn import SmallCNN
-from blazefl.registry import Registry
+from blazefl.registry import Registry, callable_accepting
 
 __all__ = ["MODELS", "ModelSelector", "build_model"]
 
 ModelFactory = Callable[..., nn.Module]
 """`factory(num_classes=, in_channels=, image_size=, dropout=) -> nn.Module`."""
 
-MODELS: Registry[ModelFactory] = Registry("model")
+MODELS: Registry[ModelFactory] = Registry(
+    "model", adapt=callable_accepting("num_classes", "in_channels", "image_size", "dropout")
+)
 """Models by config name (`model.name`); a user's own factory is given as 'pkg.module:factory'
 and called with the keyword arguments of :data:`ModelFactory`."""
 MODELS.register("cnn", lambda **kw: CNN(**kw))

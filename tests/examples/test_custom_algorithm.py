@@ -349,12 +349,6 @@ def test_a_broken_user_config_is_one_line_and_exit_2(
     assert all(w in lines[0] for w in words), lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="load_dataset / build_model call a user's loader or factory without checking its "
-    "signature: a wrong one ends in a TypeError traceback, not one line and exit 2",
-)
 @pytest.mark.parametrize(
     ("key", "source"),
     [
