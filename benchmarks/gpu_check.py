@@ -39,6 +39,8 @@ from typing import Any
 
 from benchmarks.workloads import W_CONFIG
 
+LOCK_NAME = ".blazefl.lock"  # blazefl.stages.run_lock.LOCK_NAME (not imported: no torch here)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: A small CNN run that exercises both generators: dropout masks (CUDA) and augmentation (CPU).
@@ -120,11 +122,12 @@ def blazefl_run(
 
 
 def tree_hashes(run: Path) -> dict[str, str]:
-    """sha256 of every file under `run` except timings/ (wall-clock times)."""
+    """sha256 of every file under `run` except timings/ (wall-clock times) and the run lock
+    (it names the process that held it)."""
     out = {}
     for path in sorted(run.rglob("*")):
         rel = path.relative_to(run).as_posix()
-        if path.is_file() and not rel.startswith("timings/"):
+        if path.is_file() and not rel.startswith("timings/") and rel != LOCK_NAME:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
@@ -180,7 +183,8 @@ class Checker:
             rc, output = p.returncode, (p.stdout + p.stderr).strip()
         except subprocess.TimeoutExpired:
             rc, output = 124, "timed out after 120s"
-        last = output.splitlines()[-1][:200] if output else ""
+        lines = [ln for ln in output.splitlines() if not ln.startswith("GPU_PEAK_BYTES")]
+        last = lines[-1][:200] if lines else ""
         self.line(
             "PASS" if rc == 0 else "FAIL", "c", f"blazefl verify of the {self.device} run: {last}"
         )
