@@ -1,141 +1,51 @@
 """`blazefl dvc` and the generated pipeline under the real DVC, in a temporary git repository.
 
-One module-scoped repository runs `dvc repro` once (about 20-30 s for the tiny config on 2
-cores); tests that change it work on a copy, so every test can run alone and in any order.
+The reproduced repository is built once per session (`dvc_helpers.base_repo`, shared with
+test_dvc_experiments.py); tests that change it work on a copy, so every test can run alone and
+in any order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import yaml
+from click.testing import Result
+from dvc_helpers import (
+    DSFL,
+    OUT,
+    ROUND_STAGES,
+    TINY,
+    copy_repo,
+    lock_stages,
+    needs_dvc,
+    ran_stages,
+    sh,
+    sh_json,
+    status,
+    tree_hashes,
+)
+from dvc_helpers import base_repo as _base_repo
 
 from blazefl.pipeline.dvcgen import stage_name, write_dvc
 from blazefl.stages.config import byte_keys, dump_yaml, load_config
 
 NON_BYTE_KEYS = ("fl.rounds", "runtime.mode", "runtime.workers", "runtime.ipc")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-BIN = Path(sys.executable).parent
-TINY = {
-    "data.size": 600,
-    "data.test_size": 200,
-    "data.clients": 6,
-    "fl.clients_per_round": 3,
-    "fl.rounds": 3,
-    "train.local_epochs": 1,
-    "train.batch_size": 32,
-    "runtime.mode": "sequential",
-}
-OUT = "artifacts/exp"
-ROUND_STAGES = ["round_000", "round_001", "round_002", "round_003"]
-
-
-def _tool(name: str) -> str | None:
-    here = BIN / name
-    return str(here) if here.exists() else shutil.which(name)
-
-
-_needs_dvc = pytest.mark.skipif(
-    not (_tool("dvc") and _tool("git") and _tool("blazefl")),
-    reason="needs dvc, git and the blazefl console script (pip install -e .[dev,dvc])",
-)
-
-
-def needs_dvc(test: F) -> F:
-    """An end-to-end test under the real DVC: skipped without it; slow (about a minute in all,
-    mostly one `blazefl stage` process per stage)."""
-    return pytest.mark.slow(_needs_dvc(test))
-
-
-def _sets(values: dict[str, object]) -> list[str]:
-    args = []
-    for key, value in values.items():
-        args += ["--set", f"{key}={value}"]
-    return args
-
-
-def _env(site_cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # dvc.yaml calls `blazefl`
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["DVC_SITE_CACHE_DIR"] = str(site_cache)
-    return env
-
-
-def sh(repo: Path, *args: str) -> str:
-    """Run a command in `repo`; fail the test with its output if it fails."""
-    tool = _tool(args[0]) or args[0]
-    proc = subprocess.run(
-        [tool, *args[1:]],
-        cwd=repo,
-        env=_env(repo.parent / "dvc-site-cache"),
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout + proc.stderr
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every artifact file by relative path; timings/, the PNG and git files excluded."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if (
-            path.is_file()
-            and not rel.startswith("timings/")
-            and not rel.endswith(".png")
-            and path.name != ".gitignore"
-        ):
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-def lock_stages(repo: Path) -> dict[str, object]:
-    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-
-
-def status(repo: Path) -> dict[str, object]:
-    return json.loads(sh(repo, "dvc", "status", "--json").strip().splitlines()[-1])
-
 
 @pytest.fixture(scope="module")
 def base_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git + DVC repository with the tiny pipeline generated, reproduced and committed."""
-    repo = tmp_path_factory.mktemp("dvc") / "repo"
-    repo.mkdir()
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "config", "user.email", "test@example.com")
-    sh(repo, "git", "config", "user.name", "test")
-    sh(repo, "git", "config", "commit.gpgsign", "false")
-    sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "config", "core.analytics", "false")
-    (repo / ".gitignore").write_text(f"/{OUT}/timings/\n/{OUT}/plots/*.png\n")
-    sh(repo, "blazefl", "dvc", "--config", "params.yaml", "--out", OUT, *_sets(TINY))
-    sh(repo, "dvc", "repro")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-q", "-m", "reproduce the tiny pipeline")
-    return repo
+    """The tiny pipeline generated, reproduced and committed (read only)."""
+    return _base_repo(tmp_path_factory)
 
 
 @pytest.fixture
 def repo(base_repo: Path, tmp_path: Path) -> Path:
     """A private copy of the reproduced repository, free to change."""
-    copy = tmp_path / "repo"
-    shutil.copytree(base_repo, copy, symlinks=True)
-    return copy
+    return copy_repo(base_repo, tmp_path / "repo")
 
 
 # -- the generator alone ------------------------------------------------------------------------
@@ -198,8 +108,32 @@ def test_stages_list_only_byte_keys_and_never_persist(tmp_path: Path) -> None:
         {f"{OUT}/metrics/round-0002.json": {"cache": False}},
     ]
     assert doc["stages"]["report"]["metrics"] == [{f"{OUT}/summary.json": {"cache": False}}]
-    (plot,) = doc["plots"]
-    assert plot["metrics"]["x"] == "round"
+    plots = {name: plot for entry in doc["plots"] for name, plot in entry.items()}
+    data = f"{OUT}/plots/metrics.json"
+    assert plots["accuracy"]["x"] == plots["loss"]["x"] == "round"
+    assert plots["accuracy"]["y"] == {data: ["test_accuracy"]}
+    assert plots["loss"]["y"] == {data: ["train_loss", "test_loss"]}
+
+
+def test_partition_params_follow_the_selected_algorithm(tmp_path: Path) -> None:
+    def params(config: dict[str, object]) -> dict[str, list[str]]:
+        write_dvc(
+            load_config(None, config),
+            out=tmp_path / OUT,
+            dvc_file=tmp_path / "dvc.yaml",
+            params_file=tmp_path / "params.yaml",
+        )
+        stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+        return {name: stage.get("params", []) for name, stage in stages.items()}
+
+    fedavg = params(TINY)
+    assert "fl.algorithm" in fedavg["partition"]
+    assert not [k for keys in fedavg.values() for k in keys if k.startswith("dsfl.")]
+    dsfl = params({**TINY, **DSFL})
+    assert {"fl.algorithm", "dsfl.open_size"} <= set(dsfl["partition"])
+    assert "dsfl.kd_lr" not in dsfl["partition"]  # the partition does not depend on it
+    assert "dsfl.kd_lr" in dsfl["round_001"]
+    assert "dsfl:" in (tmp_path / "params.yaml").read_text()
 
 
 def test_paths_are_relative_to_dvc_yaml_and_params_file_is_named(
@@ -244,24 +178,43 @@ def test_zero_rounds_pipeline_reports_from_init(tmp_path: Path) -> None:
 def test_dvc_stage_list_plots_and_metrics_work(base_repo: Path) -> None:
     listed = sh(base_repo, "dvc", "stage", "list", "--name-only").split()
     assert listed == ["prepare", "partition", *ROUND_STAGES, "report"]
-    plots = json.loads(sh(base_repo, "dvc", "plots", "show", "--json"))
+    plots = sh_json(base_repo, "dvc", "plots", "show")
     assert not plots.get("errors"), plots.get("errors")
-    points = plots["data"]["metrics"][0]["content"]["data"]["values"]
-    assert sorted({(p["round"], p["field"]) for p in points}) == sorted(
-        (t, f) for t in (1, 2, 3) for f in ("test_accuracy", "test_loss", "train_loss")
-    )
-    metrics = json.loads(sh(base_repo, "dvc", "metrics", "show", "--json"))
+    fields = {"accuracy": ["test_accuracy"], "loss": ["test_loss", "train_loss"]}
+    for name, drawn in fields.items():
+        points = plots["data"][name][0]["content"]["data"]["values"]
+        # one y field: no "field" key in the points; several: one point per field
+        assert sorted({(p["round"], p.get("field", drawn[0])) for p in points}) == sorted(
+            (t, f) for t in (1, 2) for f in drawn
+        )
+    metrics = sh_json(base_repo, "dvc", "metrics", "show")
     (workspace,) = metrics.values()  # keyed "" or "workspace", depending on the version
     summary = workspace["data"][f"{OUT}/summary.json"]["data"]
-    assert summary["rounds"] == 3
+    assert summary["rounds"] == 2
 
 
 @needs_dvc
-def test_dvc_repro_is_byte_identical_to_blazefl_run(base_repo: Path, tmp_path: Path) -> None:
+def test_dvc_plots_show_writes_the_curves(repo: Path) -> None:
+    log = sh(repo, "dvc", "plots", "show")
+    page = repo / "dvc_plots" / "index.html"
+    assert page.name in log and page.is_file()
+    html = page.read_text()
+    metrics = json.loads((repo / OUT / "plots" / "metrics.json").read_text())
+    for field in ("test_accuracy", "test_loss", "train_loss"):
+        assert field in html
+        assert json.dumps(metrics[-1][field]) in html  # the data points are in the page
+    assert sh(repo, "git", "status", "--porcelain") == ""  # dvc_plots/ is git-ignored
+
+
+@needs_dvc
+def test_dvc_repro_is_byte_identical_to_blazefl_run(
+    base_repo: Path, tmp_path: Path, blazefl: Callable[..., Result]
+) -> None:
     other = tmp_path / "run"
-    sh(base_repo, "blazefl", "run", "--config", "params.yaml", "--out", str(other), "-q")
+    result = blazefl("run", "--config", str(base_repo / "params.yaml"), "--out", str(other), "-q")
+    assert result.exit_code == 0, result.output
     via_dvc, via_run = tree_hashes(base_repo / OUT), tree_hashes(other)
-    assert any(k.startswith("round-0003/") for k in via_dvc)
+    assert any(k.startswith("round-0002/") for k in via_dvc)
     assert via_dvc == via_run
 
 
@@ -286,19 +239,21 @@ def test_changing_lr_makes_every_round_stale_but_not_data(repo: Path) -> None:
 
 
 @needs_dvc
-def test_extending_rounds_runs_only_the_new_round(repo: Path) -> None:
+def test_extending_rounds_runs_only_the_new_round(
+    repo: Path, blazefl: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = lock_stages(repo)
-    old_files = sorted(p for t in (1, 2, 3) for p in (repo / OUT / f"round-{t:04d}").iterdir())
+    old_files = sorted(p for t in (1, 2) for p in (repo / OUT / f"round-{t:04d}").iterdir())
     mtimes = {p: p.stat().st_mtime_ns for p in old_files}
-    sh(repo, "blazefl", "dvc", "--config", "params.yaml", "--out", OUT, "--set", "fl.rounds=4")
-    assert load_config(repo / "params.yaml")["fl.rounds"] == 4
-    # report is stale too: its deps gained metrics/round-0004.json.
-    assert sorted(status(repo)) == ["report", "round_004"]
-    log = sh(repo, "dvc", "repro")
-    ran = sorted(line.split("'")[1] for line in log.splitlines() if line.startswith("Running"))
-    assert ran == ["report", "round_004"]
+    monkeypatch.chdir(repo)
+    result = blazefl("dvc", "--config", "params.yaml", "--out", OUT, "--set", "fl.rounds=3")
+    assert result.exit_code == 0, result.output
+    assert load_config(repo / "params.yaml")["fl.rounds"] == 3
+    # report is stale too: its deps gained metrics/round-0003.json.
+    assert sorted(status(repo)) == ["report", "round_003"]
+    assert ran_stages(sh(repo, "dvc", "repro")) == ["report", "round_003"]
     after = lock_stages(repo)
     for name in ["prepare", "partition", *ROUND_STAGES]:
         assert after[name] == before[name], name
     assert {p: p.stat().st_mtime_ns for p in old_files} == mtimes
-    assert json.loads((repo / OUT / "summary.json").read_text())["rounds"] == 4
+    assert json.loads((repo / OUT / "summary.json").read_text())["rounds"] == 3
