@@ -17,7 +17,14 @@ import numpy as np
 from blazefl.stages.artifacts import MANIFEST, RunDir
 from blazefl.stages.provenance import DATASET_REF, PARTITIONS_REF, differing_keys
 
-__all__ = ["store_problems", "chain_problems", "provenance_problems", "files_of", "code_note"]
+__all__ = [
+    "store_problems",
+    "chain_problems",
+    "provenance_problems",
+    "files_of",
+    "code_note",
+    "recorded_code",
+]
 
 
 def files_of(root: Path) -> dict[str, Path]:
@@ -137,10 +144,27 @@ def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
     return out
 
 
+def recorded_code(run: RunDir, t: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The code that made round t: the manifest's version, and the commit and dirty flag from
+    the round's timings file (kept out of the chained manifest bytes) when it is readable."""
+    code = {"commit": None, "dirty": None, **manifest["code"]}
+    try:
+        timings = run.read_json(run.timings_path(t), 1 << 16)
+    except ValueError:
+        return code
+    extra = timings.get("code")
+    if isinstance(extra, dict):
+        for key in ("commit", "dirty"):
+            if isinstance(extra.get(key), str | bool) or extra.get(key) is None:
+                code[key] = extra.get(key)
+    return code
+
+
 def code_note(recorded: Any, current: dict[str, Any]) -> str | None:
     """A plain note when the recorded code (version, commit, dirty) differs from this one."""
     rec = recorded if isinstance(recorded, dict) else {}
-    if rec == current:
+    keys = ("version", "commit", "dirty") if rec.get("commit") else ("version",)
+    if all(rec.get(k) == current.get(k) for k in keys):
         return None
 
     def text(c: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from blazefl.stages import evaluate, init, partition, prepare, report, round_sta
 from blazefl.stages.artifacts import ArtifactError, RunDir
 from blazefl.stages.config import load_config, parse_set, schema_table, to_spec
 from blazefl.stages.provenance import refuse_upstream_rewrite
-from blazefl.stages.run_lock import RunLock
+from blazefl.stages.run_lock import LOCK_NAME, RunLock
 from blazefl.stages.temp_cleanup import clean_stale_pymp_dirs
 
 __all__ = [
@@ -65,8 +65,16 @@ def writing(out: str) -> Iterator[RunDir]:
             f"--out {run.root} is a non-empty folder that is not a blazefl run directory: "
             "choose a new or empty folder"
         )
-    with RunLock(run.root):
-        yield run
+    created = not run.root.exists()
+    try:
+        with RunLock(run.root):
+            yield run
+    except BaseException:
+        # a refused or failed command that made the folder leaves nothing behind
+        if created and [p.name for p in run.root.iterdir()] == [LOCK_NAME]:
+            (run.root / LOCK_NAME).unlink()
+            run.root.rmdir()
+        raise
 
 
 def stage_command(

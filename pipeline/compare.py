@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.chain import files_of
+from blazefl.pipeline.chain import files_of, recorded_code
 from blazefl.pipeline.verify import (
     Echo,
     _fmt_rounds,
@@ -198,10 +198,6 @@ def show_run(run_dir: Path, echo: Echo) -> None:
     m0 = manifests[0]
     env = m0.get("environment", {})
     echo(f"run {run.root}: {_rounds(rounds)}, config sha256 {str(m0.get('config_sha256'))[:12]}")
-    code = m0["code"]
-    commit = f", commit {str(code.get('commit'))[:12]}" if code.get("commit") else ""
-    dirty = " (with local changes)" if code.get("dirty") else ""
-    echo(f"code: blazefl {code.get('version')}{commit}{dirty}")
     echo(
         f"environment: torch {env.get('torch')}, numpy {env.get('numpy')}, python "
         f"{env.get('python')}, {env.get('cpu_isa')} ({env.get('machine')}), "
@@ -231,6 +227,10 @@ def show_run(run_dir: Path, echo: Echo) -> None:
             f"{_num(metrics.get('test_loss')):>9}  {_num(metrics.get('test_accuracy')):>8}"
             + (f"  ({', '.join(notes)})" if notes else "")
         )
+    code = recorded_code(run, rounds[-1], manifests[rounds[-1]])
+    commit = f", commit {str(code.get('commit'))[:12]}" if code.get("commit") else ""
+    dirty = " (with local changes)" if code.get("dirty") else ""
+    echo(f"code: blazefl {code.get('version')}{commit}{dirty}")
     last = run.last_complete_round()
     if last is not None:
         digest = _hash(run, run.round_dir(last) / MANIFEST)

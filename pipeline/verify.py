@@ -25,6 +25,7 @@ from blazefl.pipeline.chain import (
     chain_problems,
     code_note,
     provenance_problems,
+    recorded_code,
     store_problems,
 )
 from blazefl.stages.artifacts import (
@@ -274,7 +275,8 @@ def verify_run(
         note = environment_note(rec, current)
         if note:
             echo(note)
-    notes = {code_note(m["code"], code_version()) for m in manifests.values()} - {None}
+    notes = {code_note(recorded_code(run, t, m), code_version()) for t, m in manifests.items()}
+    notes -= {None}
     for note in sorted(notes):  # type: ignore[type-var]
         echo(note)
 

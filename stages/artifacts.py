@@ -59,6 +59,7 @@ __all__ = [
     "read_safetensors",
     "environment",
     "code_version",
+    "manifest_code",
     "MANIFEST",
     "MAX_FILE_BYTES",
     "MAX_HASHED_BYTES",
@@ -265,6 +266,17 @@ def code_version() -> dict[str, Any]:
         status = _git(["status", "--porcelain", "--untracked-files=no"], source)
         dirty = None if commit is None or status is None else bool(status)
     return {"commit": commit, "dirty": dirty, "version": pkg_version}
+
+
+def manifest_code() -> dict[str, Any]:
+    """The part of `code_version()` recorded in manifests: the package version only.
+
+    Manifest bytes are chained (parent hashes, dvc.lock) and must be equal when a round is
+    re-executed; a commit or a dirty flag changes with every commit of the checkout (the
+    experiment repository may be the package's own clone), so those are recorded in the
+    round's timings file, the one file allowed to vary.
+    """
+    return {"version": code_version()["version"]}
 
 
 class RunDir:

@@ -13,8 +13,8 @@ from blazefl.stages.artifacts import (
     RunDir,
     atomic_dir,
     canonical_json,
-    code_version,
     environment,
+    manifest_code,
     sha256_bytes,
 )
 from blazefl.stages.config import byte_config, config_sha256
@@ -53,7 +53,7 @@ def init_outputs(
     files = snapshot_files(server, clients, {})
     manifest: dict[str, Any] = {
         "clients": [],
-        "code": code_version(),
+        "code": manifest_code(),
         "config": byte_config(config),
         "config_sha256": config_sha256(config),
         "environment": environment(config["runtime.threads_per_client"], exp.spec.runtime.device),

@@ -26,6 +26,7 @@ from blazefl.stages.artifacts import (
     canonical_json,
     code_version,
     environment,
+    manifest_code,
     sha256_bytes,
 )
 from blazefl.stages.config import byte_config, config_sha256
@@ -231,7 +232,7 @@ class Session:
         outputs = {name: sha256_bytes(data) for name, data in files.items()}
         manifest = {
             "clients": result.clients,
-            "code": code_version(),
+            "code": manifest_code(),
             "config": byte_config(self.config),
             "config_sha256": config_sha256(self.config),
             "environment": environment(
@@ -275,6 +276,7 @@ class Session:
         write_seconds = time.perf_counter() - start
         timings = {
             "clients": len(out.manifest["clients"]),
+            "code": code_version(),
             "ipc": self.execution.ipc,
             "mode": self.execution.mode,
             "round": out.round,

@@ -291,10 +291,14 @@ def test_cli_help_does_not_import_torch() -> None:
     assert "run" in result.stdout and "verify" in result.stdout
 
 
-def test_rounds_left_from_another_config_are_refused(two_round_run: Path) -> None:
+def test_rounds_left_from_another_config_are_refused(
+    two_round_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVC_STAGE", "round_000")  # outside DVC redoing init is refused
     code, output = invoke(
         "stage", "init", "--out", str(two_round_run), *TINY, "--set", "train.lr=0.5"
     )
+    monkeypatch.delenv("DVC_STAGE")
     assert code == 0, output  # redoing init alone is allowed (dvc does this)...
     before = tree(two_round_run, skip=())
     code, output = invoke("run", "--out", str(two_round_run), *TINY, "--set", "train.lr=0.5")

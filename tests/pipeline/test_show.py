@@ -24,7 +24,8 @@ def test_show_prints_a_row_per_round_with_metrics(tiny_run, blazefl) -> None:
         "test_loss",
         "test_acc",
     ]
-    rows = [line.split() for line in lines[3:]]
+    rows = [line.split() for line in lines[3:] if line.split()[0].isdigit()]
+    assert any(line.startswith("digest: ") for line in lines)
     assert [int(r[0]) for r in rows] == [0, 1, 2, 3]
     assert rows[0][1] == "init" and rows[0][5:] == ["-", "-", "-"]
     for t in (1, 2, 3):
