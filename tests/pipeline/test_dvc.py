@@ -8,6 +8,8 @@ in any order.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from dvc_helpers import (
 )
 from dvc_helpers import base_repo as _base_repo
 
-from blazefl.pipeline.dvcgen import stage_name, write_dvc
+from blazefl.pipeline.dvcgen import path_note, stage_name, write_dvc
 from blazefl.stages.config import byte_keys, dump_yaml, load_config
 
 NON_BYTE_KEYS = ("fl.rounds", "runtime.mode", "runtime.workers", "runtime.ipc")
@@ -169,6 +171,19 @@ def test_zero_rounds_pipeline_reports_from_init(tmp_path: Path) -> None:
     doc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
     assert list(doc["stages"]) == ["prepare", "partition", "round_000", "report"]
     assert doc["stages"]["report"]["deps"] == [f"{OUT}/round-0000"]
+
+
+def test_path_note_says_when_dvc_would_not_find_this_blazefl(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    here = Path(sys.executable).parent
+    if not (here / "blazefl").exists():
+        pytest.skip("no blazefl console script next to this interpreter")
+    monkeypatch.setenv("PATH", f"{here}{os.pathsep}/usr/bin")
+    assert path_note() is None
+    monkeypatch.setenv("PATH", str(tmp_path))  # not activated: dvc repro could not run it
+    note = path_note()
+    assert note is not None and "not on PATH" in note and "activate" in note
 
 
 # -- the pipeline under DVC -------------------------------------------------------------------
