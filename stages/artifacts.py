@@ -4,8 +4,10 @@ Layout (the README's artifact section)::
 
     RUN/dataset/            zarr store of the data + manifest.json        (prepare)
     RUN/partitions/         zarr: flat indices + offsets + manifest.json  (partition)
-    RUN/round-0000/         global.safetensors, rng.safetensors, manifest.json   (init)
-    RUN/round-NNNN/         same, plus state/ for stateful algorithms     (round)
+    RUN/round-0000/         global.safetensors, rng.safetensors (server), rng/client-NNNNN
+                            .safetensors (one per client), manifest.json  (init)
+    RUN/round-NNNN/         same, plus state/ for stateful algorithms     (round); files of
+                            clients the round did not sample are hard links to the last round's
     RUN/metrics/round-NNNN.json                                           (evaluate)
     RUN/timings/round-NNNN.json   wall times: the only files allowed to vary
     RUN/summary.json, RUN/plots/metrics.json (all rounds' metrics as one list, for
@@ -102,7 +104,10 @@ def sha256_file(path: Path) -> str:
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_nlink > 1:  # a hard link to a file an earlier commit synced
+                continue
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:

@@ -71,7 +71,7 @@ def init_outputs(
 def init(
     config: dict[str, Any], run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
 ) -> Path:
-    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server + every client's
+    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server), rng/ (every client's
     stream derived from (seed, client id)) and the manifest that starts the chain, naming the
     hashes of both store manifests.
 

@@ -1,7 +1,7 @@
 """Provenance checks: what a stage reads must have been made with the config it runs.
 
 Every store and round records the byte-relevant config it was made from and the hashes of
-its inputs (DESIGN of the chain: dataset -> partitions -> round 0 -> round 1 -> ...):
+its inputs (the chain: dataset -> partitions -> round 0 -> round 1 -> ...):
 
 - the dataset store records `DATA_KEYS`;
 - the partitions store records `partition_keys(config)` (the algorithm and its public-set

@@ -7,6 +7,8 @@ so all three produce bytes through one code path.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +18,7 @@ import torch
 from blazefl.core.loop import ExecutionSettings, run_round
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.data import ImageDataset
-from blazefl.reproducibility import pin_client_threads
+from blazefl.reproducibility import RNGSuite, pin_client_threads
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -31,7 +33,17 @@ from blazefl.stages.artifacts import (
 )
 from blazefl.stages.config import byte_config, config_sha256
 from blazefl.stages.provenance import check_round_provenance, check_stores
-from blazefl.stages.snapshot import GLOBAL, RNG, STATE, RoundOutputs, client_key, snapshot_files
+from blazefl.stages.snapshot import (
+    CLIENT_RNG,
+    GLOBAL,
+    RNG,
+    SERVER_STATE,
+    STATE,
+    RoundOutputs,
+    client_file,
+    client_of,
+    snapshot_files,
+)
 from blazefl.stages.stores import build_from_stores
 from blazefl.stages.temp_cleanup import claim_pymp_dir
 from blazefl.stages.tensor_checks import ArtifactContentError, check_tensors
@@ -79,7 +91,7 @@ class Session:
         )
         self.loaded: int | None = None
         self.parent: dict[str, str] = {}
-        self._state_bytes: dict[str, bytes] = {}  # serialized client states, reused if unchanged
+        self._file_cache: dict[str, bytes] = {}  # per-client files, reused while unchanged
 
     # -- state in and out ----------------------------------------------------------------
     def load(self, t: int) -> None:
@@ -102,19 +114,23 @@ class Session:
                     f"{pre}{name} does not match the hash in its manifest (changed after it "
                     f"was written): restore it, or delete {self.run.round_dir(t)} and run again"
                 )
-        unknown = [n for n in files if n not in (GLOBAL, RNG) and not n.startswith(STATE + "/")]
+        known = (GLOBAL, RNG, SERVER_STATE)
+        unknown = [
+            n
+            for n in files
+            if n not in known and client_of(n, CLIENT_RNG) is None and client_of(n, STATE) is None
+        ]
         if unknown:
             raise ArtifactContentError(f"{pre}{unknown[0]} is not a snapshot file: tampered run")
         states = {n: self._tensors(pre + n, b) for n, b in files.items() if n.startswith(STATE)}
         model = self._tensors(pre + GLOBAL, files[GLOBAL])
         own = model_state_dict(self.server.model)
         check_tensors(model, {k: (v.dtype, tuple(v.shape)) for k, v in own.items()}, pre + GLOBAL)
-        rng = self._tensors(pre + RNG, files[RNG])
-        self._check_rng(rng, pre + RNG)
+        self._load_rng(files, t)
         load_model_state_dict(self.server.model, model)
-        self._load_rng(rng, t)
         self._load_state(states, t)
-        self._state_bytes = {n: b for n, b in files.items() if n.startswith(STATE + "/")}
+        # per-client files, reused (not serialized again) for clients a round does not sample
+        self._file_cache = {n: b for n, b in files.items() if "/client-" in n}
         self.server.round = t
         self.loaded = t
         self.parent = {pre + MANIFEST: self.run.manifest_sha256(self.run.round_dir(t) / MANIFEST)}
@@ -132,23 +148,8 @@ class Session:
                 "run again"
             ) from None
 
-    def _check_rng(self, rng: dict[str, torch.Tensor], where: str) -> None:
-        """Exactly the streams of this run (server + every client), each a 1-D uint8 state
-        (`load_state_tensors` validates the contents)."""
-        assert self.server.rng is not None
-        layout = self._client_rng_keys()
-        names = [f"server.{k}" for k in self.server.rng.state_tensors()]
-        names += [f"{client_key(c)}.{k}" for c in range(self.exp.spec.data.clients) for k in layout]
-        for n in names:
-            if n in rng and rng[n].dim() != 1:
-                raise ArtifactContentError(
-                    f"{where}: tensor {n} has {rng[n].dim()} dims, expected 1: the run is tampered"
-                )
-        expected = {n: (torch.uint8, tuple(rng[n].shape) if n in rng else (0,)) for n in names}
-        check_tensors(rng, expected, where)
-
     def _load_state(self, states: dict[str, dict[str, torch.Tensor]], t: int) -> None:
-        server_file = f"{STATE}/server.safetensors"
+        server_file = SERVER_STATE
         pre = f"round-{t:04d}/"
         stateful = hasattr(self.server, "load_state_tensors")
         if stateful != (server_file in states):
@@ -161,9 +162,8 @@ class Session:
         for name, tensors in sorted(states.items()):
             if name == server_file:
                 continue
-            stem = name.removeprefix(f"{STATE}/client-").removesuffix(".safetensors")
-            cid = int(stem) if stem.isdecimal() and len(stem) == 5 else -1
-            if not 0 <= cid < self.exp.spec.data.clients:
+            cid = client_of(name, STATE)
+            if cid is None or not 0 <= cid < self.exp.spec.data.clients:
                 raise ArtifactContentError(
                     f"{pre}{name} is not the state of a client of this run (data.clients is "
                     f"{self.exp.spec.data.clients}): the run is tampered"
@@ -196,20 +196,49 @@ class Session:
         cuda = self.exp.spec.runtime.device != "cpu"
         return ("python", "numpy", "torch", "torch_cuda") if cuda else ("python", "numpy", "torch")
 
-    def _load_rng(self, rng: dict[str, torch.Tensor], t: int) -> None:
+    def _load_rng(self, files: dict[str, bytes], t: int) -> None:
+        """The server's streams and every client's, each exactly the streams this run has
+        (1-D uint8 states; `load_state_tensors` validates their contents)."""
         assert self.server.rng is not None
-        try:
-            self.server.rng.load_state_tensors(
-                {k: rng[f"server.{k}"] for k in ("python", "numpy", "torch")}
+        pre = f"round-{t:04d}/"
+        server_keys = tuple(self.server.rng.state_tensors())
+        client_keys = self._client_rng_keys()
+
+        def streams(name: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+            if name not in files:
+                raise ArtifactError(
+                    f"{pre}{name} is missing from the round: delete the round and run again"
+                )
+            tensors = self._tensors(pre + name, files[name])
+            expected = {k: (torch.uint8, tuple(tensors[k].shape)) for k in keys if k in tensors}
+            check_tensors(
+                tensors, {**dict.fromkeys(keys, (torch.uint8, (0,))), **expected}, pre + name
             )
-            states: dict[int, dict[str, torch.Tensor]] = {}
-            for cid in range(self.exp.spec.data.clients):
-                key = client_key(cid)
-                states[cid] = {k: rng[f"{key}.{k}"] for k in self._client_rng_keys()}
+            for k, v in tensors.items():
+                if v.dim() != 1:
+                    raise ArtifactContentError(
+                        f"{pre}{name}: tensor {k} has {v.dim()} dims, expected 1: tampered run"
+                    )
+            return tensors
+
+        clients = self.exp.spec.data.clients
+        extra = [n for n in files if (c := client_of(n, CLIENT_RNG)) is not None and c >= clients]
+        if extra:
+            raise ArtifactContentError(
+                f"{pre}{extra[0]} is not a client of this run (data.clients is {clients}): "
+                "the run is tampered"
+            )
+        try:
+            self.server.rng.load_state_tensors(streams(RNG, server_keys))
+            states = {c: streams(client_file(CLIENT_RNG, c), client_keys) for c in range(clients)}
+            for state in states.values():  # a state that does not unpack is corrupt
+                RNGSuite.from_state_tensors(state)
         except (KeyError, ValueError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
             raise ArtifactError(
-                f"round-{t:04d}/{RNG} is corrupt or from another config (missing {exc}): "
-                "delete the round and run again"
+                f"{pre}rng is corrupt or from another config ({str(exc)[:100]}): delete the "
+                "round and run again"
             ) from None
         self.trainer.rng_states = states
 
@@ -221,15 +250,25 @@ class Session:
         start = time.perf_counter()
         result = run_round(self.server, self.trainer, t, on_client=on_client)
         seconds = time.perf_counter() - start
+        previous = dict(self._file_cache)
         files = snapshot_files(
             self.server,
             self.trainer.rng_states,
             self.trainer.client_states,
-            self._state_bytes,
+            self._file_cache,
             changed=set(result.clients),
         )
         summary = result.summary
-        outputs = {name: sha256_bytes(data) for name, data in files.items()}
+        # a reused per-client file is the very bytes object of the previous round: its hash
+        # is known and the commit can link it instead of writing it again
+        parent = f"round-{t - 1:04d}/"
+        unchanged = frozenset(
+            n for n, data in files.items() if previous.get(n) is data and parent + n in self.parent
+        )
+        outputs = {
+            n: self.parent[parent + n] if n in unchanged else sha256_bytes(data)
+            for n, data in files.items()
+        }
         manifest = {
             "clients": result.clients,
             "code": manifest_code(),
@@ -238,7 +277,9 @@ class Session:
             "environment": environment(
                 self.config["runtime.threads_per_client"], self.exp.spec.runtime.device
             ),
-            "inputs": {**self.store_hashes, **self.parent},
+            # the parent manifest's hash covers every file of the parent round, so the
+            # manifest stays small when there are many per-client files
+            "inputs": {**self.store_hashes, parent + MANIFEST: self.parent[parent + MANIFEST]},
             "kind": "round",
             "outputs": outputs,
             "parent": self.parent[f"round-{t - 1:04d}/{MANIFEST}"],
@@ -257,7 +298,9 @@ class Session:
             f"round-{t:04d}/{MANIFEST}": sha256_bytes(canonical_json(manifest)),
             **{f"round-{t:04d}/{k}": v for k, v in outputs.items()},
         }
-        return RoundOutputs(t, files, manifest, metrics, seconds, result.uplink_sha256)
+        return RoundOutputs(
+            t, files, manifest, metrics, seconds, result.uplink_sha256, unchanged=unchanged
+        )
 
     def commit(self, out: RoundOutputs) -> float:
         """Write a computed round atomically, then its metrics and timings.
@@ -266,9 +309,14 @@ class Session:
             Seconds spent writing the round's artifacts.
         """
         start = time.perf_counter()
+        previous = self.run.round_dir(out.round - 1)
         with atomic_dir(self.run.round_dir(out.round), self.run.root) as tmp:
             for name, data in out.files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                if name in out.unchanged:
+                    with contextlib.suppress(OSError):  # no hard links here: write a copy
+                        os.link(previous / name, tmp / name, follow_symlinks=False)
+                        continue
                 (tmp / name).write_bytes(data)
             (tmp / MANIFEST).write_bytes(canonical_json(out.manifest))
         root = self.run.root
