@@ -31,10 +31,10 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def measure(clients: int, rounds: int, workdir: Path) -> dict[str, Any]:
+def measure(clients: int, rounds: int, workdir: Path, algorithm: str = "fedavg") -> dict[str, Any]:
     """Run one experiment with `clients` clients and measure its rounds' growth."""
-    out = workdir / f"run-{clients}"
-    sets = {
+    out = workdir / f"run-{algorithm}-{clients}"
+    sets: dict[str, Any] = {
         "data.size": max(2 * clients, 2000),
         "data.test_size": 200,
         "data.clients": clients,
@@ -44,7 +44,11 @@ def measure(clients: int, rounds: int, workdir: Path) -> dict[str, Any]:
         "train.local_epochs": 1,
         "train.batch_size": 32,
         "runtime.mode": "sequential",
+        "fl.algorithm": algorithm,
     }
+    if algorithm == "dsfl":  # the open set comes out of the training data
+        sets.update({"data.size": max(2 * clients, 2000) + 500, "dsfl.open_size": 500})
+        sets.update({"dsfl.public_size_per_round": 100})
     cmd = [sys.executable, "-m", "blazefl.pipeline.cli", "run", "--out", str(out), "--quiet"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
@@ -69,10 +73,15 @@ def measure(clients: int, rounds: int, workdir: Path) -> dict[str, Any]:
                 "write_seconds": timings["write_seconds"],
             }
         )
+    # what one sampled client's persistent state costs (DS-FL: its own model)
+    states = sorted((out / f"round-{rounds:04d}" / "state").glob("client-*.safetensors"))
+    state_bytes = states[0].stat().st_size if states else 0
     steady = per_round[1:] or per_round
     return {
+        "algorithm": algorithm,
         "clients": clients,
         "rounds": per_round,
+        "state_of_sampled_mb": 10 * state_bytes / 1e6,
         "mean_new_inode_mb": sum(r["new_inode_bytes"] for r in steady) / len(steady) / 1e6,
         "mean_new_content_mb": sum(r["new_content_bytes"] for r in steady) / len(steady) / 1e6,
         "mean_write_s": sum(r["write_seconds"] for r in steady) / len(steady),
@@ -83,18 +92,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.snapshot_growth")
     parser.add_argument("--clients", default="100,1000,10000")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--algorithm", default="fedavg", help="fedavg or dsfl (or any other)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="blazefl-growth-") as tmp:
         for n in (int(x) for x in args.clients.split(",")):
-            results.append(measure(n, args.rounds, Path(tmp)))
-    print("| clients | MB per round on disk | MB per round in a content cache | write s |")
-    print("|---|---|---|---|")
+            results.append(measure(n, args.rounds, Path(tmp), args.algorithm))
+    print(
+        "| algorithm | clients | MB per round on disk | MB per round in a content cache "
+        "| state of 10 clients, MB | write s |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['clients']:,} | {r['mean_new_inode_mb']:.3f} | "
-            f"{r['mean_new_content_mb']:.3f} | {r['mean_write_s']:.3f} |"
+            f"| {r['algorithm']} | {r['clients']:,} | {r['mean_new_inode_mb']:.3f} | "
+            f"{r['mean_new_content_mb']:.3f} | {r['state_of_sampled_mb']:.3f} | "
+            f"{r['mean_write_s']:.3f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
