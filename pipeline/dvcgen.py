@@ -46,6 +46,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from blazefl.registry import is_import_path
 from blazefl.stages.config import byte_keys, dump_yaml
 from blazefl.stages.partition import partition_keys
 from blazefl.stages.prepare import DATA_KEYS
@@ -93,7 +94,46 @@ def _params(keys: list[str], params_rel: str) -> list[Any]:
     return [{params_rel: _Flow(keys)}]
 
 
-def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") -> str:
+#: Which stages read the user code a config key names by import path.
+_CODE_READERS = {
+    "data.dataset": ("prepare",),
+    "model.name": ("init", "round"),
+    "fl.algorithm": ("partition", "init", "round"),
+}
+
+
+def user_code(config: dict[str, Any], base: Path) -> dict[str, str]:
+    """The source files of the user's own code that the config names by import path
+    (`fl.algorithm: myalgo:MyAlgorithm`), relative to dvc.yaml's folder `base`: editing one
+    must make the stages that run it stale. Code outside `base` (an installed package) is the
+    environment's, recorded in the manifests like torch's version.
+
+    Returns:
+        {config key: posix path relative to base}.
+    """
+    out: dict[str, str] = {}
+    for key in _CODE_READERS:
+        name = config[key]
+        if not is_import_path(name):
+            continue
+        module = sys.modules.get(name.partition(":")[0])  # imported when the config loaded
+        origin = getattr(module, "__file__", None)
+        if origin is None:
+            continue
+        try:
+            out[key] = Path(origin).resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return out
+
+
+def dvc_yaml(
+    config: dict[str, Any],
+    out: str,
+    params: str,
+    header: str = "",
+    code: dict[str, str] | None = None,
+) -> str:
     """The text of dvc.yaml.
 
     Args:
@@ -101,6 +141,8 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
         out: the run directory, relative to dvc.yaml's directory (posix).
         params: the params file, relative to dvc.yaml's directory (posix).
         header: comment lines put first.
+        code: the user's source files by config key (see `user_code`), added as deps of the
+            stages that run them.
 
     Returns:
         Deterministic YAML text: the same arguments always give the same bytes.
@@ -123,21 +165,27 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
         return shlex.join(["blazefl", "stage", *args, "--config", params, "--out", out])
 
     round_keys = byte_keys(config)
+    code = code or {}
+
+    def code_deps(stage: str) -> list[str]:
+        return sorted({f for k, f in code.items() if stage in _CODE_READERS[k]})
+
     stages: dict[str, Any] = {
         "prepare": {
             "cmd": cmd("prepare"),
+            **({"deps": code_deps("prepare")} if code_deps("prepare") else {}),
             "params": _params(sorted(DATA_KEYS), params),
             "outs": [p("dataset")],
         },
         "partition": {
             "cmd": cmd("partition"),
-            "deps": [p("dataset")],
+            "deps": [p("dataset"), *code_deps("partition")],
             "params": _params(partition_keys(config), params),
             "outs": [p("partitions")],
         },
         stage_name(0, rounds): {
             "cmd": cmd("init"),
-            "deps": [p("dataset"), p("partitions")],
+            "deps": [p("dataset"), p("partitions"), *code_deps("init")],
             "params": _params(round_keys, params),
             "outs": [round_dir(0)],
         },
@@ -145,7 +193,7 @@ def dvc_yaml(config: dict[str, Any], out: str, params: str, header: str = "") ->
     for t in range(1, rounds + 1):
         stages[stage_name(t, rounds)] = {
             "cmd": cmd("round", "--round", str(t)),
-            "deps": [p("dataset"), p("partitions"), round_dir(t - 1)],
+            "deps": [p("dataset"), p("partitions"), round_dir(t - 1), *code_deps("round")],
             "params": _params(round_keys, params),
             "outs": [round_dir(t), {metrics(t): {"cache": False}}],
         }
@@ -223,7 +271,7 @@ def write_dvc(
         f"# then regenerate, from this directory: {shlex.join(regen)}\n"
     )
     _write(params_file, dump_yaml(config))
-    _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header))
+    _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header, user_code(config, base)))
     return [params_file, dvc_file]
 
 

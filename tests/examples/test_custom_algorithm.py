@@ -312,11 +312,6 @@ def test_changing_a_user_key_makes_rounds_stale_but_not_data(dvc_repo: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="dvcgen lists no deps on the user's modules: editing myalgo.py leaves the rounds "
-    "'up to date' (see the report; README tells users to `dvc repro -f` meanwhile)",
-)
 def test_editing_the_users_algorithm_makes_rounds_stale(dvc_repo: Path) -> None:
     stale = _stale(dvc_repo, "myalgo.py", "(no bias correction", "(no bias  correction")
     assert set(DVC_ROUNDS) <= set(stale)
