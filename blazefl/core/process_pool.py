@@ -11,6 +11,12 @@ threads can hang) and reused for every round. Tensors move without pickling:
   client writes its uplink to a file that the main process reads and deletes. Lower memory.
 
 Only small control messages (task ids, RNG state bytes, layouts) cross the pipes.
+
+A worker answers "ready" once its workload is loaded and `make_worker()` has returned; a worker
+that cannot get there reports why and the pool raises `WorkerStartError` ("worker process
+failed to start: <cause>") instead of blaming the first client it would have trained. On Linux
+a worker is killed by the kernel when the runner dies (even by SIGKILL), so it never trains on
+as an orphan or writes into a storage folder that the next run cleans up.
 """
 
 from __future__ import annotations
@@ -20,21 +26,17 @@ import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import traceback
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.multiprocessing  # noqa: F401  (registers tensor reductions for shared arenas)
 
-from blazefl.core.devices import build_worker, init_client_thread, is_cuda, worker_device
-from blazefl.core.memory import tune_malloc
+from blazefl.core.client_task import ClientTrainingError, WorkerStartError
+from blazefl.core.devices import init_client_thread, is_cuda, worker_device
 from blazefl.core.packages import (
     ClientResult,
     ClientTask,
@@ -43,11 +45,21 @@ from blazefl.core.packages import (
     UplinkT,
     package_layout,
 )
+from blazefl.core.pool_worker import (
+    DownlinkRef,
+    PickledForChild,
+    how_it_ended,
+    map_file,
+    tensors_from_wire,
+    tensors_to_wire,
+    uplink_from_wire,
+    worker_main,
+)
 from blazefl.core.protocols import ClientWorkload
-from blazefl.core.trainers import BaseClientTrainer, ClientTrainingError, run_client_task
+from blazefl.core.trainers import BaseClientTrainer
 from blazefl.modes import IPC_MODES
 
-__all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "IPC_MODES"]
+__all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "WorkerStartError", "IPC_MODES"]
 
 IpcMode = Literal["shared_memory", "storage"]
 
@@ -56,141 +68,13 @@ class WorkerCrashedError(RuntimeError):
     """A worker process died; `cid` names the client it was training (None: between rounds)."""
 
     def __init__(self, cid: int | None, round: int, pid: int | None, exitcode: int | None) -> None:
-        if exitcode is not None and exitcode < 0:
-            try:
-                how = f"signal {signal.Signals(-exitcode).name}"
-            except ValueError:
-                how = f"signal {-exitcode}"
-        else:
-            how = f"exit code {exitcode}"
+        how = how_it_ended(exitcode)
         doing = f"while training client {cid}" if cid is not None else "between rounds, before"
         super().__init__(
             f"worker process {pid} died ({how}) {doing} in round {round}; the pool was shut down"
         )
         self.cid = cid
         self.round = round
-
-
-# -- wire format: numpy arrays pickle by value; torch tensors would go through fd passing ----
-def _tensors_to_wire(d: dict[str, torch.Tensor] | None) -> dict[str, np.ndarray] | None:
-    return None if d is None else {k: v.detach().cpu().numpy() for k, v in d.items()}
-
-
-def _tensors_from_wire(d: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
-    return None if d is None else {k: torch.from_numpy(v) for k, v in d.items()}
-
-
-def _uplink_to_wire(uplink: Any) -> Any:
-    values = {
-        k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-        for k, v in vars(uplink).items()
-    }
-    return type(uplink), values
-
-
-def _uplink_from_wire(wire: Any) -> Any:
-    cls, values = wire
-    return cls(
-        **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in values.items()}
-    )
-
-
-@dataclass(frozen=True)
-class _DownlinkRef:
-    version: int
-    layout: PackageLayout
-    path: str | None  # storage mode: file holding the arena bytes
-
-
-def _map_file(path: str, nbytes: int) -> torch.Tensor:
-    if nbytes == 0:
-        return torch.empty(0, dtype=torch.uint8)
-    # copy-on-write map: zero copy from the page cache, writable so torch does not warn
-    return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(nbytes,)))
-
-
-def _exit_now() -> NoReturn:
-    """Leave the worker without interpreter finalization.
-
-    Tearing down an interpreter that imported torch takes a second or more of CPU, paid by
-    every worker on every `close()`. A worker owns nothing that needs finalizing (results go
-    through the pipe, files are closed), so flush the standard streams and exit.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
-
-
-def _worker_main(
-    conn: mpc.Connection,
-    workload: ClientWorkload[Any, Any],
-    threads: int,
-    ipc_mode: str,
-    device: str = "cpu",
-) -> None:
-    """Worker process loop: pin threads, build one worker, serve tasks until told to stop.
-
-    On a GPU the determinism settings come first (cuBLAS reads its workspace setting when CUDA
-    initialises); the worker's model and data then live on `device`, and tensors cross the
-    process edge on the CPU: downlink read from the shared arena and uplink written to it,
-    one host<->device copy per client each way. GPU memory goes with the process.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
-    init_client_thread(threads, device)
-    if is_cuda(device):
-        torch.cuda.set_device(torch.device(device))
-    tune_malloc()
-    worker = build_worker(workload, device)
-    down_arena: torch.Tensor | None = None
-    up_arena: torch.Tensor | None = None
-    cached: tuple[int, Any] = (-1, None)
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):  # parent went away
-            _exit_now()
-        if msg[0] == "stop":
-            _exit_now()
-        if msg[0] == "arenas":
-            down_arena, up_arena = msg[1], msg[2]
-            continue
-        _, task_wire, ref, slot = msg
-        task = ClientTask(
-            task_wire[0],
-            task_wire[1],
-            _tensors_from_wire(task_wire[2]) or {},
-            _tensors_from_wire(task_wire[3]),
-        )
-        try:
-            if cached[0] != ref.version:
-                arena = down_arena if ref.path is None else _map_file(ref.path, ref.layout.nbytes)
-                assert arena is not None
-                cached = (ref.version, ref.layout.read(arena))
-            result = run_client_task(worker, task, cached[1])
-            layout = package_layout(result.uplink)
-            if ipc_mode == "storage":  # straight from the model's memory to the file
-                layout.write_file(result.uplink, slot)
-                body: Any = ("layout", layout)
-            elif up_arena is not None and layout.nbytes <= up_arena.shape[1]:
-                layout.write(result.uplink, up_arena[slot])
-                body = ("layout", layout)
-            else:  # larger than a slot: slow path by value; the pool grows its slots next round
-                body = ("value", _uplink_to_wire(result.uplink), layout.nbytes)
-            conn.send(
-                (
-                    "done",
-                    task.cid,
-                    body,
-                    _tensors_to_wire(result.rng),
-                    _tensors_to_wire(result.state),
-                    result.sha256,
-                )
-            )
-        except ClientTrainingError as exc:  # the main process re-raises it, naming the client
-            conn.send(("error", task.cid, exc.detail, traceback.format_exc()))
-        except Exception as exc:
-            conn.send(("error", task.cid, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
 class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
@@ -292,17 +176,21 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self.workload.share_memory()
         if self.ipc_mode == "storage":
             self._storage = Path(tempfile.mkdtemp(prefix="blazefl-ipc-", dir=self._storage_parent))
+        # the kernel kills a worker when the *thread* that started it exits: only safe to ask
+        # for from the main thread, which lives as long as the process
+        die_with_parent = threading.current_thread() is threading.main_thread()
         try:
             for _ in range(self.num_workers):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
-                    target=_worker_main,
+                    target=worker_main,
                     args=(
                         child,
-                        self.workload,
+                        PickledForChild(self.workload),
                         self.threads_per_client,
                         self.ipc_mode,
                         worker_device(self.devices, len(self._procs)),
+                        die_with_parent,
                     ),
                     daemon=True,
                     name="blazefl-worker",
@@ -311,9 +199,34 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 child.close()
                 self._procs.append(proc)
                 self._conns.append(parent)
+            for w in range(self.num_workers):  # workers build their models in parallel
+                self._await_ready(w)
         except BaseException:
+            # a failed start or Ctrl-C while workers start: nothing to wait for
+            for proc in self._procs:
+                if proc.is_alive():
+                    proc.kill()
             self.close()
             raise
+
+    def _await_ready(self, w: int) -> None:
+        conn, proc = self._conns[w], self._procs[w]
+        mpc.wait([conn, proc.sentinel])
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            msg = None
+        if msg is not None and msg[0] == "ready":
+            return
+        if msg is not None and msg[0] == "failed":
+            error = WorkerStartError(f"worker process failed to start: {msg[1]}")
+            error.add_note(f"worker traceback:\n{msg[2]}")
+            raise error
+        proc.join(timeout=5)
+        how = how_it_ended(proc.exitcode)
+        raise WorkerStartError(
+            f"worker process failed to start: it died ({how}) before it was ready"
+        )
 
     @property
     def pids(self) -> list[int]:
@@ -366,7 +279,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         return WorkerCrashedError(cid, round, proc.pid, proc.exitcode)
 
     # -- per-round IPC -------------------------------------------------------------------
-    def _publish_downlink(self, payload: DownlinkT, round: int) -> _DownlinkRef:
+    def _publish_downlink(self, payload: DownlinkT, round: int) -> DownlinkRef:
         layout = package_layout(payload)
         self._version += 1
         if self.ipc_mode == "storage":
@@ -375,7 +288,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 old.unlink()
             path = self._storage / f"downlink-{self._version}.bin"
             layout.write_file(payload, path)
-            return _DownlinkRef(self._version, layout, str(path))
+            return DownlinkRef(self._version, layout, str(path))
         grow_down = self._down_arena is None or self._down_arena.numel() < layout.nbytes
         want_slot = max(self._slot_nbytes, layout.nbytes)  # uplinks are usually model-sized
         if grow_down or want_slot > self._slot_nbytes:
@@ -391,7 +304,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                     raise self._crashed(w, None, round) from None
         assert self._down_arena is not None
         layout.write(payload, self._down_arena)
-        return _DownlinkRef(self._version, layout, None)
+        return DownlinkRef(self._version, layout, None)
 
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         if self._round_token is not None:  # previous round abandoned: its workers are not idle
@@ -417,8 +330,8 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                     wire = (
                         task.round,
                         task.cid,
-                        _tensors_to_wire(task.rng),
-                        _tensors_to_wire(task.state),
+                        tensors_to_wire(task.rng),
+                        tensors_to_wire(task.state),
                     )
                     try:
                         self._conns[w].send(("task", wire, ref, slot))
@@ -464,7 +377,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
     def _receive(self, msg: Any, slot: tuple[int, Any]) -> ClientResult:
         _, cid, body, rng, state, sha = msg
         if body[0] == "value":
-            uplink = _uplink_from_wire(body[1])
+            uplink = uplink_from_wire(body[1])
             self._slot_nbytes = max(self._slot_nbytes, body[2])  # grow slots next round
             self._down_arena = None
         elif self.ipc_mode == "storage":
@@ -472,11 +385,11 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             layout: PackageLayout = body[1]
             # mapped, not read: the server folds it in from the page cache; the mapping stays
             # valid after the unlink and goes away with the last view
-            uplink = layout.read(_map_file(str(path), layout.nbytes))
+            uplink = layout.read(map_file(str(path), layout.nbytes))
             path.unlink()
         else:
             assert self._up_arena is not None
             uplink = body[1].read(self._up_arena[slot[0]], copy=True)
         return ClientResult(
-            cid, uplink, _tensors_from_wire(rng) or {}, _tensors_from_wire(state), sha
+            cid, uplink, tensors_from_wire(rng) or {}, tensors_from_wire(state), sha
         )

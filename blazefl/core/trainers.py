@@ -17,95 +17,43 @@ Each round has a stop event (`trainer.stop_event`); abandoning the round (Ctrl-C
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Generic
 
 import torch
 
-from blazefl.core.cancellation import ClientCancelledError, bound_stop_event, raise_if_cancelled
+from blazefl.core.cancellation import ClientCancelledError, bound_stop_event
+from blazefl.core.client_task import (
+    PERTURB_ENV,
+    ClientTrainingError,
+    WorkerStartError,
+    run_client_task,
+    start_worker,
+)
+from blazefl.core.daemon_pool import DaemonThreadPool
 from blazefl.core.devices import (
-    build_worker,
     init_client_thread,
     rng_device,
     run_devices,
     worker_device,
-    worker_scope,
 )
-from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_sha256
+from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT
 from blazefl.core.protocols import ClientWorker, ClientWorkload
-from blazefl.reproducibility import RNGSuite, create_rng_suite, pin_client_threads
+from blazefl.reproducibility import create_rng_suite, pin_client_threads
 
 __all__ = [
     "BaseClientTrainer",
     "ThreadPoolClientTrainer",
     "ClientTrainingError",
+    "WorkerStartError",
+    "start_worker",
     "run_client_task",
     "PERTURB_ENV",
 ]
-
-#: Test-only hook: "ROUND:CID" adds 1.0 to the first element of that client's first floating
-#: tensor in its uplink, so tests can prove that `verify` names a diverging client.
-PERTURB_ENV = "BLAZEFL_TEST_PERTURB_UPLINK"
-
-
-class ClientTrainingError(RuntimeError):
-    """Client work failed; `cid` names the client, `round` the round, `detail` the cause."""
-
-    def __init__(self, cid: int, round: int, message: str) -> None:
-        super().__init__(f"client {cid} failed in round {round}: {message}")
-        self.cid = cid
-        self.round = round
-        self.detail = message
-
-
-def _perturb_if_requested(task: ClientTask, uplink: Any) -> None:
-    spec = os.environ.get(PERTURB_ENV)
-    if not spec or spec != f"{task.round}:{task.cid}":
-        return
-    for value in vars(uplink).values():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            value.view(-1)[0] += 1.0
-            return
-
-
-def run_client_task(
-    worker: ClientWorker[Any, Any],
-    task: ClientTask,
-    payload: Any,
-    stop_event: threading.Event | None = None,
-) -> ClientResult:
-    """Run one client on `worker` and package the result (used by every execution mode).
-
-    Args:
-        worker: the worker's reusable model/optimizer holder.
-        task: client id, round, RNG state and persistent state.
-        payload: the round's downlink package (read only).
-        stop_event: the round's stop event, bound for `raise_if_cancelled` in client code.
-
-    Returns:
-        The client's result with its new RNG state and uplink hash.
-
-    Raises:
-        ClientCancelledError: the round was cancelled before or while this client ran.
-        ClientTrainingError: client code raised (the cause is chained).
-    """
-    try:
-        # on a GPU worker: its device and stream are current, so the CUDA generator lands there
-        with worker_scope(worker), bound_stop_event(stop_event):
-            rng = RNGSuite.from_state_tensors(task.rng)
-            raise_if_cancelled()  # a queued client of a cancelled round does not start
-            uplink, state = worker.train(task, payload, rng)
-    except ClientCancelledError:
-        raise  # a cancellation, not a client failure
-    except Exception as exc:  # name the client; keep the original as __cause__
-        raise ClientTrainingError(task.cid, task.round, f"{type(exc).__name__}: {exc}") from exc
-    _perturb_if_requested(task, uplink)
-    return ClientResult(task.cid, uplink, rng.state_tensors(), state, package_sha256(uplink))
 
 
 def ordered_window(
@@ -228,7 +176,7 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         if self._worker is None:
             init_client_thread(self.threads_per_client, self.devices[0])
-            self._worker = build_worker(self.workload, worker_device(self.devices, 0))
+            self._worker = start_worker(self.workload, worker_device(self.devices, 0))
         stop = self.stop_event = threading.Event()
         for task in tasks:
             yield run_client_task(self._worker, task, payload, stop)
@@ -300,7 +248,9 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         if num_workers <= 0:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_workers = num_workers
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
+        # a fresh queue per pool: a hung thread abandoned by close() returns its worker to the
+        # old queue, never to a pool started later
         self._idle: queue.Queue[ClientWorker[UplinkT, DownlinkT]] = queue.Queue()
 
     # -- the original BlazeFL contract ----------------------------------------------------
@@ -371,14 +321,9 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         stop.clear()
         # the original leaves the intra-op thread count alone; pin it only when asked to
         executor = (
-            ThreadPoolExecutor(
-                num_parallels,
-                thread_name_prefix="blazefl-client",
-                initializer=pin_client_threads,
-                initargs=(threads,),
-            )
+            DaemonThreadPool(num_parallels, "blazefl-client", pin_client_threads, (threads,))
             if threads
-            else ThreadPoolExecutor(num_parallels, thread_name_prefix="blazefl-client")
+            else DaemonThreadPool(num_parallels, "blazefl-client")
         )
         try:
             futures = [
@@ -391,7 +336,7 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 self.cache.append(future.result())
         finally:
             stop.set()  # running clients stop at their next check; queued ones never start
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown()  # bounded: a client that never checks is abandoned
 
     def local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
         """Train the clients and cache their uplinks (both APIs; see the class docstring)."""
@@ -425,35 +370,41 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             )
         return super().train_round(payload, cid_list, round)
 
-    def _start(self) -> ThreadPoolExecutor:
+    def _start(self) -> DaemonThreadPool:
         if self._executor is None:
             init_client_thread(self.threads_per_client, self.devices[0])
+            self._idle = queue.Queue()
             for w in range(self.num_workers):  # built here: no race on the global RNG
-                self._idle.put(build_worker(self.workload, worker_device(self.devices, w)))
-            self._executor = ThreadPoolExecutor(
+                self._idle.put(start_worker(self.workload, worker_device(self.devices, w)))
+            self._executor = DaemonThreadPool(
                 self.num_workers,
-                thread_name_prefix="blazefl-client",
-                initializer=init_client_thread,
-                initargs=(self.threads_per_client, self.devices[0]),
+                "blazefl-client",
+                init_client_thread,
+                (self.threads_per_client, self.devices[0]),
             )
         return self._executor
 
+    @staticmethod
     def _run_on_idle_worker(
-        self, task: ClientTask, payload: DownlinkT, stop: threading.Event
+        idle: queue.Queue[ClientWorker[Any, Any]],
+        task: ClientTask,
+        payload: Any,
+        stop: threading.Event,
     ) -> ClientResult:
-        worker = self._idle.get()
+        worker = idle.get()
         try:
             return run_client_task(worker, task, payload, stop)
         finally:
-            self._idle.put(worker)
+            idle.put(worker)
 
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         executor = self._start()
+        idle = self._idle
         stop = self.stop_event = threading.Event()
 
         def submit(task: ClientTask) -> Future[ClientResult]:
             try:
-                return executor.submit(self._run_on_idle_worker, task, payload, stop)
+                return executor.submit(self._run_on_idle_worker, idle, task, payload, stop)
             except RuntimeError:
                 if stop.is_set():  # close() from another thread shut the pool down mid-round
                     raise ClientCancelledError("round cancelled: the trainer was closed") from None
@@ -470,12 +421,14 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 stop.set()
 
     def close(self) -> None:
+        """Cancel the round in flight and stop the pool; a client that never checks its stop
+        event is abandoned after a short grace period (`blazefl.core.daemon_pool`)."""
         stop = getattr(self, "stop_event", None)
         if stop is not None:
             stop.set()  # shutdown below waits only for the running clients' next check
         executor = getattr(self, "_executor", None)
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown()
             self._executor = None
         idle = getattr(self, "_idle", None)
         while idle is not None and not idle.empty():
