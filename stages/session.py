@@ -45,7 +45,7 @@ from blazefl.stages.snapshot import (
     snapshot_files,
 )
 from blazefl.stages.stores import build_from_stores
-from blazefl.stages.temp_cleanup import claim_pymp_dir
+from blazefl.stages.temp_cleanup import claim_pymp_dir, owned_temp_dir
 from blazefl.stages.tensor_checks import ArtifactContentError, check_tensors
 
 __all__ = ["Session"]
@@ -78,17 +78,26 @@ class Session:
         self.store_hashes = check_stores(config, run)
         self.exp = build_from_stores(config, run, data)
         self.execution = execution or ExecutionSettings.of(self.exp.spec.runtime)
+        self._temp = contextlib.ExitStack()
+        storage_dir = None
         if self.execution.mode == "processes":
             claim_pymp_dir()  # so a later run can remove it if this process is SIGKILLed
+            if self.execution.ipc == "storage":  # IPC files inside a folder named for this pid
+                storage_dir = self._temp.enter_context(owned_temp_dir())
         threads = self.exp.spec.runtime.threads_per_client
         pin_client_threads(threads)
-        self.server = self.exp.server()
-        self.trainer = self.execution.make_trainer(
-            self.exp.workload(),
-            seed=self.exp.spec.seed,
-            threads_per_client=threads,
-            device=self.exp.spec.runtime.device,
-        )
+        try:
+            self.server = self.exp.server()
+            self.trainer = self.execution.make_trainer(
+                self.exp.workload(),
+                seed=self.exp.spec.seed,
+                threads_per_client=threads,
+                device=self.exp.spec.runtime.device,
+                storage_dir=storage_dir,
+            )
+        except BaseException:
+            self._temp.close()
+            raise
         self.loaded: int | None = None
         self.parent: dict[str, str] = {}
         self._file_cache: dict[str, bytes] = {}  # per-client files, reused while unchanged
@@ -336,7 +345,10 @@ class Session:
         return write_seconds
 
     def close(self) -> None:
-        self.trainer.close()
+        try:
+            self.trainer.close()
+        finally:
+            self._temp.close()  # after the pool: its workers no longer write there
 
     def __enter__(self) -> Session:
         return self

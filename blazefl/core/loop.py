@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -101,9 +102,11 @@ class ExecutionSettings:
         seed: int,
         threads_per_client: int = 1,
         device: str = "cpu",
+        storage_dir: str | os.PathLike[str] | None = None,
     ) -> BaseClientTrainer[Any, Any]:
         """The trainer for these settings (see `make_trainer`; `device` changes bytes, so it
-        comes from the experiment, not from these settings)."""
+        comes from the experiment, not from these settings; `storage_dir` is where storage-mode
+        IPC files go, a place rather than a setting)."""
         return make_trainer(
             self.mode,  # type: ignore[arg-type]
             workload,
@@ -112,6 +115,7 @@ class ExecutionSettings:
             ipc=self.ipc,  # type: ignore[arg-type]
             threads_per_client=threads_per_client,
             device=device,
+            storage_dir=storage_dir,
         )
 
 
@@ -124,6 +128,7 @@ def make_trainer(
     ipc: Literal["shared_memory", "storage"] = "shared_memory",
     threads_per_client: int = 1,
     device: str = "cpu",
+    storage_dir: str | os.PathLike[str] | None = None,
 ) -> BaseClientTrainer[Any, Any]:
     """Build the trainer for an execution mode (all modes give the same bytes).
 
@@ -135,6 +140,9 @@ def make_trainer(
         ipc: process-pool IPC mode.
         threads_per_client: intra-op threads for client work.
         device: `runtime.device` ("cpu", "cuda", "cuda:N"; see `blazefl.core.devices`).
+        storage_dir: parent folder of the process pool's storage-mode IPC folder (default:
+            the system temp folder); a runner passes a folder it owns, so that a later run can
+            remove what a SIGKILL of this one left there.
 
     Returns:
         A trainer; use it as a context manager so pools are released.
@@ -167,6 +175,7 @@ def make_trainer(
             num_workers=workers,
             ipc_mode=ipc,
             threads_per_client=threads_per_client,
+            storage_dir=storage_dir,
             device=device,
         )
     raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")

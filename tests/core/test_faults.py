@@ -3,6 +3,7 @@ quickly, leaving no worker process and no shared-memory segment behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,9 @@ from blazefl import (
     build_experiment,
     run_round,
 )
+from blazefl.core.cancellation import ClientCancelledError
+from blazefl.core.process_pool import WorkerStartError
+from tests.core.broken_workloads import RELEASE_HANG, misbehaving
 from tests.core.workloads import (
     TINY_SPEC,
     all_clients,
@@ -172,3 +176,97 @@ def test_hygiene_checks_can_fail() -> None:
         segment.unlink()
     assert leaked_shm(shm, settle_s=0.0) == set()
     assert orphans(children, []) == []
+
+
+# -- start-up failures and client code that raises what it should not ---------------------------
+@pytest.mark.parametrize(
+    ("misbehave", "start", "cause"),
+    [
+        ("unloadable", "spawn", "RuntimeError: this workload cannot be loaded"),
+        ("make_worker", "forkserver", "ValueError: make_worker could not build the model"),
+    ],
+)
+def test_worker_that_cannot_start_is_a_start_up_failure(
+    misbehave: str, start: str, cause: str
+) -> None:
+    children, shm = child_processes(), shm_entries()
+    trainer = ProcessPoolClientTrainer(
+        misbehaving(tiny_experiment(), misbehave),
+        seed=0,
+        num_workers=2,
+        start_method=fast_start() if start == "forkserver" else "spawn",
+    )
+    with trainer, pytest.raises(WorkerStartError) as info:
+        run_all_clients(trainer)
+    message = str(info.value)
+    assert message.startswith(f"worker process failed to start: {cause}"), message
+    assert "client" not in message and "\n" not in message
+    assert any(cause.split(": ")[1] in note for note in info.value.__notes__)  # child traceback
+    assert isinstance(info.value, ValueError)  # the CLI's bad input: exit 2
+    assert trainer.pids == []
+    assert orphans(children, []) == []
+    assert leaked_shm(shm) == set()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "threads"])
+def test_make_worker_raising_in_this_process_is_a_start_up_failure(mode: str) -> None:
+    workload = misbehaving(tiny_experiment(), "make_worker")
+    trainer = (
+        BaseClientTrainer(workload, seed=0)
+        if mode == "sequential"
+        else ThreadPoolClientTrainer(workload, seed=0, num_workers=2)
+    )
+    with trainer, pytest.raises(WorkerStartError, match="^worker failed to start: ValueError"):
+        run_all_clients(trainer)
+
+
+@pytest.mark.parametrize(
+    ("mode", "misbehave", "cause"),
+    [
+        ("threads", "system_exit", "SystemExit: 4"),
+        ("threads", "keyboard_interrupt", "KeyboardInterrupt"),
+        ("processes", "system_exit", "SystemExit: 4"),
+        ("processes", "keyboard_interrupt", "KeyboardInterrupt"),
+    ],
+)
+def test_system_exit_or_keyboard_interrupt_in_client_code_is_that_clients_failure(
+    mode: str, misbehave: str, cause: str
+) -> None:
+    # neither may end the process with the client's exit code nor pass for a real Ctrl-C
+    workload = misbehaving(tiny_experiment(), misbehave, fault_cid=3)
+    trainer = (
+        ThreadPoolClientTrainer(workload, seed=0, num_workers=2)
+        if mode == "threads"
+        else ProcessPoolClientTrainer(workload, seed=0, num_workers=2, start_method=fast_start())
+    )
+    with trainer, pytest.raises(ClientTrainingError) as info:
+        run_all_clients(trainer)
+    assert str(info.value) == f"client 3 failed in round 1: {cause}"
+    assert info.value.cid == 3
+
+
+def test_hung_thread_client_does_not_hold_up_close() -> None:
+    # a client waiting an hour without checking its stop event: close() gives up on it after a
+    # short grace period, and its daemon thread cannot keep the process alive either
+    workload = misbehaving(tiny_experiment(), "hang", fault_cid=0)
+    trainer = ThreadPoolClientTrainer(workload, seed=0, num_workers=2)
+    payload = tiny_experiment().server().downlink_package()
+    rounds = trainer.train_round(payload, all_clients(), 1)
+
+    def consume() -> None:
+        with contextlib.suppress(ClientCancelledError):  # the round ends cancelled
+            list(rounds)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    RELEASE_HANG.clear()
+    try:
+        consumer.start()
+        time.sleep(0.5)
+        trainer.close()  # returns although client 0 is still inside its hang
+        stuck = [t for t in threading.enumerate() if t.name.startswith("blazefl-client")]
+        assert stuck and all(t.daemon for t in stuck)
+    finally:
+        RELEASE_HANG.set()  # let the abandoned thread end, so later tests see no pool thread
+    for thread in [*stuck, consumer]:
+        thread.join(timeout=60)
+    assert not any(t.name.startswith("blazefl-client") for t in threading.enumerate())
