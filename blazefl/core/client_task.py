@@ -54,8 +54,19 @@ class WorkerStartError(ValueError):
 def start_worker(workload: ClientWorkload[Any, Any], device: str, what: str = "worker") -> Any:
     """`build_worker`, with any error from user code reported as a `WorkerStartError`.
 
+    Args:
+        workload: the user's client work (`make_worker()` is called here).
+        device: the device the worker's model lives on.
+        what: how the message names the worker.
+
+    Returns:
+        The built worker.
+
     Raises:
         WorkerStartError: "<what> failed to start: <exception type>: <first line>".
+
+    Example:
+        >>> worker = start_worker(workload, "cpu")
     """
     try:
         return build_worker(workload, device)
@@ -64,7 +75,12 @@ def start_worker(workload: ClientWorkload[Any, Any], device: str, what: str = "w
 
 
 def one_line(exc: BaseException) -> str:
-    """`"Type: message"`, first line only (error messages end as one line on stderr)."""
+    """`"Type: message"`, first line only (error messages end as one line on stderr).
+
+    Example:
+        >>> one_line(ValueError("bad\nmore"))
+        'ValueError: bad'
+    """
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
