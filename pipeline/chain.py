@@ -14,8 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from blazefl.experiment import build_partition
 from blazefl.stages.artifacts import MANIFEST, RunDir
+from blazefl.stages.config import to_spec
+from blazefl.stages.partition import partition_keys
+from blazefl.stages.prepare import DATA_KEYS
 from blazefl.stages.provenance import DATASET_REF, PARTITIONS_REF, differing_keys
+from blazefl.stages.stores import load_labels, load_partition
 
 __all__ = [
     "store_problems",
@@ -105,12 +110,6 @@ def chain_problems(run: RunDir, t: int, m: dict[str, Any]) -> list[str]:
 def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
     """How the stores contradict a round config: recorded configs, the dataset hash the
     partitions name, and the partition re-computed from the stored labels."""
-    from blazefl.experiment import build_partition
-    from blazefl.stages.config import to_spec
-    from blazefl.stages.partition import partition_keys
-    from blazefl.stages.prepare import DATA_KEYS
-    from blazefl.stages.stores import load_labels, load_partition
-
     out = []
     dataset = run.store_manifest("dataset")
     keys = differing_keys(dataset["config"], {k: config[k] for k in DATA_KEYS})
