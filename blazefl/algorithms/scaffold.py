@@ -34,15 +34,15 @@ State that outlives a round, and so is snapshotted by a pipeline:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from blazefl.algorithms.base import Algorithm
-from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
-from blazefl.algorithms.fedavg import ModelSpec
+from blazefl.algorithms.common import LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.fedavg import FedAvgClientWorkload
 from blazefl.core.optim import FlatSGD
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
@@ -221,26 +221,17 @@ class ScaffoldWorker:
 
 
 @dataclass
-class ScaffoldClientWorkload:
-    """Picklable SCAFFOLD client work: data, partition, model spec and hyper-parameters.
+class ScaffoldClientWorkload(FedAvgClientWorkload):
+    """Picklable SCAFFOLD client work: FedAvg's data, partition, model spec and
+    hyper-parameters, with SCAFFOLD's worker.
 
     Example:
         >>> workload = ScaffoldClientWorkload(train, partition, ModelSpec("cnn"), TrainHParams())
         >>> trainer = make_trainer("processes", workload, seed=0, workers=2)
     """
 
-    train: ImageDataset
-    partition: ClientPartition
-    model: ModelSpec = field(default_factory=ModelSpec)
-    hparams: TrainHParams = field(default_factory=TrainHParams)
-
-    def make_worker(self) -> ScaffoldWorker:
+    def make_worker(self) -> ScaffoldWorker:  # type: ignore[override]
         return ScaffoldWorker(self)
-
-    def share_memory(self) -> None:
-        self.train.images.share_memory_()
-        self.train.labels.share_memory_()
-        self.partition.share_memory_()
 
 
 # -- server ----------------------------------------------------------------------------------
