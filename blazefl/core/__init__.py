@@ -21,7 +21,12 @@ from blazefl.core.packages import (
     package_layout,
     package_sha256,
 )
-from blazefl.core.process_pool import IPC_MODES, ProcessPoolClientTrainer, WorkerCrashedError
+from blazefl.core.process_pool import (
+    IPC_MODES,
+    ProcessPoolClientTrainer,
+    WorkerCrashedError,
+    WorkerStartError,
+)
 from blazefl.core.protocols import ClientTrainer, ClientWorker, ClientWorkload, ServerHandler
 from blazefl.core.serialization import (
     deserialize_model,
@@ -58,6 +63,7 @@ __all__ = [
     "ThreadPoolClientTrainer",
     "UplinkPackage",
     "WorkerCrashedError",
+    "WorkerStartError",
     "current_stop_event",
     "deserialize_model",
     "flatten_module_",
