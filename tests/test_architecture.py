@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"blazefl": "blazefl", "stages": "blazefl.stages", "pipeline": "blazefl.pipeline"}
 RANK = {"blazefl": 0, "blazefl.stages": 1, "blazefl.pipeline": 2}
 
+
 def _layer(module: str) -> str | None:
     """The layer an absolute module name belongs to (None: not ours)."""
     for name in ("blazefl.pipeline", "blazefl.stages", "blazefl"):
