@@ -15,26 +15,11 @@ from blazefl import (
     create_rng_suite,
     simulate,
 )
+from tests.algorithms.learning import LEARN_FLAT
 
 # 1200 samples on 8 IID clients, 4 rounds of 2 local epochs (~1.5 s of CPU): test accuracy
 # 0.74 with seed 0 and 0.55-0.74 on seeds 0-8. Chance is 0.1.
-LEARN_SPEC = ExperimentSpec.from_flat(
-    {
-        "seed": 0,
-        "data.size": 1200,
-        "data.test_size": 500,
-        "data.clients": 8,
-        "data.partition": "iid",
-        "fl.rounds": 4,
-        "fl.clients_per_round": None,
-        "train.local_epochs": 2,
-        "train.batch_size": 16,
-        "train.lr": 0.05,
-        "train.momentum": 0.7,
-        "train.weight_decay": 0.0,
-        "train.augment": False,
-    }
-)
+LEARN_SPEC = ExperimentSpec.from_flat(LEARN_FLAT)
 
 
 def test_fedavg_learns_synthetic_dataset_far_above_chance() -> None:

@@ -16,27 +16,12 @@ from blazefl.algorithms.fedavg import FedAvgUplinkPackage
 from blazefl.experiment import ExperimentSpec, simulate
 from blazefl.hparams import HParamError
 from blazefl.reproducibility import create_rng_suite
+from tests.algorithms.learning import LEARN_FLAT
 
 # FedAvg's learning spec (tests/algorithms/test_fedavg.py) with server momentum 0.5: test
 # accuracy 0.71 with seed 0 (FedAvg: 0.74; the default momentum 0.9 overshoots to 0.61 in
 # these 4 rounds). Chance is 0.1.
-LEARN = {
-    "seed": 0,
-    "fl.algorithm": "fedavgm",
-    "fedavgm.server_momentum": 0.5,
-    "data.size": 1200,
-    "data.test_size": 500,
-    "data.clients": 8,
-    "data.partition": "iid",
-    "fl.rounds": 4,
-    "fl.clients_per_round": None,
-    "train.local_epochs": 2,
-    "train.batch_size": 16,
-    "train.lr": 0.05,
-    "train.momentum": 0.7,
-    "train.weight_decay": 0.0,
-    "train.augment": False,
-}
+LEARN = {**LEARN_FLAT, "fl.algorithm": "fedavgm", "fedavgm.server_momentum": 0.5}
 
 SMALL = {
     "seed": 3,

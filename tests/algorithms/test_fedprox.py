@@ -14,27 +14,12 @@ from blazefl.algorithms.fedavg import FedAvgServerHandler
 from blazefl.algorithms.fedprox import FedProxClientWorkload, FedProxWorker
 from blazefl.experiment import ExperimentSpec, build_experiment, simulate
 from blazefl.hparams import HParamError
+from tests.algorithms.learning import LEARN_FLAT
 
 # FedAvg's learning spec (tests/algorithms/test_fedavg.py) with the proximal term: 1200
 # samples on 8 IID clients, 4 rounds of 2 local epochs. Test accuracy 0.76 with seed 0 and
 # mu = 0.01 (FedAvg: 0.74); chance is 0.1.
-LEARN = {
-    "seed": 0,
-    "fl.algorithm": "fedprox",
-    "fedprox.mu": 0.01,
-    "data.size": 1200,
-    "data.test_size": 500,
-    "data.clients": 8,
-    "data.partition": "iid",
-    "fl.rounds": 4,
-    "fl.clients_per_round": None,
-    "train.local_epochs": 2,
-    "train.batch_size": 16,
-    "train.lr": 0.05,
-    "train.momentum": 0.7,
-    "train.weight_decay": 0.0,
-    "train.augment": False,
-}
+LEARN = {**LEARN_FLAT, "fl.algorithm": "fedprox", "fedprox.mu": 0.01}
 
 # A small non-IID run for byte comparisons (weight decay, momentum and augmentation on).
 SMALL = {

@@ -30,26 +30,10 @@ from blazefl.core.serialization import model_state_dict
 from blazefl.data import synthetic_dataset
 from blazefl.experiment import Experiment, ExperimentSpec, build_experiment, simulate
 from blazefl.reproducibility import create_rng_suite
+from tests.algorithms.learning import LEARN_FLAT
 
 # Same data and local work as FedAvg's learning test (test_fedavg.py): chance is 0.1.
-LEARN_SPEC = ExperimentSpec.from_flat(
-    {
-        "seed": 0,
-        "fl.algorithm": "scaffold",
-        "data.size": 1200,
-        "data.test_size": 500,
-        "data.clients": 8,
-        "data.partition": "iid",
-        "fl.rounds": 4,
-        "fl.clients_per_round": None,
-        "train.local_epochs": 2,
-        "train.batch_size": 16,
-        "train.lr": 0.05,
-        "train.momentum": 0.7,
-        "train.weight_decay": 0.0,
-        "train.augment": False,
-    }
-)
+LEARN_SPEC = ExperimentSpec.from_flat({**LEARN_FLAT, "fl.algorithm": "scaffold"})
 
 # Tiny non-IID run with the default momentum and weight decay: 6 clients, 3 per round.
 SMALL_SPEC = ExperimentSpec.from_flat(
