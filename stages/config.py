@@ -18,9 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazefl.algorithms import Algorithm
 from blazefl.hparams import FieldSpec, HParamError
-from blazefl.spec import SECTIONS, ExperimentSpec, algorithm_of
+from blazefl.spec import SECTIONS, ExperimentSpec
 from blazefl.spec import schema as spec_schema
 from blazefl.stages.safe_yaml import YAMLInputError, load_yaml, load_yaml_file
 
@@ -55,13 +54,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _algorithm(name: Any) -> Algorithm:
-    try:
-        return algorithm_of(name)
-    except HParamError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def schema(algorithm: str = "fedavg") -> dict[str, FieldSpec]:
