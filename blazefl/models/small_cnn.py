@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazefl.models.pooling import max_pool2x2
+
 __all__ = ["SmallCNN"]
 
 _MIN_SIDE = 4  # two 2x2 max-pools must leave at least one pixel
@@ -39,11 +41,12 @@ class SmallCNN(nn.Module):
         side = image_size // 4
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.pool = nn.MaxPool2d(2, 2)
         self.fc = nn.Linear(32 * side * side, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, C, H, W)`` batch to ``(N, num_classes)`` logits."""
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
+        # pool before relu: the textbook relu -> pool with the same bits (relu is monotone, so
+        # both orders pick the same window element) on a 4x smaller tensor
+        x = F.relu(max_pool2x2(self.conv1(x)))
+        x = F.relu(max_pool2x2(self.conv2(x)))
         return self.fc(torch.flatten(x, 1))
