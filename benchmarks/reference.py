@@ -21,9 +21,12 @@ place; per-client shuffling with an explicit ``torch.Generator``. ``torch.set_nu
 (default 1) in every process. glibc's malloc trim/mmap thresholds are raised (``mallopt``) as
 the issue's hint describes, unless ``--no-tune-malloc``.
 
-Only the data generator, the partitioner and the model definitions are taken from the blazefl
-source tree, and they are loaded by file path, so the framework package (and its imports) is
-never imported.
+The model is plain eager PyTorch as a user writes it (NCHW, ``torch.optim.SGD`` over
+``model.parameters()``): the CNN is the textbook LeNet defined in this file (``TextbookCNN``; same
+module order as ``blazefl.models.cnn.CNN``, so the same seed gives the same initial weights),
+never the framework's class, so a faster model implementation inside blazefl cannot speed up the
+floor too. Only the data generator, the partitioner and ResNet-18 are taken from the blazefl
+source tree, loaded by file path, so the framework package (and its imports) is never imported.
 
 Output: one JSON object (``--json PATH``, else stdout) with whole-process wall time, start-up
 time (process start to the start of round 1), per-round seconds, the steady-state mean
@@ -46,6 +49,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,22 +98,44 @@ def _load_source(relpath: str, name: str) -> Any:
     return module
 
 
-def build_model(name: str, seed: int) -> Any:
-    import torch
+class TextbookCNN(nn.Module):
+    """LeNet for 3x32x32 images as the PyTorch CIFAR-10 tutorial writes it (62,006 params).
 
+    Modules are created in the same order as ``blazefl.models.cnn.CNN``'s, so after the same
+    ``torch.manual_seed`` both start from the same weights.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def build_model(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if name == "cnn":
-        return _load_source("blazefl/models/cnn.py", "_benchref_cnn").CNN()
+        return TextbookCNN()
     if name == "resnet18":
         return _load_source("blazefl/models/resnet.py", "_benchref_resnet").resnet18(10)
     raise ValueError(f"unknown model {name!r}")
 
 
-def flatten_(model: Any) -> Any:
-    """Point every float parameter and buffer of `model` into one flat float32 vector."""
-    import torch
-
-    tensors = [p for p in model.parameters()]
+def flatten_(model: nn.Module) -> torch.Tensor:
+    """Point every float parameter and buffer of `model` into one flat float32 vector, so that
+    copying the global model in (and folding a client's model into the sum) is one op."""
+    tensors: list[torch.Tensor] = list(model.parameters())
     tensors += [b for b in model.buffers() if b.is_floating_point()]
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
     offset = 0
@@ -121,8 +151,6 @@ class LocalTrainer:
     """One process's model, optimizer and batch buffers, reused for every client and round."""
 
     def __init__(self, cfg: dict[str, Any], images: Any, labels: Any, scale: Any, shift: Any):
-        import torch
-
         self.cfg = cfg
         self.images, self.labels = images, labels
         self.scale, self.shift = scale, shift
@@ -139,9 +167,6 @@ class LocalTrainer:
         self.x = torch.empty(shape, dtype=torch.float32)
 
     def train_client(self, global_flat: Any, idx: Any, gen: Any) -> tuple[float, int]:
-        import torch
-        import torch.nn.functional as F
-
         self.flat.copy_(global_flat)
         self.opt.state.clear()
         self.model.train()
@@ -167,8 +192,6 @@ class LocalTrainer:
 
 
 def client_generator(seed: int, rnd: int, cid: int) -> Any:
-    import torch
-
     return torch.Generator().manual_seed(seed * 1_000_003 + rnd * 100_003 + cid)
 
 
@@ -193,9 +216,6 @@ def run_clients(
 
 def evaluate(model: Any, images: Any, labels: Any, scale: Any, shift: Any) -> dict[str, float]:
     """Test loss/accuracy in batches of 1000 (as blazefl's server evaluation does)."""
-    import torch
-    import torch.nn.functional as F
-
     model.eval()
     loss_sum, correct, n = 0.0, 0, int(labels.numel())
     with torch.no_grad():
@@ -228,8 +248,6 @@ def _worker_main(
     up: Any,
     my_clients: list[tuple[int, Any]],
 ) -> None:
-    import torch
-
     torch.set_num_threads(cfg["threads"])
     if cfg["tune_malloc"]:
         tune_malloc()
@@ -255,9 +273,6 @@ def _worker_main(
 
 # -- main ------------------------------------------------------------------------------------
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
     torch.set_num_threads(cfg["threads"])
     malloc_tuned = tune_malloc() if cfg["tune_malloc"] else False
     datasets = _load_source("blazefl/data/datasets.py", "_benchref_datasets")
