@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.workloads import workloads
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -14,7 +16,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="blazefl benchmark harness: every execution mode against a plain-PyTorch floor",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--workload", default="W", choices=["W", "resnet18", "clients1000", "all"])
+    p.add_argument("--workload", default="W", choices=[*workloads(), "all"])
     p.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     p.add_argument("--quick", action="store_true", help="shrunk workloads, 1 repeat: smoke test")
     p.add_argument(

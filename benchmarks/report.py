@@ -137,7 +137,8 @@ def table(summary: dict[str, Any], variants: list[Variant]) -> str:
 
 
 def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]) -> list[dict]:
-    """The issue's targets that this workload can check."""
+    """The issue's targets that this workload can check, each PASS / FAIL (n/a when a variant
+    did not run), plus informative lines (status "info", no limit)."""
     out: list[dict] = []
 
     def med(name: str, key: str) -> float | None:
@@ -149,29 +150,40 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
     def ratio(name: str, key: str) -> float | None:
         return summary.get(name, {}).get("ratios", {}).get(key)
 
-    def add(target: str, value: float | None, limit: float, unit: str = "x") -> None:
-        status = "n/a" if value is None else ("PASS" if value <= limit else "FAIL")
+    def add(target: str, value: float | None, limit: float | None, unit: str = "x") -> None:
+        """One line; `limit=None` makes it informative (status "info")."""
+        if limit is None:
+            status = "info"
+        else:
+            status = "n/a" if value is None else ("PASS" if value <= limit else "FAIL")
         out.append(
             {"target": target, "value": value, "limit": limit, "unit": unit, "status": status}
         )
 
-    if wl.name == "W":
-        add("sequential steady round <= 1.03x ref-1", ratio("sequential", "steady_round_s"), 1.03)
-        add("threads-2 steady round <= 1.05x ref-2", ratio("threads-2", "steady_round_s"), 1.05)
-        add("threads-2 whole run <= 0.85x ref-2", ratio("threads-2", "wall_s"), 0.85)
+    def steady(name: str, limit: float, ref: str, note: str = "") -> None:
         add(
-            "processes-2-shm steady round <= 1.15x ref-2",
-            ratio("processes-2-shm", "steady_round_s"),
-            1.15,
+            f"{name} steady round <= {limit:.2f}x {ref}{note}", ratio(name, "steady_round_s"), limit
         )
-        shares: list[tuple[str, float]] = []
-        for n in summary:
-            share = med(n, "write_share")
-            if share is not None:
-                shares.append((n, share))
+
+    def write_share() -> None:
+        shares = [(n, x) for n in summary if (x := med(n, "write_share")) is not None]
         if shares:
             worst = max(shares, key=lambda x: x[1])
             add(f"write share <= 3% (worst: {worst[0]})", worst[1] * 100, 3.0, "%")
+
+    if wl.name == "W":
+        steady("threads-2", 0.80, "ref-2")
+        add("threads-2 whole run (wall) <= 0.70x ref-2", ratio("threads-2", "wall_s"), 0.70)
+        steady("sequential", 0.80, "ref-1")
+        steady("processes-2-shm", 0.85, "ref-2")
+        steady("processes-2-sto", 0.85, "ref-2")
+        ref_mem, mem = med("ref-1", "peak_rss_sum_mb"), med("threads-2", "peak_rss_sum_mb")
+        add(
+            "threads-2 peak memory (RSS) <= 1.00x ref-1",
+            mem / ref_mem if mem and ref_mem else None,
+            1.0,
+        )
+        write_share()
         for name in ("processes-2-shm", "processes-2-sto"):
             # main + 2 workers + multiprocessing's resource tracker; a pool rebuilt every round
             # would show up as more distinct pids (the tree is listed every 250 ms)
@@ -183,15 +195,34 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
                     4,
                     " processes",
                 )
-        ref_mem = med("ref-1", "peak_rss_sum_mb")
-        for name in ("threads-1", "threads-2"):
-            mem = med(name, "peak_rss_sum_mb")
-            add(
-                f"{name} peak memory (RSS) <= 1.1x ref-1",
-                mem / ref_mem if mem and ref_mem else None,
-                1.1,
-            )
+    if wl.name == "resnet18":
+        write_share()
+        steady("processes-2-shm", 1.15, "ref-2")
+        steady("processes-2-sto", 1.15, "ref-2")
+    if wl.name == "shape":
+        note = " (informative for this workload: the issue asks only that it be in the tables)"
+        steady("threads-2", 1.0, "ref-2", note)
+        steady("sequential", 1.0, "ref-1", note)
     if wl.name == "clients1000":
+        ours = ratio("threads-2@1000", "steady_round_s")
+        floor = ratio("ref-1@1000", "steady_round_s")
+        add(
+            "threads-2@1000 steady round <= 1.15x threads-2@100 (per-client overhead)",
+            ours,
+            1.15,
+        )
+        add(
+            "reference ref-1@1000 / ref-1@100 steady round (the compute floor's cost of "
+            "smaller batches)",
+            floor,
+            None,
+        )
+        add(
+            "framework overhead beyond the floor: (threads-2@1000 / threads-2@100) / "
+            "(ref-1@1000 / ref-1@100)",
+            ours / floor if ours and floor else None,
+            None,
+        )
         add(
             "threads-2: 1000 clients peak memory (RSS) <= 1.25x 100 clients",
             ratio("threads-2@1000", "peak_rss_sum_mb"),

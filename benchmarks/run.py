@@ -53,6 +53,7 @@ Usage:
     python -m benchmarks.run                       # workload W, 3 repeats
     python -m benchmarks.run --workload resnet18
     python -m benchmarks.run --workload clients1000
+    python -m benchmarks.run --workload shape      # the original benchmark's shape, scaled
     python -m benchmarks.run --quick               # smoke test, well under a minute per workload
 
 Results: benchmarks/results/<workload>.md and .json (``<workload>-quick.*`` with --quick).
@@ -452,7 +453,7 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    names = ["W", "resnet18", "clients1000"] if args.workload == "all" else [args.workload]
+    names = list(workloads()) if args.workload == "all" else [args.workload]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -28,6 +28,17 @@ W_CONFIG: dict[str, Any] = {
     "runtime.threads_per_client": 1,
 }
 
+#: Workload shape: the original BlazeFL benchmark's shape (FedAvg, CNN, 100 clients, 5 local
+#: epochs, batch 32, CIFAR-shaped data) scaled to 2 cores: 40 samples per client, 3 rounds.
+SHAPE_CONFIG: dict[str, Any] = {
+    **W_CONFIG,
+    "data.size": 4000,
+    "data.test_size": 1000,
+    "train.local_epochs": 5,
+    "train.batch_size": 32,
+    "train.lr": 0.05,
+}
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -141,10 +152,12 @@ def workloads() -> dict[str, Workload]:
     clients = Workload(
         "clients1000",
         "Workload W's data (20,000 samples) split over 1,000 clients x 20 samples vs 100 "
-        "clients x 200 samples, all clients every round, 2 rounds (memory comparison)",
+        "clients x 200 samples, all clients every round, 2 rounds (per-client overhead: "
+        "steady round at 1,000 vs 100 clients, against the reference's own ratio; memory)",
         {**W_CONFIG, "fl.rounds": 2},
         [
-            Variant("ref-1@1000", "ref", 1, overrides=c1000),
+            Variant("ref-1@100", "ref", 1, overrides=c100),
+            Variant("ref-1@1000", "ref", 1, overrides=c1000, reference="ref-1@100"),
             Variant("threads-2@100", "blazefl", 2, "threads", overrides=c100),
             Variant(
                 "threads-2@1000",
@@ -176,7 +189,24 @@ def workloads() -> dict[str, Workload]:
             "@100": {"data.clients": 10, "fl.clients_per_round": 10},
         },
     )
-    return {wl.name: wl for wl in (w, resnet, clients)}
+    shape = Workload(
+        "shape",
+        "The original BlazeFL benchmark's shape scaled to 2 cores: CNN (62,006 params), "
+        "synthetic CIFAR-shaped data, 100 clients x 40 samples, all clients every round, "
+        "3 rounds, 5 local epochs, batch 32, SGD lr 0.05 (no momentum, no weight decay, no "
+        "augmentation), IID, test set 1,000, 1 intra-op thread per client",
+        dict(SHAPE_CONFIG),
+        _std_variants(),
+        quick_config={
+            "data.size": 400,
+            "data.test_size": 200,
+            "data.clients": 10,
+            "fl.clients_per_round": 10,
+            "fl.rounds": 2,
+            "train.local_epochs": 2,
+        },
+    )
+    return {wl.name: wl for wl in (w, resnet, clients, shape)}
 
 
 def apply_quick(wl: Workload) -> Workload:
