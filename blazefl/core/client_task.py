@@ -128,7 +128,8 @@ def run_client_task(
     try:
         # on a GPU worker: its device and stream are current, so the CUDA generator lands there
         with worker_scope(worker), bound_stop_event(stop_event):
-            rng = RNGSuite.from_state_tensors(task.rng)
+            # deferred: the session validated every state when it loaded the round
+            rng = RNGSuite.from_state_tensors(task.rng, deferred=True)
             raise_if_cancelled()  # a queued client of a cancelled round does not start
             uplink, state = worker.train(task, payload, rng)
     except ClientCancelledError:

@@ -246,6 +246,22 @@ class RNGSuite:
     torch_cpu: torch.Generator
     torch_cuda: torch.Generator | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a stream left out by `from_state_tensors(deferred=True)`: decode it
+        # on first use (the encode/decode of the python and numpy streams is most of the
+        # per-client cost of a small client, and most clients never draw from them)
+        deferred = self.__dict__.get("_deferred")
+        if not deferred or name not in deferred:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        data = tensor_to_bytes(deferred.pop(name), name)
+        if name == "python":
+            stream: Any = random.Random(0)  # a fixed seed skips OS entropy; overwritten next
+            stream.setstate(decode_python_state(data))
+        else:
+            stream = np.random.Generator(_numpy_bit_generator(decode_numpy_bitgen_state(data)))
+        setattr(self, name, stream)
+        return stream
+
     def state_tensors(self) -> dict[str, Tensor]:
         """Capture the exact state of every generator in the suite.
 
@@ -254,9 +270,14 @@ class RNGSuite:
             has a CUDA generator; each a fresh 1-D ``uint8`` CPU tensor; equal states give equal
             bytes (safe to hash or write to safetensors).
         """
-        tensors = {
-            "python": bytes_to_tensor(encode_python_state(self.python.getstate())),
-            "numpy": bytes_to_tensor(encode_numpy_bitgen_state(self.numpy.bit_generator.state)),
+        deferred = self.__dict__.get("_deferred", {})
+        tensors = {  # a stream never used since `from_state_tensors(deferred=True)` is unchanged
+            "python": deferred["python"].clone()
+            if "python" in deferred
+            else bytes_to_tensor(encode_python_state(self.python.getstate())),
+            "numpy": deferred["numpy"].clone()
+            if "numpy" in deferred
+            else bytes_to_tensor(encode_numpy_bitgen_state(self.numpy.bit_generator.state)),
             "torch": self.torch_cpu.get_state().clone(),
         }
         if self.torch_cuda is not None:
@@ -337,12 +358,16 @@ class RNGSuite:
         self.torch_cpu = generator
 
     @classmethod
-    def from_state_tensors(cls, tensors: Mapping[str, Tensor]) -> RNGSuite:
+    def from_state_tensors(cls, tensors: Mapping[str, Tensor], deferred: bool = False) -> RNGSuite:
         """Build a new suite from :meth:`state_tensors` output.
 
         Args:
             tensors: mapping with keys ``"python"``, ``"numpy"``, ``"torch"`` and optionally
                 ``"torch_cuda"`` (then the suite gets a CUDA generator on the current device).
+            deferred: decode the python and numpy streams on first use instead of now, and
+                hand back their input bytes from :meth:`state_tensors` if they were never
+                used. Only for states already validated by a non-deferred load (client tasks:
+                the session validates every client's state when it loads a round).
 
         Returns:
             A suite whose next draws equal those of the captured suite.
@@ -357,6 +382,14 @@ class RNGSuite:
         missing = [key for key in STATE_KEYS if key not in tensors]
         if missing:
             raise ValueError(f"RNG state tensors lack keys {missing}; expected {list(STATE_KEYS)}")
+        if deferred:
+            suite = cls.__new__(cls)
+            suite.torch_cpu = torch.Generator()
+            suite.torch_cpu.set_state(_checked_torch_state(tensors["torch"], "torch"))
+            suite.torch_cuda = None
+            suite.torch_cuda = suite._checked_cuda_target(tensors)
+            suite.__dict__["_deferred"] = {k: tensors[k] for k in ("python", "numpy")}
+            return suite
         np_state = decode_numpy_bitgen_state(tensor_to_bytes(tensors["numpy"], "numpy"))
         suite = cls(
             python=random.Random(0),  # overwritten below; a fixed seed skips OS entropy
