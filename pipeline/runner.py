@@ -4,12 +4,14 @@ complete round."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
 from blazefl.core.loop import ExecutionSettings
 from blazefl.core.memory import tune_malloc
 from blazefl.data import ImageDataset
+from blazefl.pipeline.background_commit import BackgroundCommits
 from blazefl.stages import init, partition, report
 from blazefl.stages.artifacts import MANIFEST, RunDir
 from blazefl.stages.config import ConfigError, byte_config, config_sha256
@@ -21,7 +23,7 @@ from blazefl.stages.provenance import (
     check_round_provenance,
     check_stores,
 )
-from blazefl.stages.session import Session
+from blazefl.stages.session import RoundOutputs, Session
 from blazefl.stages.temp_cleanup import clean_stale_pymp_dirs
 
 __all__ = ["check_run_config", "run_experiment", "Progress"]
@@ -36,6 +38,7 @@ class Progress:
         self.total = total_rounds
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.round = 0
+        self._lock = threading.Lock()  # round lines come from the commit thread
 
     def client(self, done: int, total: int) -> None:
         if self.quiet or not self.tty:
@@ -43,16 +46,26 @@ class Progress:
         width = 30
         filled = width * done // max(total, 1)
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\rround {self.round}/{self.total} [{bar}] {done}/{total} clients")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(f"\rround {self.round}/{self.total} [{bar}] {done}/{total} clients")
+            self.stream.flush()
 
     def line(self, text: str) -> None:
         if self.quiet:
             return
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        with self._lock:
+            if self.tty:
+                self.stream.write("\r\033[K")
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+def _round_line(progress: Progress, out: RoundOutputs, seconds: float) -> None:
+    m = out.metrics
+    progress.line(
+        f"round {out.round:>3}/{progress.total}  train_loss {m['train_loss']:.4f}  "
+        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  {seconds:.2f}s"
+    )
 
 
 def check_run_config(config: dict[str, Any], run: RunDir) -> None:
@@ -155,18 +168,19 @@ def run_experiment(
     if last < total:
         with Session(config, run, execution, data) as session:
             session.load(last)
-            for t in range(last + 1, total + 1):
-                progress.round = t
-                start = time.perf_counter()
-                out = session.compute(t, on_client=progress.client)
-                session.commit(out)
-                m = out.metrics
-                progress.line(
-                    f"round {t:>3}/{total}  train_loss {m['train_loss']:.4f}  "
-                    f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  "
-                    f"{time.perf_counter() - start:.2f}s"
-                )
-                rounds_run.append(t)
+            commits = BackgroundCommits(session)
+            try:
+                for t in range(last + 1, total + 1):
+                    progress.round = t
+                    start = time.perf_counter()
+                    out = session.compute(t, on_client=progress.client)
+                    seconds = time.perf_counter() - start  # compute incl. serialising
+                    commits.submit(out, lambda out, s=seconds: _round_line(progress, out, s))
+                    rounds_run.append(t)
+                commits.wait()
+            except BaseException:
+                commits.drain()
+                raise
     summary_path = report(config, run)
     return {
         "rounds_run": rounds_run,
