@@ -2,8 +2,8 @@
 
 Every public name is importable from here. Names are loaded on first use (PEP 562), so
 `import blazefl` and the `blazefl --help` command do not pay torch's import time. The core
-needs only torch and numpy; torchvision is imported when a real dataset or ResNet-18 is asked
-for, safetensors/zarr only by the pipeline.
+needs only torch and numpy; torchvision is imported only when a torchvision dataset is asked
+for (ResNet-18 is defined here), safetensors/zarr only by the pipeline.
 """
 
 from __future__ import annotations
