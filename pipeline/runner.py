@@ -60,7 +60,10 @@ class Progress:
             self.stream.flush()
 
 
-def _round_line(progress: Progress, out: RoundOutputs, seconds: float) -> None:
+def _round_line(progress: Progress, out: RoundOutputs, start: float) -> None:
+    """The round's summary, printed once it is committed; its seconds run from the round's
+    start to its commit (compute + serialising + writing)."""
+    seconds = time.perf_counter() - start
     m = out.metrics
     progress.line(
         f"round {out.round:>3}/{progress.total}  train_loss {m['train_loss']:.4f}  "
@@ -174,8 +177,7 @@ def run_experiment(
                     progress.round = t
                     start = time.perf_counter()
                     out = session.compute(t, on_client=progress.client)
-                    seconds = time.perf_counter() - start  # compute incl. serialising
-                    commits.submit(out, lambda out, s=seconds: _round_line(progress, out, s))
+                    commits.submit(out, lambda out, s=start: _round_line(progress, out, s))
                     rounds_run.append(t)
                 commits.wait()
             except BaseException:
