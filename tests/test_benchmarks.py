@@ -184,3 +184,11 @@ def _render(workload: str, targets: list[dict[str, Any]]) -> str:
         "variants": [],
     }
     return render_markdown(result, [])
+
+
+def test_model_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.model_step import main as model_step
+
+    model_step(["--repeats", "1", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert "max_pool2x2" in out and "textbook channels-last" in out and "blazefl CNN" in out
