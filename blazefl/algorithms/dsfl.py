@@ -138,8 +138,7 @@ class DSFLWorker:
     def __init__(self, workload: DSFLClientWorkload) -> None:
         self.workload = workload
         self.device = current_worker_device()
-        # built from a throwaway generator: never touches the global RNG, weights overwritten
-        self.model = workload.model.build(torch.Generator()).to(self.device)
+        self.model = workload.model.build_for_worker().to(self.device)
         self.flat = flatten_module_(self.model)
         self.open_set = dataset_on(workload.open_set, self.device)
         self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)

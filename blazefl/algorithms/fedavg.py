@@ -67,6 +67,12 @@ class ModelSpec:
             generator=generator,
         )
 
+    def build_for_worker(self) -> nn.Module:
+        """A worker's model: every downlink overwrites its weights, so it is built from a
+        throwaway generator and leaves torch's global RNG as it was (workers build their
+        models in their own threads, where global draws would race)."""
+        return self.build(torch.Generator())
+
 
 class FedAvgWorker:
     """One worker's model/optimizer/buffers; trains any client from the downlink.
@@ -79,7 +85,7 @@ class FedAvgWorker:
     def __init__(self, workload: FedAvgClientWorkload) -> None:
         self.workload = workload
         self.device = current_worker_device()
-        self.model = workload.model.build().to(self.device)
+        self.model = workload.model.build_for_worker().to(self.device)
         self.flat = flatten_module_(self.model)
         self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
 

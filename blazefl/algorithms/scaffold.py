@@ -174,8 +174,7 @@ class ScaffoldWorker:
 
     def __init__(self, workload: ScaffoldClientWorkload) -> None:
         self.workload = workload
-        # built from a throwaway generator: never touches the global RNG, weights overwritten
-        self.model = workload.model.build(torch.Generator())
+        self.model = workload.model.build_for_worker()
         self.flat = flatten_module_(self.model)
         self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
         self.optimizer = _CorrectedFlatSGD(self.model, self.flat, workload.hparams)

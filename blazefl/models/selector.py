@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,12 @@ MODELS.register(
 """Names accepted by :func:`build_model` and :meth:`ModelSelector.select_model`."""
 
 _SMALL_INPUT_MAX_SIDE = 64
+
+# Module constructors draw their default init from torch's process-global RNG. Worker threads
+# build models too (every worker once, DS-FL clients a first model inside client work), so
+# every construction here holds this lock: a save / seed / construct / restore of one thread
+# never interleaves with another's draws.
+_GLOBAL_RNG_LOCK = threading.Lock()
 
 
 def build_model(
@@ -90,16 +97,17 @@ def build_model(
         raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
     args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if generator is None:
-        return factory(dropout=dropout, **args)
+        with _GLOBAL_RNG_LOCK:
+            return factory(dropout=dropout, **args)
     # Construction draws its throwaway default init from the global RNG; put its state back so
     # callers see no change. (Building on the meta device would avoid the draws but imports
-    # torch's symbolic-shape machinery: ~0.4 s and ~40 MB per process.) Call from one thread
-    # at a time, as every other user of the global RNG.
-    saved = torch.get_rng_state()
-    try:
-        model = factory(dropout=dropout, **args)
-    finally:
-        torch.set_rng_state(saved)
+    # torch's symbolic-shape machinery: ~0.4 s and ~40 MB per process.)
+    with _GLOBAL_RNG_LOCK:
+        saved = torch.get_rng_state()
+        try:
+            model = factory(dropout=dropout, **args)
+        finally:
+            torch.set_rng_state(saved)
     conv_init = "kaiming_normal_fan_out" if name == "resnet18" else "default"
     _init_from_generator(model, generator, conv_init)
     return model
@@ -119,15 +127,17 @@ def _build_user_model(
     the generator alone, whatever init scheme the user's modules use."""
     args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if generator is None:
-        model = factory(dropout=dropout, **args)
+        with _GLOBAL_RNG_LOCK:
+            model = factory(dropout=dropout, **args)
     else:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        saved = torch.get_rng_state()
-        try:
-            torch.manual_seed(seed)  # main thread only: models are built before pools start
-            model = factory(dropout=dropout, **args)
-        finally:
-            torch.set_rng_state(saved)
+        with _GLOBAL_RNG_LOCK:  # seeded, built and restored while no other thread draws
+            saved = torch.get_rng_state()
+            try:
+                torch.manual_seed(seed)
+                model = factory(dropout=dropout, **args)
+            finally:
+                torch.set_rng_state(saved)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not a Module")
     return model

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from blazefl.algorithms import ALGORITHMS, ClientPartition, TrainHParams
+from blazefl.algorithms.fedavg import ModelSpec
 from blazefl.algorithms.scaffold import (
     ScaffoldClientWorkload,
     ScaffoldDownlinkPackage,
@@ -228,8 +229,8 @@ def test_effective_steps_is_the_plain_sgd_step_count_of_heavy_ball() -> None:
 
 
 @dataclass(frozen=True)
-class _SoftmaxRegressionSpec:
-    """Stands in for `ModelSpec`: a linear model on the flattened 1x2x2 image."""
+class _SoftmaxRegressionSpec(ModelSpec):
+    """A `ModelSpec` for a linear model on the flattened 1x2x2 image."""
 
     def build(self, generator: torch.Generator | None = None) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -243,7 +244,7 @@ def test_one_step_client_update_matches_the_paper_by_hand() -> None:
     hp = TrainHParams(
         local_epochs=1, batch_size=64, lr=0.5, momentum=0.0, weight_decay=0.0, augment=False
     )
-    workload = ScaffoldClientWorkload(data, partition, _SoftmaxRegressionSpec(), hp)  # type: ignore[arg-type]
+    workload = ScaffoldClientWorkload(data, partition, _SoftmaxRegressionSpec(), hp)
     worker = ScaffoldWorker(workload)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(15, generator=gen)  # weight [3, 4] then bias [3]
