@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blazefl.stages.artifacts import MANIFEST, canonical_json
+from blazefl.stages.artifacts import MANIFEST, canonical_json, sha256_file
 from blazefl.stages.manifest_schema import (
     MAX_MANIFEST_BYTES,
     parse_manifest_json,
@@ -70,14 +69,6 @@ def in_layout(rel: str) -> bool:
 
 
 # -- checking a run directory against its manifests ------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read(path: Path, limit: int, shown: str) -> bytes:
     with open(path, "rb") as f:
         data = f.read(limit + 1)
@@ -124,7 +115,7 @@ def _compare(
             problems.append(f"{top}/{name} is missing (listed in {top}/{MANIFEST})")
         elif name not in recorded:
             problems.append(f"{top}/{name} is not listed in {top}/{MANIFEST}")
-        elif _sha256(on_disk[name]) != recorded[name]:
+        elif sha256_file(on_disk[name]) != recorded[name]:
             problems.append(f"{top}/{name} does not match its hash in {top}/{MANIFEST}")
 
 
@@ -133,7 +124,7 @@ def _inputs(root: Path, where: str, inputs: dict[str, str], problems: list[str])
         path = root / rel
         if not path.is_file():
             problems.append(f"{where}: input {rel} is missing")
-        elif _sha256(path) != sha:
+        elif sha256_file(path) != sha:
             problems.append(f"{where}: input {rel} does not match its hash")
 
 
@@ -258,7 +249,7 @@ def check_run(root: Path) -> RunContents:
         _inputs(root, f"{top}/{MANIFEST}", m["inputs"], problems)
         files += actual
         manifests.append(m)
-        parent = _sha256(root / top / MANIFEST)
+        parent = sha256_file(root / top / MANIFEST)
         if len(problems) >= 3:
             break
     derived, more = _derived(root, manifests)
