@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -16,19 +15,22 @@ from blazefl.stages.session import RoundOutputs, Session
 
 
 class _FakeSession:
-    """Records commit start/end; round `fail_at` raises OSError."""
+    """Records commit start/end; round `fail_at` raises OSError; a commit waits for `release`
+    (set from the start unless a test holds it)."""
 
-    def __init__(self, fail_at: int | None = None, seconds: float = 0.05) -> None:
+    def __init__(self, fail_at: int | None = None) -> None:
         self.events: list[tuple[str, int]] = []
-        self.fail_at, self.seconds = fail_at, seconds
+        self.fail_at = fail_at
+        self.release = threading.Event()
+        self.release.set()
 
     def commit(self, out: Any) -> float:
         self.events.append(("start", out.round))
-        time.sleep(self.seconds)
+        self.release.wait(10)  # a synchronous commit would hold the caller here, then fail it
         if out.round == self.fail_at:
             raise OSError(28, "No space left on device")
         self.events.append(("end", out.round))
-        return self.seconds
+        return 0.0
 
 
 class _Out:
@@ -45,12 +47,12 @@ def _out(t: int) -> RoundOutputs:
 
 
 def test_rounds_commit_in_order_behind_the_caller() -> None:
-    session, done = _FakeSession(seconds=0.2), []
+    session, done = _FakeSession(), []
+    session.release.clear()  # round 1's write is held until the caller has moved on
     commits = _commits(session)
-    started = time.perf_counter()
     commits.submit(_out(1), lambda out: done.append(out.round))
-    assert time.perf_counter() - started < 0.15  # returned while round 1 is being written
-    assert done == []  # its line waits for the commit
+    assert done == [] and ("end", 1) not in session.events  # returned while round 1 is written
+    session.release.set()
     for t in (2, 3):
         commits.submit(_out(t), lambda out: done.append(out.round))
     commits.wait()
@@ -70,7 +72,7 @@ def test_a_failed_commit_surfaces_at_the_next_round_boundary() -> None:
 
 
 def test_drain_finishes_the_round_in_flight_and_keeps_the_callers_error() -> None:
-    session = _FakeSession(fail_at=1, seconds=0.1)
+    session = _FakeSession(fail_at=1)
     commits = _commits(session)
     commits.submit(_out(1), lambda out: None)
     commits.drain()  # no raise: the caller is reporting its own exception
