@@ -27,7 +27,13 @@ import os
 import time
 from typing import Any
 
-from benchmarks.reference import _load_source, build_model, flatten_, process_age
+from benchmarks.reference import (
+    _load_source,
+    add_workload_args,
+    build_model,
+    flatten_,
+    process_age,
+)
 
 
 def _determinism() -> None:
@@ -123,16 +129,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="cnn", choices=["cnn", "resnet18"])
-    p.add_argument("--size", type=int, default=20000)
-    p.add_argument("--test-size", type=int, default=2000)
-    p.add_argument("--clients", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    add_workload_args(p)
     p.add_argument("--device", default="cuda:0")
     return p.parse_args(argv)
 

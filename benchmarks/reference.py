@@ -386,10 +386,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    """The experiment flags every reference loop takes (CPU and GPU)."""
     p.add_argument("--model", default="cnn", choices=["cnn", "resnet18"])
     p.add_argument("--size", type=int, default=20000, help="training samples")
     p.add_argument("--test-size", type=int, default=2000)
@@ -398,11 +396,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_workload_args(p)
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="1: one process; N: N worker processes")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
     p.add_argument("--no-tune-malloc", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no per-round lines on stderr")
     p.add_argument("--json", default=None, help="write the result here (default: stdout)")
