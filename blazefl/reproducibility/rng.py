@@ -386,8 +386,7 @@ class RNGSuite:
             suite = cls.__new__(cls)
             suite.torch_cpu = torch.Generator()
             suite.torch_cpu.set_state(_checked_torch_state(tensors["torch"], "torch"))
-            suite.torch_cuda = None
-            suite.torch_cuda = suite._checked_cuda_target(tensors)
+            suite.torch_cuda = suite._checked_cuda_target(tensors)  # reads the class default None
             suite.__dict__["_deferred"] = {k: tensors[k] for k in ("python", "numpy")}
             return suite
         np_state = decode_numpy_bitgen_state(tensor_to_bytes(tensors["numpy"], "numpy"))
