@@ -55,13 +55,35 @@ def _step(model: torch.nn.Module, batch: int, channels_last: bool) -> Callable:
     return step
 
 
+def _conv_share(steps: int) -> None:
+    """torch.profiler over blazefl's CNN step (batch 50): convolution ops' share of CPU time."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    step = _step(CNN(), 50, False)
+    for _ in range(5):
+        step()
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    print(f"convolution share of a blazefl CNN step (batch 50): {conv / total:.0%}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.model_step", description=__doc__)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument(
+        "--profile", action="store_true", help="also: share of a CNN step spent in convolutions"
+    )
     args = p.parse_args(argv)
     tune_malloc()
     torch.set_num_threads(1)
+    if args.profile:
+        _conv_share(args.steps)
     cases: dict[str, Callable] = {}
     for shape in ((50, 6, 28, 28), (50, 16, 10, 10)):
         cases[f"max-pool {shape} native"] = _pool(lambda t: F.max_pool2d(t, 2, 2), shape)

@@ -189,6 +189,11 @@ def _render(workload: str, targets: list[dict[str, Any]]) -> str:
 def test_model_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.model_step import main as model_step
 
-    model_step(["--repeats", "1", "--steps", "1"])
+    model_step(["--repeats", "1", "--steps", "1", "--profile"])
     out = capsys.readouterr().out
-    assert "max_pool2x2" in out and "textbook channels-last" in out and "blazefl CNN" in out
+    assert (
+        "convolution share" in out
+        and "max_pool2x2" in out
+        and "textbook channels-last" in out
+        and "blazefl CNN" in out
+    )
