@@ -127,7 +127,7 @@ class _OneLineErrors(click.Group):
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="blazefl")
+@click.version_option(package_name="blazefl", prog_name="blazefl")
 def main() -> None:
     """BlazeFL: reproducible federated-learning simulation as a snapshot pipeline."""
 

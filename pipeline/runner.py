@@ -15,16 +15,21 @@ from blazefl.pipeline.background_commit import BackgroundCommits
 from blazefl.stages import init, partition, report
 from blazefl.stages.artifacts import MANIFEST, RunDir
 from blazefl.stages.config import ConfigError, byte_config, config_sha256
+from blazefl.stages.data_files import data_differences, data_file_hashes
 from blazefl.stages.evaluate import evaluate
+from blazefl.stages.preflight import preflight
 from blazefl.stages.prepare import build_datasets, write_dataset_store
 from blazefl.stages.provenance import (
     ProvenanceError,
     check_dataset_store,
+    check_format,
     check_round_provenance,
     check_stores,
+    check_user_code,
 )
 from blazefl.stages.session import RoundOutputs, Session
 from blazefl.stages.temp_cleanup import clean_stale_pymp_dirs
+from blazefl.stages.user_code import config_code
 
 __all__ = ["check_run_config", "run_experiment", "Progress"]
 
@@ -72,15 +77,20 @@ def _round_line(progress: Progress, out: RoundOutputs, start: float) -> None:
 
 
 def check_run_config(config: dict[str, Any], run: RunDir) -> None:
-    """Refuse a run directory made with another config (before anything is written).
+    """Refuse a run directory made with another config, another version's manifest format or
+    other user code (before anything is written).
 
     Round 0 and the last complete round are both checked, so a run whose init was redone
     with a new config while older rounds remain is refused too.
     """
     rounds = run.complete_rounds()
+    code = config_code(config) if rounds else {}
     for t in sorted({rounds[0], rounds[-1]} if rounds else set()):
         recorded = run.manifest(t)
+        what = f"run directory {run.root} (round-{t:04d})"
+        check_format(recorded, what)
         if recorded["config_sha256"] == config_sha256(config):
+            check_user_code(recorded["user_code"], code, what)
             continue
         old = recorded["config"]
         new = byte_config(config)
@@ -103,10 +113,12 @@ def _ensure_stores(
     """
     has_rounds = bool(run.complete_rounds())
     data = None
+    data_files = data_file_hashes(config["data.root"])
     rebuild = not (run.dataset / MANIFEST).exists()
     if not rebuild:
         try:
             check_dataset_store(config, run)
+            _check_data_files(run, data_files)
         except ProvenanceError as exc:
             if has_rounds:
                 raise
@@ -114,7 +126,8 @@ def _ensure_stores(
             rebuild = True
     if rebuild:
         data = build_datasets(config)
-        write_dataset_store(config, run, *data)
+        preflight(config, *data)  # an impossible config fails before any store is written
+        write_dataset_store(config, run, *data, data_files=data_files)
     if rebuild or not (run.partitions / MANIFEST).exists():
         partition(config, run)
     else:
@@ -131,6 +144,19 @@ def _ensure_stores(
             m = run.manifest(t, max_clients=config["data.clients"])
             check_round_provenance(config, run, t, m, stores)
     return data
+
+
+def _check_data_files(run: RunDir, current: dict[str, str]) -> None:
+    """Refuse a dataset store made from other files under data.root than those there now."""
+    changed = data_differences(run.store_manifest("dataset")["data_files"], current)
+    if changed:
+        shown = ", ".join(changed[:4]) + (
+            f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        )
+        raise ProvenanceError(
+            f"the dataset store in {run.root} was made from other files under data.root "
+            f"(differs: {shown}): restore them, or use a new --out to start a run on this data"
+        )
 
 
 def run_experiment(

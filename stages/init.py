@@ -18,9 +18,11 @@ from blazefl.stages.artifacts import (
     sha256_bytes,
 )
 from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.provenance import check_stores
-from blazefl.stages.snapshot import snapshot_files
+from blazefl.stages.snapshot import CODE, snapshot_files
 from blazefl.stages.stores import build_from_stores
+from blazefl.stages.user_code import build_code_copies, config_code
 
 __all__ = ["init", "init_outputs"]
 
@@ -51,19 +53,26 @@ def init_outputs(
         for cid in range(exp.spec.data.clients)
     }
     files = snapshot_files(server, clients, {})
+    user_code = config_code(config)
+    # the run carries its user code (content-addressed: a file shared by paths is kept once)
+    for name, source in build_code_copies(Path.cwd(), user_code).items():
+        files[f"{CODE}/{name}"] = source
     manifest: dict[str, Any] = {
         "clients": [],
         "code": manifest_code(),
         "config": byte_config(config),
         "config_sha256": config_sha256(config),
         "environment": environment(config["runtime.threads_per_client"], exp.spec.runtime.device),
+        "format": MANIFEST_FORMAT,
         "inputs": stores,
         "kind": "init",
         "outputs": {name: sha256_bytes(data) for name, data in files.items()},
         "parent": None,
         "round": 0,
+        "sizes": {name: len(data) for name, data in files.items()},
         "summary": {},
         "uplinks": {},
+        "user_code": user_code,
     }
     return files, manifest
 

@@ -23,7 +23,10 @@ from blazefl.stages.untrusted import is_safe_relpath
 
 __all__ = [
     "ManifestError",
+    "NewerFormatError",
     "Field",
+    "MANIFEST_FORMAT",
+    "manifest_format",
     "MAX_MANIFEST_BYTES",
     "MAX_ROUND",
     "MAX_CLIENTS",
@@ -48,8 +51,25 @@ _SHOW.maxlist = _SHOW.maxdict = 4
 _SHOW.maxlevel = 2
 
 
+#: The manifest format this package writes, recorded as `format` in every round and store
+#: manifest. Every earlier format stays readable (schema, hashes, chain); only the current one
+#: is re-executed. History:
+#:   1  blazefl 0.1.0: no `format` field (its earliest runs have no `code` field either).
+#:   2  blazefl 0.2.0: `format`; `sizes` (bytes of every listed file); `user_code` (the user's
+#:      modules a stage executes: path -> sha256); the dataset store's `data_files` (every
+#:      file under data.root); `environment` names oneDNN/MKL versions, the CPU model and the
+#:      bit-relevant environment variables.
+MANIFEST_FORMAT = 2
+#: Fields a format-1 manifest may lack (it is read, never re-executed).
+_LEGACY_OPTIONAL = frozenset({"code"})
+
+
 class ManifestError(ValueError):
     """A manifest that does not match its schema; the message names the field."""
+
+
+class NewerFormatError(ManifestError):
+    """A manifest written by a newer blazefl than this one (its format is unknown here)."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +129,25 @@ _FILES = Field(_HASHES, _mapping(is_safe_relpath, _is_hex64))
 _SHA = Field("a 64-hex sha256", _is_hex64)
 
 
+def _sizes(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and len(v) <= _MAX_ENTRIES
+        and all(is_safe_relpath(k) and _is_int(x, 0, 1 << 50) for k, x in v.items())
+    )
+
+
+_SIZES = Field("an object of relative paths -> sizes in bytes", _sizes)
+_FORMAT = Field(f"the integer {MANIFEST_FORMAT}", lambda v: v == MANIFEST_FORMAT)
+_CODE = Field("an object of relative source paths -> 64-hex sha256", _FILES.ok)
+
+
 def _kind(name: str) -> Field:
     return Field(repr(name), lambda v: v == name)
 
 
-#: Round manifests (kind "init" for round 0, "round" after it).
-ROUND_FIELDS: dict[str, Field] = {
+#: Round manifests of format 1 (kind "init" for round 0, "round" after it).
+LEGACY_ROUND_FIELDS: dict[str, Field] = {
     "clients": Field("a sorted list of distinct client ids", _client_ids),
     "config": _CONFIG,
     "config_sha256": _SHA,
@@ -134,8 +167,16 @@ ROUND_FIELDS: dict[str, Field] = {
     ),
 }
 
-#: Store manifests, by kind.
-STORE_FIELDS: dict[str, dict[str, Field]] = {
+#: Round manifests of the current format.
+ROUND_FIELDS: dict[str, Field] = {
+    **LEGACY_ROUND_FIELDS,
+    "format": _FORMAT,
+    "sizes": _SIZES,
+    "user_code": _CODE,
+}
+
+#: Store manifests of format 1, by kind.
+LEGACY_STORE_FIELDS: dict[str, dict[str, Field]] = {
     "dataset": {"config": _CONFIG, "files": _FILES, "kind": _kind("dataset")},
     "partitions": {
         "config": _CONFIG,
@@ -143,6 +184,16 @@ STORE_FIELDS: dict[str, dict[str, Field]] = {
         "inputs": _FILES,
         "kind": _kind("partitions"),
     },
+}
+_NEW_STORE_FIELDS = {"format": _FORMAT, "sizes": _SIZES, "user_code": _CODE}
+#: Store manifests of the current format, by kind.
+STORE_FIELDS: dict[str, dict[str, Field]] = {
+    "dataset": {
+        **LEGACY_STORE_FIELDS["dataset"],
+        **_NEW_STORE_FIELDS,
+        "data_files": Field("an object of paths under data.root -> 64-hex sha256", _FILES.ok),
+    },
+    "partitions": {**LEGACY_STORE_FIELDS["partitions"], **_NEW_STORE_FIELDS},
 }
 
 Rule = Callable[[dict[str, Any], int | None], str | None]
@@ -190,7 +241,14 @@ def _rule_config_sha(m: dict[str, Any], _: int | None) -> str | None:
     return None
 
 
+def _rule_sizes(m: dict[str, Any], _: int | None) -> str | None:
+    if "sizes" in m and m["sizes"].keys() != m["outputs"].keys():
+        return "the keys of sizes must be exactly those of outputs"
+    return None
+
+
 ROUND_RULES: tuple[Rule, ...] = (
+    _rule_sizes,
     _rule_first_round,
     _rule_uplinks,
     _rule_clients_below,
@@ -199,17 +257,40 @@ ROUND_RULES: tuple[Rule, ...] = (
 )
 
 
-def _check(m: Any, where: str, fields: dict[str, Field]) -> dict[str, Any]:
+def manifest_format(m: dict[str, Any]) -> int:
+    """The format of a schema-checked manifest (1 for manifests from before `format`)."""
+    fmt = m.get("format", 1)
+    return fmt if isinstance(fmt, int) else 1
+
+
+def _format_of(m: Any, where: str) -> int:
+    """The declared format: a newer one is refused as such, never called corrupt."""
     if not isinstance(m, dict):
         raise ManifestError(f"{where}: must be a JSON object, got {_show(m)}: {_FIX}")
-    missing = sorted(set(fields) - set(m))
+    if "format" not in m:
+        return 1
+    fmt = m["format"]
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and MANIFEST_FORMAT < fmt < 1000:
+        raise NewerFormatError(
+            f"{where} has manifest format {fmt}, written by a newer blazefl (this one reads "
+            f"formats 1-{MANIFEST_FORMAT}): upgrade blazefl (pip install -U blazefl) to read it"
+        )
+    return MANIFEST_FORMAT  # anything else is checked as the current format's field
+
+
+def _check(
+    m: Any, where: str, fields: dict[str, Field], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise ManifestError(f"{where}: must be a JSON object, got {_show(m)}: {_FIX}")
+    missing = sorted(set(fields) - set(m) - optional)
     if missing:
         raise ManifestError(f"{where}: field {missing[0]} is missing: {_FIX}")
     unknown = sorted(str(k) for k in set(m) - set(fields))
     if unknown:
         raise ManifestError(f"{where}: unknown field {unknown[0][:40]!r}: {_FIX}")
     for name, field in fields.items():
-        if not field.ok(m[name]):
+        if name in m and not field.ok(m[name]):
             raise ManifestError(
                 f"{where}: field {name} must be {field.must_be}, got {_show(m[name])}: {_FIX}"
             )
@@ -237,7 +318,10 @@ def validate_round_manifest(m: Any, where: str, max_clients: int | None = None) 
     Example:
         >>> validate_round_manifest(json.loads(path.read_bytes()), "round-0003/manifest.json")
     """
-    _check(m, where, ROUND_FIELDS)
+    if _format_of(m, where) == 1:
+        _check(m, where, LEGACY_ROUND_FIELDS, _LEGACY_OPTIONAL)
+    else:
+        _check(m, where, ROUND_FIELDS)
     for rule in ROUND_RULES:
         problem = rule(m, max_clients)
         if problem:
@@ -268,9 +352,12 @@ def validate_store_manifest(m: Any, where: str) -> dict[str, Any]:
             f"{where}: field kind must be one of {', '.join(STORE_FIELDS)}, got "
             f"{_show(kind)}: {_FIX}"
         )
-    _check(m, where, STORE_FIELDS[kind])
+    legacy = _format_of(m, where) == 1
+    _check(m, where, (LEGACY_STORE_FIELDS if legacy else STORE_FIELDS)[kind])
     if not m["files"]:
         raise ManifestError(f"{where}: field files must not be empty: {_FIX}")
+    if not legacy and m["sizes"].keys() != m["files"].keys():
+        raise ManifestError(f"{where}: the keys of sizes must be exactly those of files: {_FIX}")
     return m
 
 

@@ -8,9 +8,11 @@ from typing import Any
 from blazefl.experiment import build_partition
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json
 from blazefl.stages.config import to_spec
-from blazefl.stages.prepare import tree_hashes
+from blazefl.stages.manifest_schema import MANIFEST_FORMAT
+from blazefl.stages.prepare import store_record
 from blazefl.stages.provenance import check_dataset_store
 from blazefl.stages.stores import load_labels
+from blazefl.stages.user_code import config_code
 
 #: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
 #: its public set (`Algorithm.partition_keys`), see `partition_keys`.
@@ -54,9 +56,11 @@ def partition(config: dict[str, Any], run: RunDir) -> Path:
         group.attrs.update({k: config[k] for k in keys})
         manifest = {
             "config": {k: config[k] for k in keys},
-            "files": tree_hashes(tmp),
+            "format": MANIFEST_FORMAT,
             "inputs": {"dataset/manifest.json": dataset_sha},
             "kind": "partitions",
+            "user_code": config_code(config, "partition"),
+            **store_record(tmp),
         }
         (tmp / MANIFEST).write_bytes(canonical_json(manifest))
     return run.partitions

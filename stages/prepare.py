@@ -11,6 +11,9 @@ from blazefl.data import ImageDataset
 from blazefl.experiment import build_data
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
 from blazefl.stages.config import to_spec
+from blazefl.stages.data_files import data_file_hashes
+from blazefl.stages.manifest_schema import MANIFEST_FORMAT
+from blazefl.stages.user_code import config_code
 
 DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
 
@@ -24,6 +27,12 @@ def tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
+def store_record(root: Path) -> dict[str, dict[str, object]]:
+    """The `files` and `sizes` fields of a store manifest for the files under `root`."""
+    files = tree_hashes(root)
+    return {"files": files, "sizes": {rel: (root / rel).stat().st_size for rel in files}}
+
+
 def prepare(config: dict[str, Any], run: RunDir) -> Path:
     """Write the train and test sets of the config into `RUN/dataset` (zarr, uint8).
 
@@ -34,7 +43,8 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
     Returns:
         The dataset directory.
     """
-    write_dataset_store(config, run, *build_datasets(config))
+    data = build_datasets(config)
+    write_dataset_store(config, run, *data, data_files=data_file_hashes(config["data.root"]))
     return run.dataset
 
 
@@ -44,9 +54,21 @@ def build_datasets(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
 
 
 def write_dataset_store(
-    config: dict[str, Any], run: RunDir, train: ImageDataset, test: ImageDataset
+    config: dict[str, Any],
+    run: RunDir,
+    train: ImageDataset,
+    test: ImageDataset,
+    data_files: dict[str, str],
 ) -> None:
-    """Commit `train` / `test` as the run's dataset store (atomically)."""
+    """Commit `train` / `test` as the run's dataset store (atomically).
+
+    Args:
+        config: validated flat config.
+        run: the run directory.
+        train / test: the loaded sets.
+        data_files: the hashes of the files under data.root the sets were loaded from
+            (`data_file_hashes`, taken right after loading).
+    """
     import zarr
 
     with atomic_dir(run.dataset, run.root) as tmp:
@@ -68,7 +90,10 @@ def write_dataset_store(
         )
         manifest = {
             "config": {k: config[k] for k in DATA_KEYS},
-            "files": tree_hashes(tmp),
+            "data_files": data_files,
+            "format": MANIFEST_FORMAT,
             "kind": "dataset",
+            "user_code": config_code(config, "prepare"),
+            **store_record(tmp),
         }
         (tmp / MANIFEST).write_bytes(canonical_json(manifest))

@@ -17,14 +17,21 @@ rebuilds, instead of silently training on data the manifests do not describe.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, code_version
 from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.manifest_schema import MANIFEST_FORMAT, manifest_format
 from blazefl.stages.prepare import DATA_KEYS
+from blazefl.stages.user_code import code_differences, config_code
 
 __all__ = [
     "ProvenanceError",
+    "OlderFormatError",
+    "older_format_message",
+    "check_format",
+    "check_user_code",
     "differing_keys",
     "check_dataset_store",
     "check_partitions_store",
@@ -41,6 +48,77 @@ PARTITIONS_REF = f"partitions/{MANIFEST}"
 
 class ProvenanceError(ArtifactError):
     """An artifact was made with another config or from other inputs than those asked for."""
+
+
+class OlderFormatError(ArtifactError):
+    """An artifact of an earlier manifest format: readable, but re-executed only by the
+    package version that made it."""
+
+
+def _shown_version(value: Any) -> str | None:
+    """A version string from an (untrusted) manifest, safe to print, or None."""
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.+!-]{1,40}", value):
+        return None
+    return value
+
+
+def older_format_message(m: dict[str, Any], where: str) -> str:
+    """One line: which package version and torch build made an older-format manifest, and how
+    to install them to re-execute it (never "corrupt": an older run is not a damaged one).
+
+    Example:
+        >>> older_format_message({"code": {"version": "0.1.0"}, ...}, "round-0000")
+        "round-0000 was made by blazefl 0.1.0 with torch 2.14.1+cu130 (manifest format 1); ..."
+    """
+    code = m.get("code") if isinstance(m.get("code"), dict) else {}
+    env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
+    version = _shown_version(code.get("version"))
+    torch_build = _shown_version(env.get("torch"))
+    made = (
+        f"blazefl {version}"
+        if version
+        else "a blazefl from before versioned manifests (0.1.0, no version recorded)"
+    )
+    install = [f"'blazefl=={version or '0.1.0'}'"]
+    if torch_build:
+        install.append(f"'torch=={torch_build.split('+')[0]}'")
+    return (
+        f"{where} was made by {made} with torch {torch_build or 'unknown'} (manifest format "
+        f"{manifest_format(m)}); this is blazefl {code_version()['version']}, which re-executes "
+        f"format {MANIFEST_FORMAT} only: to re-execute it, install what made it "
+        f"(pip install {' '.join(install)}); its files and chain are still checked here"
+    )
+
+
+def check_format(m: dict[str, Any], where: str) -> None:
+    """Refuse to compute from an artifact of an earlier format (one line, how to install the
+    version that made it).
+
+    Raises:
+        OlderFormatError: `m` is of an earlier manifest format.
+    """
+    if manifest_format(m) != MANIFEST_FORMAT:
+        raise OlderFormatError(older_format_message(m, where))
+
+
+def check_user_code(recorded: dict[str, str], current: dict[str, str], what: str) -> None:
+    """Refuse an artifact made with other user code than the code that would run now.
+
+    Args:
+        recorded: the artifact's `user_code` record.
+        current: the closure of the code the config names now (`config_code`).
+        what: the artifact, as the message names it ("round-0003 in artifacts/default").
+
+    Raises:
+        ProvenanceError: one line naming the differing files and the way out.
+    """
+    changed = code_differences(recorded, current)
+    if changed:
+        raise ProvenanceError(
+            f"{what} was made with other user code (differs: {_keys(changed)}): restore the "
+            "code it was made with (the run keeps a copy in round-0000/code/), or use a new "
+            "--out to start a new run with this code"
+        )
 
 
 def differing_keys(recorded: Any, wanted: dict[str, Any]) -> list[str]:
@@ -75,6 +153,7 @@ def check_dataset_store(config: dict[str, Any], run: RunDir) -> str:
     if not (run.dataset / MANIFEST).exists():
         raise ArtifactError(f"dataset store {run.dataset} is missing: run the 'prepare' stage")
     m = run.store_manifest("dataset")
+    check_format(m, f"the dataset store in {run.root}")
     keys = differing_keys(m["config"], {k: config[k] for k in DATA_KEYS})
     if keys:
         raise ProvenanceError(
@@ -82,6 +161,9 @@ def check_dataset_store(config: dict[str, Any], run: RunDir) -> str:
             f"{_keys(keys)}): rebuild it with `blazefl stage prepare --out {run.root}` and this "
             "config (then partition and init), or use a new --out"
         )
+    check_user_code(
+        m["user_code"], config_code(config, "prepare"), f"the dataset store in {run.root}"
+    )
     _check_files_listed(run, "dataset", m)
     return run.manifest_sha256(run.dataset / MANIFEST)
 
@@ -102,6 +184,7 @@ def check_partitions_store(config: dict[str, Any], run: RunDir, dataset_sha: str
     from blazefl.stages.partition import partition_keys  # partition imports this module
 
     m = run.store_manifest("partitions")
+    check_format(m, f"the partitions store in {run.root}")
     fix = (
         f"rebuild it with `blazefl stage partition --out {run.root}` and this config, or use a "
         "new --out"
@@ -117,6 +200,9 @@ def check_partitions_store(config: dict[str, Any], run: RunDir, dataset_sha: str
             f"the partitions store in {run.root} was made from another dataset store (rebuilt "
             f"since): {fix}"
         )
+    check_user_code(
+        m["user_code"], config_code(config, "partition"), f"the partitions store in {run.root}"
+    )
     _check_files_listed(run, "partitions", m)
     return run.manifest_sha256(run.partitions / MANIFEST)
 
@@ -131,13 +217,25 @@ def check_stores(config: dict[str, Any], run: RunDir) -> dict[str, str]:
 
 
 def check_round_provenance(
-    config: dict[str, Any], run: RunDir, t: int, manifest: dict[str, Any], stores: dict[str, str]
+    config: dict[str, Any],
+    run: RunDir,
+    t: int,
+    manifest: dict[str, Any],
+    stores: dict[str, str],
+    user_code: dict[str, str] | None = None,
 ) -> None:
     """Check round t (already schema-checked) was made with `config` from these stores.
 
+    Args:
+        config / run / t / manifest: the round and the config asked for.
+        stores: the hashes of the store manifests (`check_stores`).
+        user_code: the closure of the user code that would run now (default: computed).
+
     Raises:
-        ProvenanceError: another byte config, or made from stores rebuilt since.
+        OlderFormatError: the round is of an earlier manifest format.
+        ProvenanceError: another byte config or user code, or made from stores rebuilt since.
     """
+    check_format(manifest, f"round-{t:04d} in {run.root}")
     if manifest["config_sha256"] != config_sha256(config):
         keys = differing_keys(manifest["config"], byte_config(config))
         how = "blazefl stage init" if t == 0 else f"blazefl stage round --round {t}"

@@ -32,9 +32,11 @@ from blazefl.stages.artifacts import (
     sha256_bytes,
 )
 from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import (
     CLIENT_RNG,
+    CODE,
     GLOBAL,
     RNG,
     SERVER_STATE,
@@ -47,6 +49,7 @@ from blazefl.stages.snapshot import (
 from blazefl.stages.stores import build_from_stores
 from blazefl.stages.temp_cleanup import claim_pymp_dir, owned_temp_dir
 from blazefl.stages.tensor_checks import ArtifactContentError, check_tensors
+from blazefl.stages.user_code import config_code
 
 __all__ = ["Session"]
 
@@ -74,6 +77,8 @@ class Session:
     ) -> None:
         self.config = config
         self.run = run
+        # the user's modules this run executes, hashed once: every round records the same
+        self.user_code = config_code(config)
         # the stores must have been made with this config (else: one line, nothing trained)
         self.store_hashes = check_stores(config, run)
         self.exp = build_from_stores(config, run, data)
@@ -113,10 +118,16 @@ class Session:
         """
         clients = self.exp.spec.data.clients
         manifest = self.run.manifest(t, max_clients=clients)
-        check_round_provenance(self.config, self.run, t, manifest, self.store_hashes)
+        check_round_provenance(
+            self.config, self.run, t, manifest, self.store_hashes, self.user_code
+        )
         pre = f"round-{t:04d}/"
         recorded: dict[str, str] = manifest["outputs"]
-        files = {name: self.run.read_file(pre + name) for name in sorted(recorded)}
+        files = {
+            name: self.run.read_file(pre + name)
+            for name in sorted(recorded)
+            if not name.startswith(f"{CODE}/")  # checked by verify; nothing here runs it
+        }
         for name, data in files.items():
             if recorded[name] != sha256_bytes(data):
                 raise ArtifactError(
@@ -286,6 +297,7 @@ class Session:
             "environment": environment(
                 self.config["runtime.threads_per_client"], self.exp.spec.runtime.device
             ),
+            "format": MANIFEST_FORMAT,
             # the parent manifest's hash covers every file of the parent round, so the
             # manifest stays small when there are many per-client files
             "inputs": {**self.store_hashes, parent + MANIFEST: self.parent[parent + MANIFEST]},
@@ -293,8 +305,10 @@ class Session:
             "outputs": outputs,
             "parent": self.parent[f"round-{t - 1:04d}/{MANIFEST}"],
             "round": t,
+            "sizes": {n: len(data) for n, data in files.items()},
             "summary": {"train_loss": summary.get("train_loss")},
             "uplinks": {f"{c:05d}": h for c, h in sorted(result.uplink_sha256.items())},
+            "user_code": self.user_code,
         }
         metrics = {
             "round": t,

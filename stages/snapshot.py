@@ -8,6 +8,9 @@ Layout of a round directory::
     rng/client-NNNNN.safetensors    one file per client: its RNG streams
     state/server.safetensors        stateful algorithms: server state
     state/client-NNNNN.safetensors  stateful algorithms: one client's persistent state
+    code/<sha256>.py                round 0 only: the user's source files the run executes,
+                                    content-addressed (the manifest's `user_code` maps each
+                                    path to its hash)
 
 Per-client files are what keeps growth proportional to the work done: a round changes only
 the files of the clients it sampled, and the commit hard-links every other one to the previous
@@ -31,6 +34,7 @@ __all__ = [
     "CLIENT_RNG",
     "STATE",
     "SERVER_STATE",
+    "CODE",
     "client_key",
     "client_file",
     "client_of",
@@ -43,6 +47,7 @@ RNG = "rng.safetensors"
 CLIENT_RNG = "rng"
 STATE = "state"
 SERVER_STATE = f"{STATE}/server.safetensors"
+CODE = "code"
 
 
 def client_key(cid: int) -> str:

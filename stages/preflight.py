@@ -1,0 +1,69 @@
+"""Checks that need the loaded data but must pass before anything of a run is written.
+
+A config can be valid key by key and still impossible: more clients than samples, a GPU the
+machine lacks, a user's model factory or algorithm that raises. Found after `prepare` and
+`partition` have written their stores, such a mistake leaves a half-made run directory that
+the next, corrected run refuses as "made with another config". `preflight` builds in memory
+what the first stages would build (the partition, the initial model, the server and the client
+work) so each of those mistakes ends with one line before the first store is written.
+
+Example:
+    >>> preflight(config, *build_datasets(config))  # raises ValueError, or returns None
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from blazefl.core.devices import run_devices
+from blazefl.data import ImageDataset
+from blazefl.experiment import Experiment, build_partition, model_spec_for
+from blazefl.stages.config import to_spec
+
+__all__ = ["UserCodeFailedError", "preflight"]
+
+T = TypeVar("T")
+
+
+class UserCodeFailedError(ValueError):
+    """User code named by the config raised; the message names the key and the exception."""
+
+
+def _guarded(key: str, name: str, build: Callable[[], T]) -> T:
+    """Run `build`; anything but a ValueError (already one line) becomes one line naming the
+    config key and the user's exception (a bug in user code is not a traceback of ours)."""
+    try:
+        return build()
+    except ValueError:
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:160]
+        raise UserCodeFailedError(
+            f"{key} {name!r} failed before anything was written ({type(exc).__name__}: "
+            f"{text}): fix it, then run again"
+        ) from None
+
+
+def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -> None:
+    """Build the partition, the devices, the initial model, the server and the client work in
+    memory, so that an impossible config fails before the first store is written.
+
+    Args:
+        config: validated flat config.
+        train / test: the loaded data sets (not yet written).
+
+    Raises:
+        ValueError: more clients than private samples, an unavailable device, or user code
+            (model factory, algorithm) that raises; one line each.
+    """
+    spec = to_spec(config)
+    run_devices(spec.runtime.device)  # DeviceUnavailableError: one line
+    partition = build_partition(spec, train.labels.numpy())
+    model_spec = model_spec_for(spec, train)
+    model = config["model.name"]
+    algorithm = config["fl.algorithm"]
+    exp = Experiment(spec, train, test, partition, model_spec)
+    _guarded("model.name", model, exp.initial_model)
+    _guarded("fl.algorithm", algorithm, exp.server)
+    _guarded("fl.algorithm", algorithm, exp.workload)
