@@ -21,7 +21,7 @@ from typing import Any
 from blazefl.hparams import FieldSpec, HParamError
 from blazefl.spec import SECTIONS, ExperimentSpec
 from blazefl.spec import schema as spec_schema
-from blazefl.stages.safe_yaml import YAMLInputError, load_yaml, load_yaml_file
+from blazefl.stages.safe_yaml import CONFIG_KEY, YAMLInputError, load_yaml, load_yaml_file
 
 __all__ = [
     "ConfigError",
@@ -132,7 +132,9 @@ def _read_tree(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"config {p} is a directory: pass a params YAML file as --config")
     try:
-        tree = load_yaml_file(p) or {}
+        # key_pattern: a file that is not a params file (/etc/shadow's `root:*:...:` is a
+        # YAML key) is refused before its keys could be quoted in an unknown-key error
+        tree = load_yaml_file(p, key_pattern=CONFIG_KEY) or {}
     except YAMLInputError as exc:
         raise ConfigError(str(exc)) from None
     if not isinstance(tree, dict):

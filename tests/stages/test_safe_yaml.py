@@ -143,3 +143,65 @@ def test_fuzz_never_raises_anything_else(text: str) -> None:
             assert "\n" not in str(exc)
         finally:
             safe_yaml._LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("seed: 1\nseed: 2\n", ["line 2", "repeats the key seed", "first on line 1", "keep one"]),
+        (
+            "data:\n  size: 100\n  test_size: 20\n  size: 200\n",
+            ["line 4", "repeats the key data.size", "first on line 2"],
+        ),
+        ("train:\n  lr: 0.1\ntrain:\n  lr: 0.2\n", ["line 3", "repeats the key train"]),
+        ("{a: 1, b: 2, a: 3}\n", ["repeats the key a"]),
+        ("1: a\n1: b\n", ["repeats a key", "line 2"]),
+    ],
+)
+def test_duplicate_keys_are_refused(loader: None, text: str, fragments: list[str]) -> None:
+    _refused(text, *fragments)
+
+
+def test_same_key_in_different_sections_is_fine(loader: None) -> None:
+    text = "data:\n  size: 1\nmodel:\n  size: 2\n"
+    assert load_yaml(text, "p") == {"data": {"size": 1}, "model": {"size": 2}}
+
+
+@pytest.mark.parametrize("value", ["1:30", "-1:30", "190:20:30", "1:30.5", "!!int 1:30"])
+def test_base_60_numbers_are_refused(loader: None, value: str) -> None:
+    _refused(f"data:\n  test_size: {value}\n", "line 2", "base 60", "quote it")
+
+
+def test_quoted_base_60_and_times_stay_strings(loader: None) -> None:
+    assert load_yaml("a: '1:30'\nb: 1.5\nc: 90\n", "p") == {"a": "1:30", "b": 1.5, "c": 90}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n",  # /etc/shadow's first line
+        "password: hunter2\nsecret_token: !vault abcdef\n",
+        "key: \x01hunter2\n",
+        "x: !!int hunter2\n",
+        "x: " + "9" * 5000 + "\n",
+        "x: !!float hunter2\n",
+        "x: [hunter2, {y: 'hunter2\n",
+        "? [hunter2]\n: 1\n",
+    ],
+)
+def test_errors_never_echo_the_file(loader: None, tmp_path: Path, text: str) -> None:
+    path = tmp_path / "not-params"
+    path.write_text(text)
+    with pytest.raises(YAMLInputError) as info:
+        load_yaml_file(path, key_pattern=safe_yaml.CONFIG_KEY)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path))
+    for secret in ("hunter2", "root", "20228", "vault", "99999"):
+        assert secret not in message.replace(str(path), "")
+
+
+def test_key_pattern_allows_config_keys(loader: None) -> None:
+    text = "seed: 1\ntrain:\n  lr: 0.1\ndata.size: 5\nfedprox:\n  mu: 0.01\n"
+    assert load_yaml(text, "p", key_pattern=safe_yaml.CONFIG_KEY)["train"] == {"lr": 0.1}
+    with pytest.raises(YAMLInputError, match="line 2.*not a config key name"):
+        load_yaml("seed: 1\nyes: 1\n", "p", key_pattern=safe_yaml.CONFIG_KEY)
