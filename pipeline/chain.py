@@ -146,7 +146,7 @@ def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
 def recorded_code(run: RunDir, t: int, manifest: dict[str, Any]) -> dict[str, Any]:
     """The code that made round t: the manifest's version, and the commit and dirty flag from
     the round's timings file (kept out of the chained manifest bytes) when it is readable."""
-    code = {"commit": None, "dirty": None, **manifest["code"]}
+    code = {"commit": None, "dirty": None, **manifest.get("code", {})}
     try:
         timings = run.read_json(run.timings_path(t), 1 << 16)
     except ValueError:

@@ -221,14 +221,33 @@ def dvc(
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--rounds", default=None, help="Rounds to check, e.g. 3,5-7 (default: all).")
 @_runtime_options
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Consent to importing and running the user code the run names (built-ins need none).",
+)
+@click.option(
+    "--code-from",
+    type=click.Choice(("auto", "run", "here")),
+    default="auto",
+    show_default=True,
+    help="User code to re-execute with: the run's own copy, this folder's, or auto (this "
+    "folder's when it matches the record, else the run's).",
+)
 @_user_errors
 def verify(
-    run_dir: str, rounds: str | None, mode: str | None, workers: int | None, ipc: str | None
+    run_dir: str,
+    rounds: str | None,
+    mode: str | None,
+    workers: int | None,
+    ipc: str | None,
+    trust_code: bool,
+    code_from: str,
 ) -> None:
     """Re-execute rounds from their recorded inputs and compare with the manifests."""
     from blazefl.pipeline.verify import verify_run
 
-    ok = verify_run(Path(run_dir), rounds, mode, workers, ipc, echo=click.echo)
+    ok = verify_run(Path(run_dir), rounds, mode, workers, ipc, click.echo, trust_code, code_from)
     sys.exit(0 if ok else 1)
 
 

@@ -21,6 +21,7 @@ from blazefl.pipeline.verify import (
     differing_uplinks,
 )
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
+from blazefl.stages.manifest_schema import manifest_format
 
 _files = files_of
 
@@ -139,7 +140,7 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
         )
         same = False  # a recorded byte differs
         reported.add("environment")
-    ka, kb = a.manifest(0)["code"], b.manifest(0)["code"]
+    ka, kb = a.manifest(0).get("code", {}), b.manifest(0).get("code", {})
     if ka != kb:
         echo(f"code differs: {_dict_diffs(ka, kb)}")
         same = False
@@ -230,7 +231,14 @@ def show_run(run_dir: Path, echo: Echo) -> None:
     code = recorded_code(run, rounds[-1], manifests[rounds[-1]])
     commit = f", commit {str(code.get('commit'))[:12]}" if code.get("commit") else ""
     dirty = " (with local changes)" if code.get("dirty") else ""
-    echo(f"code: blazefl {code.get('version')}{commit}{dirty}")
+    version = code.get("version") or "version not recorded"
+    fmt = manifest_format(manifests[rounds[-1]])
+    echo(f"code: blazefl {version}{commit}{dirty}; manifest format {fmt}")
+    user = manifests[rounds[-1]].get("user_code", {})
+    if user:
+        shown = ", ".join(f"{rel} {sha[:12]}" for rel, sha in sorted(user.items())[:8])
+        more = f" and {len(user) - 8} more" if len(user) > 8 else ""
+        echo(f"user code: {shown}{more} (a copy is in round-0000/code/)")
     last = run.last_complete_round()
     if last is not None:
         digest = _hash(run, run.round_dir(last) / MANIFEST)

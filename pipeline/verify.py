@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from blazefl.pipeline.chain import (
     recorded_code,
     store_problems,
 )
+from blazefl.pipeline.trust import code_notes, code_root, require_consent
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -38,8 +40,14 @@ from blazefl.stages.artifacts import (
     sha256_bytes,
 )
 from blazefl.stages.config import ConfigError, config_sha256, load_config, to_spec
+from blazefl.stages.data_files import data_differences, data_file_hashes
 from blazefl.stages.init import init_outputs
-from blazefl.stages.manifest_schema import validate_round_manifest
+from blazefl.stages.manifest_schema import (
+    MANIFEST_FORMAT,
+    manifest_format,
+    validate_round_manifest,
+)
+from blazefl.stages.provenance import OlderFormatError, older_format_message
 from blazefl.stages.session import Session
 
 __all__ = ["verify_run", "parse_rounds", "environment_note"]
@@ -184,14 +192,22 @@ class _Reexecutor:
     """Re-executes rounds of a run in memory: round 0 through `init_outputs`, later rounds
     through one warm `Session` (reused while the config stays the same). Nothing is written."""
 
-    def __init__(self, run: RunDir, mode: str | None, workers: int | None, ipc: str | None):
+    def __init__(
+        self,
+        run: RunDir,
+        mode: str | None,
+        workers: int | None,
+        ipc: str | None,
+        code_check: bool = True,
+    ):
         self.run = run
         self.mode, self.workers, self.ipc = mode, workers, ipc
+        self.code_check = code_check
         self.session: Any = None
         self.session_key: str | None = None
 
     def init(self, config: dict[str, Any]) -> dict[str, bytes]:
-        return init_outputs(config, self.run)[0]
+        return init_outputs(config, self.run, code_check=self.code_check)[0]
 
     def round(self, t: int, config: dict[str, Any]) -> Any:
         """Compute round t from the recorded round t-1 (never from a recomputed one)."""
@@ -200,7 +216,7 @@ class _Reexecutor:
             self.close()
             runtime = to_spec(config).runtime
             execution = ExecutionSettings.of(runtime, self.mode, self.workers, self.ipc)
-            self.session = Session(config, self.run, execution)
+            self.session = Session(config, self.run, execution, code_check=self.code_check)
             self.session_key = key
         self.session.load(t - 1)
         return self.session.compute(t)
@@ -213,9 +229,9 @@ class _Reexecutor:
 
 @contextlib.contextmanager
 def _reexecutor(
-    run: RunDir, mode: str | None, workers: int | None, ipc: str | None
+    run: RunDir, mode: str | None, workers: int | None, ipc: str | None, code_check: bool
 ) -> Iterator[_Reexecutor]:
-    r = _Reexecutor(run, mode, workers, ipc)
+    r = _Reexecutor(run, mode, workers, ipc, code_check)
     try:
         yield r
     finally:
@@ -231,6 +247,54 @@ def _config_of(m: dict[str, Any], t: int) -> dict[str, Any]:
         ) from None
 
 
+def _integrity_only(
+    run: RunDir, chosen: list[int], manifests: dict[int, dict[str, Any]], echo: Echo
+) -> bool:
+    """Check the stores' files and every chosen round's files and chain against the manifests
+    (any format), without re-executing anything. True iff all match."""
+    echo(f"checking the files and chain of {_rounds(chosen)} of {run.root} (no re-execution)")
+    ok = True
+    for store in ("dataset", "partitions"):
+        for problem in store_problems(run, store):
+            echo(problem)
+            ok = False
+    for t in chosen:
+        problems = chain_problems(run, t, manifests[t])
+        for problem in problems:
+            echo(f"round {t}: {problem}")
+        echo(f"round {t}: files and chain OK") if not problems else None
+        ok = ok and not problems
+    return ok
+
+
+def _older_format(run: RunDir, manifests: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The first manifest of an earlier format (rounds first: they name the code version and
+    the environment that made them), or None."""
+    stores = [run.store_manifest(name) for name in ("dataset", "partitions")]
+    for m in [*manifests.values(), *stores]:
+        if manifest_format(m) != MANIFEST_FORMAT:
+            return m if "round" not in m or not stores else next(iter(manifests.values()))
+    return None
+
+
+def _data_notes(run: RunDir, config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The dataset store's recorded data files against data.root here: (notes, problems)."""
+    root = config.get("data.root")
+    recorded = run.store_manifest("dataset").get("data_files", {})
+    if root is None or not recorded:
+        return [], []
+    if not Path(root).exists():
+        return [f"note: data.root {root} is not here: its files are not compared"], []
+    try:
+        changed = data_differences(recorded, data_file_hashes(root))
+    except ValueError as exc:
+        return [], [f"data.root cannot be checked: {exc}"]
+    if not changed:
+        return [], []
+    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    return [], [f"data differs under data.root {root}: {shown} (vs dataset/{MANIFEST})"]
+
+
 def verify_run(
     run_dir: Path,
     rounds: str | None,
@@ -238,6 +302,8 @@ def verify_run(
     workers: int | None,
     ipc: str | None,
     echo: Echo,
+    trust_code: bool = False,
+    code_from: str = "auto",
 ) -> bool:
     """Re-execute rounds from their recorded inputs and compare with their manifests.
 
@@ -246,6 +312,9 @@ def verify_run(
         rounds: spec like "3,5-7"; None means every complete round (0 = the init stage).
         mode / workers / ipc: execution mode of the re-execution (never changes bytes).
         echo: where report lines go.
+        trust_code: the reader consents to importing the user code the run names.
+        code_from: "run" (the run's own copy of its user code), "here" (the current folder's),
+            or "auto" (here when this folder holds every recorded file, else the run's copy).
 
     Returns:
         True iff every chosen round and the stores match their manifests.
@@ -253,12 +322,45 @@ def verify_run(
     Raises:
         ConfigError: a bad round spec.
         ArtifactError: not a run directory, or a chosen round that is not complete.
+        OlderFormatError: the run is of an earlier format (after its files and chain were
+            checked): names the version that re-executes it.
+        ConsentError: the run names user code and `trust_code` is False.
     """
-    run = _open_run(run_dir)
+    run = _open_run(Path(os.path.abspath(run_dir)))
     last = run.last_complete_round()
     assert last is not None  # _open_run checked round 0
     chosen = parse_rounds(rounds, last) if rounds is not None else list(range(last + 1))
     manifests = {t: run.manifest(t) for t in chosen}
+    older = _older_format(run, manifests)
+    if older is not None:  # readable, checkable, but re-executed by the version that made it
+        if not _integrity_only(run, chosen, manifests, echo):
+            echo(f"note: {older_format_message(older, 'this run')}")
+            echo("FAILED: files or chain do not match the manifests")
+            return False
+        raise OlderFormatError(older_format_message(older, "this run"))
+    require_consent(run, manifests, trust_code)  # before anything a run names is imported
+    m0 = manifests[0] if 0 in manifests else run.manifest(0)
+    record = m0["user_code"]
+    notes = code_notes(record, m0["config"])
+    if code_from == "auto":
+        code_from = "run" if notes or not record else "here"
+    with code_root(run, m0, code_from):
+        if record:
+            where = "this folder's" if code_from == "here" else "the run's own copy of its"
+            notes.append(f"re-executing with {where} user code")
+        return _verify(run, chosen, manifests, (mode, workers, ipc), code_from, notes, echo)
+
+
+def _verify(
+    run: RunDir,
+    chosen: list[int],
+    manifests: dict[int, dict[str, Any]],
+    how_args: tuple[str | None, int | None, str | None],
+    code_from: str,
+    notes: list[str],
+    echo: Echo,
+) -> bool:
+    mode, workers, ipc = how_args
     configs = {t: _config_of(m, t) for t, m in manifests.items()}
     for t, m in manifests.items():  # client ids below the run's data.clients
         validate_round_manifest(m, f"round-{t:04d}/{MANIFEST}", configs[t]["data.clients"])
@@ -275,10 +377,10 @@ def verify_run(
         note = environment_note(rec, current)
         if note:
             echo(note)
-    notes = {code_note(recorded_code(run, t, m), code_version()) for t, m in manifests.items()}
-    notes -= {None}
-    for note in sorted(notes):  # type: ignore[type-var]
-        echo(note)
+    more = {code_note(recorded_code(run, t, m), code_version()) for t, m in manifests.items()}
+    more -= {None}
+    for note in [*sorted(more), *notes]:  # type: ignore[list-item]
+        echo(note)  # type: ignore[arg-type]
 
     cfg0 = configs[chosen[0]]
     how = mode or cfg0["runtime.mode"]
@@ -289,13 +391,20 @@ def verify_run(
     echo(f"verifying {_rounds(chosen)} of {run.root} ({how})")
 
     ok = True
-    for store in ("dataset", "partitions"):
-        for problem in store_problems(run, store):
-            echo(problem)
-            ok = False
+    data_notes, data_problems = _data_notes(run, cfg0)
+    for line in data_notes:
+        echo(line)
+    store_lines = [
+        *store_problems(run, "dataset"),
+        *store_problems(run, "partitions"),
+        *data_problems,
+    ]
+    for problem in store_lines:
+        echo(problem)
+        ok = False
     seen_configs: dict[str, list[str]] = {}
     failed = []
-    with _reexecutor(run, mode, workers, ipc) as scratch:
+    with _reexecutor(run, mode, workers, ipc, code_check=code_from == "run") as scratch:
         for t in chosen:
             m, config = manifests[t], configs[t]
             key = m["config_sha256"]

@@ -28,7 +28,10 @@ __all__ = ["init", "init_outputs"]
 
 
 def init_outputs(
-    config: dict[str, Any], run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
+    config: dict[str, Any],
+    run: RunDir,
+    data: tuple[ImageDataset, ImageDataset] | None = None,
+    code_check: bool = True,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Round 0's files and manifest, computed without writing anything (`verify` compares
     them with the recorded ones).
@@ -37,6 +40,8 @@ def init_outputs(
         config: validated flat config.
         run: the run directory (its stores must have been made with `config`).
         data: the in-memory (train, test) sets equal to the store's, if the caller has them.
+        code_check: refuse stores made with other user code (off for `verify --code-from
+            here`).
 
     Returns:
         ({relative path: bytes}, manifest).
@@ -44,7 +49,7 @@ def init_outputs(
     Raises:
         ProvenanceError: a store was made with another config.
     """
-    stores = check_stores(config, run)
+    stores = check_stores(config, run, code_check)
     exp = build_from_stores(config, run, data)
     server = exp.server()
     device = rng_device(exp.spec.runtime.device)  # a GPU run's streams carry a CUDA generator

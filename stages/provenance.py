@@ -141,7 +141,7 @@ def _check_files_listed(run: RunDir, name: str, manifest: dict[str, Any]) -> Non
         resolve_inside(run.root, f"{name}/{rel}")
 
 
-def check_dataset_store(config: dict[str, Any], run: RunDir) -> str:
+def check_dataset_store(config: dict[str, Any], run: RunDir, code_check: bool = True) -> str:
     """Check `RUN/dataset` was made with `config`'s data keys.
 
     Returns:
@@ -161,14 +161,16 @@ def check_dataset_store(config: dict[str, Any], run: RunDir) -> str:
             f"{_keys(keys)}): rebuild it with `blazefl stage prepare --out {run.root}` and this "
             "config (then partition and init), or use a new --out"
         )
-    check_user_code(
-        m["user_code"], config_code(config, "prepare"), f"the dataset store in {run.root}"
-    )
+    if code_check:
+        here = config_code(config, "prepare")
+        check_user_code(m["user_code"], here, f"the dataset store in {run.root}")
     _check_files_listed(run, "dataset", m)
     return run.manifest_sha256(run.dataset / MANIFEST)
 
 
-def check_partitions_store(config: dict[str, Any], run: RunDir, dataset_sha: str) -> str:
+def check_partitions_store(
+    config: dict[str, Any], run: RunDir, dataset_sha: str, code_check: bool = True
+) -> str:
     """Check `RUN/partitions` was made with `config`'s partition keys from this dataset store.
 
     Returns:
@@ -200,19 +202,25 @@ def check_partitions_store(config: dict[str, Any], run: RunDir, dataset_sha: str
             f"the partitions store in {run.root} was made from another dataset store (rebuilt "
             f"since): {fix}"
         )
-    check_user_code(
-        m["user_code"], config_code(config, "partition"), f"the partitions store in {run.root}"
-    )
+    if code_check:
+        here = config_code(config, "partition")
+        check_user_code(m["user_code"], here, f"the partitions store in {run.root}")
     _check_files_listed(run, "partitions", m)
     return run.manifest_sha256(run.partitions / MANIFEST)
 
 
-def check_stores(config: dict[str, Any], run: RunDir) -> dict[str, str]:
-    """Check both stores against `config`; the hashes of their manifests by relative path."""
-    dataset_sha = check_dataset_store(config, run)
+def check_stores(config: dict[str, Any], run: RunDir, code_check: bool = True) -> dict[str, str]:
+    """Check both stores against `config`; the hashes of their manifests by relative path.
+
+    Args:
+        config / run: the config asked for and the run directory.
+        code_check: compare the stores' recorded user code with the current folder's (off
+            only for `verify --code-from here`, which re-executes with other code on purpose).
+    """
+    dataset_sha = check_dataset_store(config, run, code_check)
     return {
         DATASET_REF: dataset_sha,
-        PARTITIONS_REF: check_partitions_store(config, run, dataset_sha),
+        PARTITIONS_REF: check_partitions_store(config, run, dataset_sha, code_check),
     }
 
 

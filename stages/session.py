@@ -62,6 +62,8 @@ class Session:
         run: run directory.
         execution: mode / workers / IPC (default: the config's `runtime`; never change bytes).
         data: the in-memory (train, test) sets equal to the store's, if the caller has them.
+        code_check: refuse artifacts made with other user code than the current folder's
+            (off only for `verify --code-from here`).
 
     Example:
         >>> with Session(config, RunDir("artifacts/default")) as s:
@@ -74,13 +76,15 @@ class Session:
         run: RunDir,
         execution: ExecutionSettings | None = None,
         data: tuple[ImageDataset, ImageDataset] | None = None,
+        code_check: bool = True,
     ) -> None:
         self.config = config
         self.run = run
         # the user's modules this run executes, hashed once: every round records the same
         self.user_code = config_code(config)
+        self.code_check = code_check
         # the stores must have been made with this config (else: one line, nothing trained)
-        self.store_hashes = check_stores(config, run)
+        self.store_hashes = check_stores(config, run, code_check)
         self.exp = build_from_stores(config, run, data)
         self.execution = execution or ExecutionSettings.of(self.exp.spec.runtime)
         self._temp = contextlib.ExitStack()
@@ -118,9 +122,8 @@ class Session:
         """
         clients = self.exp.spec.data.clients
         manifest = self.run.manifest(t, max_clients=clients)
-        check_round_provenance(
-            self.config, self.run, t, manifest, self.store_hashes, self.user_code
-        )
+        code = self.user_code if self.code_check else manifest["user_code"]
+        check_round_provenance(self.config, self.run, t, manifest, self.store_hashes, code)
         pre = f"round-{t:04d}/"
         recorded: dict[str, str] = manifest["outputs"]
         files = {
