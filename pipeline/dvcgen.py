@@ -24,6 +24,13 @@ the environment that has it first (`. .venv/bin/activate`). An interpreter path 
 dvc.yaml would make the `cmd` of every stage, and so dvc.lock, differ between clones, and a
 reader's `dvc repro` would then rerun every stage instead of reproducing the lock.
 
+User code named by import path (`fl.algorithm: myfl.feddyn:FedDyn`) is a dependency of the
+stages that run it, and so is every module of the folder it imports (`myfl/common.py`) and
+its packages' `__init__.py` files: `prepare` depends on the dataset loader's code, `partition`
+on the algorithm's, init and rounds on the model's and the algorithm's. The files are found
+by reading the source (`blazefl.stages.user_code.config_code`), not by importing it, so an
+edit to a helper module makes exactly those stages stale.
+
 Switching algorithms: the params of a stage are the keys of the selected algorithm only
 (`dsfl.kd_lr` is no param of a FedAvg pipeline, so editing it reruns nothing). To switch,
 regenerate: `blazefl dvc --set fl.algorithm=dsfl` writes the new algorithm's section into
@@ -46,12 +53,12 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from blazefl.registry import is_import_path
 from blazefl.stages.config import byte_keys, dump_yaml
 from blazefl.stages.partition import partition_keys
 from blazefl.stages.prepare import DATA_KEYS
+from blazefl.stages.user_code import CODE_KEYS, config_code
 
-__all__ = ["stage_name", "dvc_yaml", "write_dvc", "path_note"]
+__all__ = ["stage_name", "stage_code", "dvc_yaml", "write_dvc", "path_note"]
 
 #: The top-level plots of dvc.yaml: name -> (title, y label, metrics fields drawn; x = round).
 PLOTS = {
@@ -94,37 +101,30 @@ def _params(keys: list[str], params_rel: str) -> list[Any]:
     return [{params_rel: _Flow(keys)}]
 
 
-#: Which stages read the user code a config key names by import path.
-_CODE_READERS = {
-    "data.dataset": ("prepare",),
-    "model.name": ("init", "round"),
-    "fl.algorithm": ("partition", "init", "round"),
-}
+def stage_code(config: dict[str, Any], base: Path) -> dict[str, list[str]]:
+    """The user code each stage kind runs, relative to dvc.yaml's folder `base`: editing any
+    file of it (the named module, a helper it imports, a parent package's `__init__.py`) must
+    make exactly the stages that run it stale.
 
+    The files come from reading the source (`config_code`), never from importing it, and are
+    resolved from `base` because DVC runs the stage commands there (and `blazefl` puts that
+    folder on `sys.path`). Code outside `base` (an installed package) is the environment's,
+    recorded in the manifests like torch's version.
 
-def user_code(config: dict[str, Any], base: Path) -> dict[str, str]:
-    """The source files of the user's own code that the config names by import path
-    (`fl.algorithm: myalgo:MyAlgorithm`), relative to dvc.yaml's folder `base`: editing one
-    must make the stages that run it stale. Code outside `base` (an installed package) is the
-    environment's, recorded in the manifests like torch's version.
+    Args:
+        config: validated flat config.
+        base: the folder dvc.yaml lies in.
 
     Returns:
-        {config key: posix path relative to base}.
+        {stage kind: sorted posix paths relative to base}.
+
+    Example:
+        >>> stage_code({"fl.algorithm": "myfl.feddyn:FedDyn", "model.name": "cnn",
+        ...             "data.dataset": "synthetic"}, Path("."))["partition"]
+        ['myfl/__init__.py', 'myfl/common.py', 'myfl/feddyn.py']
     """
-    out: dict[str, str] = {}
-    for key in _CODE_READERS:
-        name = config[key]
-        if not is_import_path(name):
-            continue
-        module = sys.modules.get(name.partition(":")[0])  # imported when the config loaded
-        origin = getattr(module, "__file__", None)
-        if origin is None:
-            continue
-        try:
-            out[key] = Path(origin).resolve().relative_to(base.resolve()).as_posix()
-        except ValueError:
-            continue
-    return out
+    kinds = sorted({kind for stages in CODE_KEYS.values() for kind in stages})
+    return {kind: sorted(config_code(config, kind, base)) for kind in kinds}
 
 
 def dvc_yaml(
@@ -132,7 +132,7 @@ def dvc_yaml(
     out: str,
     params: str,
     header: str = "",
-    code: dict[str, str] | None = None,
+    code: dict[str, list[str]] | None = None,
 ) -> str:
     """The text of dvc.yaml.
 
@@ -141,8 +141,8 @@ def dvc_yaml(
         out: the run directory, relative to dvc.yaml's directory (posix).
         params: the params file, relative to dvc.yaml's directory (posix).
         header: comment lines put first.
-        code: the user's source files by config key (see `user_code`), added as deps of the
-            stages that run them.
+        code: the user's source files by stage kind (see `stage_code`), added as deps of the
+            stages of that kind.
 
     Returns:
         Deterministic YAML text: the same arguments always give the same bytes.
@@ -168,7 +168,7 @@ def dvc_yaml(
     code = code or {}
 
     def code_deps(stage: str) -> list[str]:
-        return sorted({f for k, f in code.items() if stage in _CODE_READERS[k]})
+        return sorted(code.get(stage, []))
 
     stages: dict[str, Any] = {
         "prepare": {
@@ -271,7 +271,7 @@ def write_dvc(
         f"# then regenerate, from this directory: {shlex.join(regen)}\n"
     )
     _write(params_file, dump_yaml(config))
-    _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header, user_code(config, base)))
+    _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header, stage_code(config, base)))
     return [params_file, dvc_file]
 
 
