@@ -30,6 +30,7 @@ import ast
 import hashlib
 import importlib.util
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,11 @@ class _Closure:
                 "module may have; move data out of .py files under the folder blazefl runs in"
             )
         try:
-            tree = ast.parse(data, filename=rel)
+            # quiet: an invalid escape in the user's source would warn at every listing, where
+            # Python itself warns once, when it compiles the file
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tree = ast.parse(data, filename=rel)
         except (SyntaxError, ValueError) as exc:
             line = getattr(exc, "lineno", None)
             raise UserCodeError(

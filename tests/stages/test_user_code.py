@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,13 @@ def test_config_code_selects_the_code_each_stage_runs(
     builtin = {"fl.algorithm": "fedavg", "model.name": "cnn", "data.dataset": "synthetic"}
     assert config_code(builtin) == {}
     assert set(CODE_KEYS) == {"data.dataset", "model.name", "fl.algorithm"}
+
+
+def test_listing_is_silent_about_the_users_source(tmp_path: Path) -> None:
+    tree(tmp_path, {"plugin.py": 'PATTERN = "\\d+"\n'})  # an invalid escape: "\d+"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(code_closure(["plugin:X"], tmp_path)) == ["plugin.py"]
 
 
 def test_code_differences_lists_changed_added_and_removed_paths() -> None:
