@@ -66,12 +66,15 @@ def writing(out: str) -> Iterator[RunDir]:
             "choose a new or empty folder"
         )
     created = not run.root.exists()
+    lock = RunLock(run.root)
     try:
-        with RunLock(run.root):
+        with lock:
             yield run
+            lock.check()  # a run whose folder was replaced at the very end did not finish
     except BaseException:
-        # a refused or failed command that made the folder leaves nothing behind
-        if created and [p.name for p in run.root.iterdir()] == [LOCK_NAME]:
+        # a refused or failed command that made the folder leaves nothing behind; a folder
+        # replaced while we held the lock is someone else's now (its lock file included)
+        if created and lock.intact() and [p.name for p in run.root.iterdir()] == [LOCK_NAME]:
             (run.root / LOCK_NAME).unlink()
             run.root.rmdir()
         raise

@@ -162,7 +162,12 @@ def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
         >>> with atomic_dir(run / "round-0003") as tmp:
         ...     (tmp / "global.safetensors").write_bytes(data)
     """
+    from blazefl.stages.run_lock import check_writer
+
     _check_inside(final, root)
+    # a run directory replaced while locked belongs to someone else now: not even the
+    # temporary sibling may be made in it, and the rename below is checked again
+    check_writer(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -170,6 +175,7 @@ def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        check_writer(final)
         if final.exists():  # re-running a stage replaces its output
             old = final.parent / f".{final.name}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -179,8 +185,10 @@ def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
         else:
             os.rename(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a file vanished because the run folder was replaced:
+            check_writer(final)  # say so, not "No such file"
         raise
 
 
@@ -192,13 +200,23 @@ def atomic_write(path: Path, data: bytes, root: Path | None = None) -> None:
         data: its bytes.
         root: the run directory `path` lies in: no symlink between them is followed.
     """
+    from blazefl.stages.run_lock import check_writer
+
     _check_inside(path, root)
+    check_writer(path)  # as in atomic_dir: never write into a replaced run directory
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        check_writer(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            check_writer(path)
+        raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
