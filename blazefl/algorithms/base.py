@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from blazefl.core.protocols import ClientWorkload, ServerHandler
+from blazefl.registry import RegistryError, describe_kind
 
 if TYPE_CHECKING:  # annotations only: experiment.py imports this module
     from blazefl.experiment import Experiment
@@ -84,12 +85,42 @@ class Algorithm:
 
 
 def adapt_algorithm(obj: Any, path: str) -> Algorithm:
-    """Check a user's algorithm found at import path `path` (a class is instantiated).
+    """Check a user's algorithm found at import path `path`; a class is instantiated, but only
+    once it is known to be an `Algorithm` subclass (`subprocess:Popen` is never called).
+
+    Args:
+        obj: what the import path resolved to.
+        path: the import path, for messages.
+
+    Returns:
+        The algorithm object.
 
     Raises:
+        RegistryError: not an `Algorithm` subclass or instance, or its class cannot be built.
         ValueError: it lacks a valid section name, an `HParams` dataclass or the builders.
+
+    Example:
+        >>> adapt_algorithm(FedAvg, "blazefl.algorithms:FedAvg").name
+        'fedavg'
     """
-    algo = obj() if isinstance(obj, type) else obj
+    # type() rather than isinstance(): the check reads the real type, not a `__class__` the
+    # user's object may claim; nothing of the object is called before it passes
+    if issubclass(type(obj), type) and issubclass(obj, Algorithm):
+        try:
+            algo = obj()
+        except Exception as exc:  # e.g. an __init__ that wants arguments: the user's to fix
+            detail = " ".join(str(exc).split())[:200]
+            raise RegistryError(
+                f"algorithm {path!r}: {describe_kind(obj)}() failed ({type(exc).__name__}: "
+                f"{detail}); an Algorithm subclass must be constructible without arguments"
+            ) from None
+    elif issubclass(type(obj), Algorithm):
+        algo = obj
+    else:
+        raise RegistryError(
+            f"algorithm {path!r} resolves to {describe_kind(obj)}, not an Algorithm; name a "
+            "subclass of blazefl.algorithms.Algorithm (or an instance of one)"
+        )
     name = getattr(algo, "name", "")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(
@@ -104,4 +135,4 @@ def adapt_algorithm(obj: Any, path: str) -> Algorithm:
     for method in ("server", "workload", "public_size", "check"):
         if not callable(getattr(algo, method, None)):
             raise ValueError(f"algorithm {path!r} has no {method}() (subclass Algorithm)")
-    return algo  # type: ignore[no-any-return]
+    return algo

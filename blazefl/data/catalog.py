@@ -8,7 +8,7 @@ from typing import Any
 
 from blazefl.data.datasets import ImageDataset, synthetic_dataset
 from blazefl.data.torchvision_data import TORCHVISION_DATASETS, load_torchvision_dataset
-from blazefl.registry import Registry, callable_accepting
+from blazefl.registry import Registry, function_accepting
 
 __all__ = ["DATASETS", "DatasetLoader", "load_dataset"]
 
@@ -17,10 +17,11 @@ DatasetLoader = Callable[..., ImageDataset]
 datasets, `root` to datasets read from files; a loader ignores what it does not use."""
 
 DATASETS: Registry[DatasetLoader] = Registry(
-    "dataset", adapt=callable_accepting("root", "size", "seed", "train")
+    "dataset", adapt=function_accepting("root", "size", "seed", "train")
 )
 """Datasets by config name (`data.dataset`); a user's own loader is given as
-'pkg.module:loader' and called with the keyword arguments of :data:`DatasetLoader`."""
+'pkg.module:loader' (a plain function) and called with the keyword arguments of
+:data:`DatasetLoader`; anything else is refused on import, before it is called."""
 
 
 def load_dataset(

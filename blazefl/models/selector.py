@@ -14,7 +14,7 @@ from torch.nn.modules.conv import _ConvNd
 from blazefl.models.cnn import CNN
 from blazefl.models.resnet import resnet18
 from blazefl.models.small_cnn import SmallCNN
-from blazefl.registry import Registry, callable_accepting
+from blazefl.registry import Registry, function_accepting
 
 __all__ = ["MODELS", "ModelSelector", "build_model"]
 
@@ -22,10 +22,19 @@ ModelFactory = Callable[..., nn.Module]
 """`factory(num_classes=, in_channels=, image_size=, dropout=) -> nn.Module`."""
 
 MODELS: Registry[ModelFactory] = Registry(
-    "model", adapt=callable_accepting("num_classes", "in_channels", "image_size", "dropout")
+    "model",
+    adapt=function_accepting(
+        "num_classes",
+        "in_channels",
+        "image_size",
+        "dropout",
+        subclass_of=nn.Module,
+        subclass_name="torch.nn.Module",
+    ),
 )
 """Models by config name (`model.name`); a user's own factory is given as 'pkg.module:factory'
-and called with the keyword arguments of :data:`ModelFactory`."""
+(a plain function, or an `nn.Module` subclass) and called with the keyword arguments of
+:data:`ModelFactory`; anything else is refused on import, before it is called."""
 MODELS.register("cnn", lambda **kw: CNN(**kw))
 MODELS.register("cnn_small", lambda *, dropout, **kw: SmallCNN(**kw))
 MODELS.register(
