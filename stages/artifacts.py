@@ -151,7 +151,8 @@ def _check_inside(final: Path, root: Path | None) -> None:
 def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
     """Write a directory atomically: yields a temporary sibling, renamed onto `final` on success.
 
-    On error the temporary directory is removed and `final` is untouched.
+    On error the temporary directory is removed and `final` is untouched. Every regular file
+    committed is made read-only (0o444); folders keep their mode.
 
     Args:
         final: the directory to (re)place.
@@ -174,6 +175,15 @@ def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        # committed files are read-only (0o444; folders stay writable so removal works): a
+        # file of a round is hard-linked by every later round that did not change it, so one
+        # in-place write would silently change the committed bytes of all of them
+        for dirpath, _, names in os.walk(tmp):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                mode = os.lstat(path).st_mode
+                if mode & 0o170000 == 0o100000 and mode & 0o7777 != 0o444:  # regular file
+                    os.chmod(path, 0o444)
         _fsync_tree(tmp)
         check_writer(final)
         if final.exists():  # re-running a stage replaces its output
@@ -193,7 +203,7 @@ def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
 
 
 def atomic_write(path: Path, data: bytes, root: Path | None = None) -> None:
-    """Write a file atomically (temporary sibling, fsync, rename).
+    """Write a file atomically (temporary sibling, fsync, rename); it is committed read-only.
 
     Args:
         path: the file.
@@ -206,10 +216,12 @@ def atomic_write(path: Path, data: bytes, root: Path | None = None) -> None:
     check_writer(path)  # as in atomic_dir: never write into a replaced run directory
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial"
+    tmp.unlink(missing_ok=True)  # a killed writer's leftover is read-only: not reopened
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o444)  # read-only once committed, as in atomic_dir
             os.fsync(f.fileno())
         check_writer(path)
     except BaseException as exc:
