@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from blazefl.core.devices import device_environment
+from blazefl.stages.environment import environment
 from blazefl.stages.manifest_schema import (
     MAX_MANIFEST_BYTES,
     parse_manifest_json,
@@ -257,75 +256,6 @@ def read_safetensors(path: Path, run_root: Path | None = None) -> dict[str, torc
             f"{shown} is corrupt ({str(exc).splitlines()[0][:80]}): delete its round directory "
             "and run again"
         ) from None
-
-
-#: Environment variables known to change CPU bits (kernel ISA, MKL's code path) or the
-#: threads of a library; each one set is recorded as `env.NAME` (unset ones are left out).
-BIT_ENV_VARS = (
-    "ATEN_CPU_CAPABILITY",
-    "DNNL_MAX_CPU_ISA",
-    "MKL_CBWR",
-    "MKL_ENABLE_INSTRUCTIONS",
-    "MKL_NUM_THREADS",
-    "OMP_NUM_THREADS",
-    "ONEDNN_DEFAULT_FPMATH_MODE",
-    "ONEDNN_MAX_CPU_ISA",
-)
-
-
-@lru_cache(maxsize=1)
-def _build_environment() -> dict[str, Any]:
-    """What does not change within a process: versions, the CPU model, the library builds."""
-    import numpy
-
-    config = torch.__config__.show()
-    mkl = re.search(r"Math Kernel Library Version ([\w.]+)", config)
-    onednn = re.search(r"MKL-DNN v([\w.]+)", config)
-    return {
-        "cpu_model": _cpu_model(),
-        "machine": platform.machine(),
-        "mkl": mkl.group(1) if mkl else None,
-        "numpy": numpy.__version__,
-        "onednn": onednn.group(1) if onednn else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (oneDNN picks kernels and blocking by the CPU, not only its ISA)."""
-    with (
-        contextlib.suppress(OSError),
-        open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f,
-    ):
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                return " ".join(value.split())[:200]
-    return platform.processor() or "unknown"
-
-
-def environment(threads_per_client: int, device: str = "cpu") -> dict[str, Any]:
-    """What the bits depend on besides the config. No times.
-
-    Recorded in every manifest: software versions (Python, torch, numpy, oneDNN, MKL), the
-    ATen CPU capability in force (`cpu_isa`: it follows ATEN_CPU_CAPABILITY), the CPU model,
-    the bit-relevant environment variables that are set (`env.ONEDNN_MAX_CPU_ISA`, ...), the
-    intra-op threads, and on a GPU run the GPU model, count, CUDA/cuDNN versions and the device
-    rule. `verify` and `diff` name the fields that differ when bytes differ.
-
-    Example:
-        >>> environment(1)["cpu_isa"]
-        'AVX512'
-    """
-    env = {f"env.{k}": os.environ[k] for k in BIT_ENV_VARS if k in os.environ}
-    return {
-        **_build_environment(),
-        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
-        **env,
-        "threads_per_client": threads_per_client,
-        **device_environment(device),  # {} on the CPU: CPU manifests keep their keys
-    }
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

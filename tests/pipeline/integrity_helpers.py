@@ -50,6 +50,7 @@ def reseal_store(store: Path) -> None:
     path = store / "manifest.json"
     m = json.loads(path.read_text())
     m["files"] = tree_hashes(store)
+    m["sizes"] = {rel: (store / rel).stat().st_size for rel in m["files"]}
     path.write_bytes(canonical_json(m))
 
 
@@ -60,6 +61,7 @@ def reseal_round(round_dir: Path, edit: Any = None) -> None:
     m["outputs"] = {name: sha256_file(round_dir / name) for name in m["outputs"]}
     for p in sorted(round_dir.rglob("*.safetensors")):
         m["outputs"][p.relative_to(round_dir).as_posix()] = sha256_file(p)
+    m["sizes"] = {name: (round_dir / name).stat().st_size for name in m["outputs"]}
     if edit is not None:
         edit(m)
     path.write_bytes(canonical_json(m))
