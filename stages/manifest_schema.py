@@ -248,12 +248,12 @@ def _rule_sizes(m: dict[str, Any], _: int | None) -> str | None:
 
 
 ROUND_RULES: tuple[Rule, ...] = (
-    _rule_sizes,
     _rule_first_round,
     _rule_uplinks,
     _rule_clients_below,
     _rule_snapshot,
     _rule_config_sha,
+    _rule_sizes,
 )
 
 

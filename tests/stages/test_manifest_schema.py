@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blazefl.stages.manifest_schema import (
+    MANIFEST_FORMAT,
     ROUND_FIELDS,
     Field,
     ManifestError,
+    NewerFormatError,
     config_digest,
+    manifest_format,
     parse_manifest_json,
     validate_round_manifest,
     validate_store_manifest,
@@ -32,20 +35,76 @@ def _round(t: int = 2, clients: tuple[int, ...] = (1, 4)) -> dict[str, Any]:
         "config_sha256": config_digest(CONFIG),
         "environment": {"machine": "x86_64", "threads_per_client": 1, "torch": "2.14.1"},
         "inputs": {"dataset/manifest.json": SHA, f"round-{t - 1:04d}/global.safetensors": SHA},
+        "format": MANIFEST_FORMAT,
         "kind": "round" if t else "init",
         "outputs": {"global.safetensors": SHA, "rng.safetensors": SHA},
         "parent": SHA if t else None,
         "round": t,
+        "sizes": {"global.safetensors": 10, "rng.safetensors": 20},
         "summary": {"train_loss": 0.5} if t else {},
         "uplinks": {f"{c:05d}": SHA for c in clients},
+        "user_code": {"myfl/feddyn.py": SHA},
     }
 
 
 def _store(kind: str) -> dict[str, Any]:
-    m: dict[str, Any] = {"config": {"seed": 7}, "files": {"zarr.json": SHA}, "kind": kind}
+    m: dict[str, Any] = {
+        "config": {"seed": 7},
+        "files": {"zarr.json": SHA},
+        "format": MANIFEST_FORMAT,
+        "kind": kind,
+        "sizes": {"zarr.json": 5},
+        "user_code": {},
+    }
     if kind == "partitions":
         m["inputs"] = {"dataset/manifest.json": SHA}
+    else:
+        m["data_files"] = {"cifar-10-batches-py/data_batch_1": SHA}
     return m
+
+
+def _legacy(m: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The manifest as format 1 wrote it (no format, sizes, user_code, data_files)."""
+    gone = {"format", "sizes", "user_code", "data_files", *drop}
+    return {k: v for k, v in m.items() if k not in gone}
+
+
+def test_format_1_manifests_stay_readable() -> None:
+    for m in (_legacy(_round()), _legacy(_round(), drop=("code",)), _legacy(_round(0, ()))):
+        assert validate_round_manifest(m, "m") is m
+        assert manifest_format(m) == 1
+    for kind in ("dataset", "partitions"):
+        assert manifest_format(validate_store_manifest(_legacy(_store(kind)), "s")) == 1
+    assert manifest_format(_round()) == MANIFEST_FORMAT
+
+
+def test_format_1_still_checks_its_fields() -> None:
+    _refused(validate_round_manifest, _legacy(_round(), drop=("outputs",)), "field outputs")
+    m = _legacy(_round())
+    m["sizes"] = {"global.safetensors": 1, "rng.safetensors": 2}  # a format-2 field alone
+    _refused(validate_round_manifest, m, "unknown field 'sizes'")
+
+
+def test_newer_format_is_named_not_called_corrupt() -> None:
+    for m in ({**_round(), "format": MANIFEST_FORMAT + 1}, {**_store("dataset"), "format": 9}):
+        validate = validate_round_manifest if "round" in m else validate_store_manifest
+        with pytest.raises(NewerFormatError) as info:
+            validate(m, "round-0002/manifest.json")
+        text = str(info.value)
+        assert "newer blazefl" in text and "upgrade" in text and "corrupt" not in text
+
+
+def test_sizes_must_list_exactly_the_outputs() -> None:
+    _refused(validate_round_manifest, _with(sizes={"global.safetensors": 1}), "keys of sizes")
+    _refused(
+        validate_round_manifest,
+        _with(sizes={"global.safetensors": -1, "rng.safetensors": 1}),
+        "sizes",
+    )
+    m = _store("dataset")
+    m["sizes"] = {}
+    with pytest.raises(ManifestError, match="keys of sizes"):
+        validate_store_manifest(m, "dataset/manifest.json")
 
 
 def _refused(fn: Any, m: Any, *fragments: str, **kwargs: Any) -> None:
