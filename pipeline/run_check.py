@@ -6,6 +6,21 @@ manifest's `files`, every round file against its `outputs`, every `inputs` hash,
 parent-hash chain 0..T, one config hash for all rounds, and the metrics, summary and plot
 data against the manifests. (`blazefl verify` does all that and re-executes the rounds.)
 
+Symlinks: an archive publishes the run's own bytes, so nothing is read through a link that
+could bring in bytes from elsewhere, with one exception DVC needs.
+
+- A symlinked folder is always refused: a store (`dataset/`, `partitions/`), a
+  `round-NNNN/`, `metrics/`, `plots/` and any folder below them.
+- `summary.json`, `plots/metrics.json` and `metrics/round-NNNN.json` must be regular files
+  (git tracks them in a DVC project, so they are never cache links).
+- A file inside a store or round folder may be a symlink (DVC's `symlink` cache type checks
+  outputs out as links into its cache) if it resolves to a regular file that is either inside
+  the run or a DVC cache file: its resolved path ends in DVC's content address, a folder of 2
+  and a file of 30 hex digits (`.dvc/cache/files/md5/ab/cdef...`). Any other link is refused.
+  The bytes of an accepted link are still checked against the manifest's sha256.
+
+The run directory itself may be a symlink: it is the path the user chose.
+
 Example:
     >>> check_run(Path("artifacts/default")).digest[:12]
     '3f0c5d2a9b1e'
@@ -16,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,17 +93,76 @@ def _read(path: Path, limit: int, shown: str) -> bytes:
     return data
 
 
+_LINK_FIX = "replace the link with a copy of what it points to (cp -rL), then pack again"
+# DVC's cache names a file by its md5: a folder of the first 2 hex digits, a file of the other 30
+_DVC_CACHE_NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{30}$")
+
+
+def _real_folder(root: Path, top: str) -> bool:
+    """Whether `root/top` exists as a folder; a symlink in its place is refused."""
+    path = root / top
+    if path.is_symlink():
+        raise ArchiveError(
+            f"{top} is a symlink to a folder, which pack does not follow (it would publish "
+            f"bytes from outside the run): {_LINK_FIX}"
+        )
+    return path.is_dir()
+
+
+def _plain_file(root: Path, rel: str) -> bool:
+    """Whether `root/rel` is a regular file reached through no symlink (False: missing); a
+    symlink on the way or at the end is refused."""
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        try:
+            mode = os.lstat(root / sub).st_mode
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(mode):
+            what = "a file" if i == len(parts) else "a folder"
+            raise ArchiveError(
+                f"{sub} is a symlink to {what}, which pack does not follow (it would publish "
+                f"bytes from outside the run): {_LINK_FIX}"
+            )
+        if i == len(parts) and not stat.S_ISREG(mode):
+            raise ArchiveError(f"{rel} is not a regular file (a device, FIFO, socket or folder)")
+    return True
+
+
+def _accepted_link(root: Path, path: Path) -> bool:
+    """Whether a symlinked file in a store or round is one pack may read: it resolves to a
+    regular file inside the run, or to a file in DVC's content-addressed cache."""
+    target = Path(os.path.realpath(path))
+    try:
+        if not stat.S_ISREG(target.stat().st_mode):
+            return False
+    except OSError:  # dangling, or a loop
+        return False
+    if target.is_relative_to(os.path.realpath(root)):
+        return True
+    return bool(_DVC_CACHE_NAME.match(f"{target.parent.name}/{target.name}"))
+
+
 def _files_under(root: Path, top: str) -> dict[str, Path]:
-    """Every file below `root/top` by path relative to `root`; links to regular files count
-    (a DVC cache of type symlink), anything else that is not a folder is refused."""
+    """Every file below `root/top` by path relative to `root`. A symlinked file counts when
+    `_accepted_link` accepts it (DVC's symlink cache type); a symlinked folder, a link out of
+    the run that is not a DVC cache file, and anything else that is not a file are refused."""
     out: dict[str, Path] = {}
+    if not _real_folder(root, top):
+        return out
     for dirpath, dirs, names in os.walk(root / top):
         for name in sorted(dirs):
             if (Path(dirpath) / name).is_symlink():
-                raise ArchiveError(f"{Path(dirpath, name).relative_to(root)} is a folder link")
+                _real_folder(root, Path(dirpath, name).relative_to(root).as_posix())
         for name in names:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
+            if path.is_symlink() and not _accepted_link(root, path):
+                raise ArchiveError(
+                    f"{rel} is a symlink that leaves the run and is not a DVC cache file (or "
+                    f"does not end at a regular file): {_LINK_FIX}"
+                )
             if not path.is_file():
                 raise ArchiveError(f"{rel} is not a regular file (a device, FIFO or socket)")
             out[rel] = path
@@ -96,6 +171,11 @@ def _files_under(root: Path, top: str) -> dict[str, Path]:
 
 def _manifest(root: Path, rel: str, store: bool) -> dict[str, Any]:
     path = root / rel
+    _real_folder(root, rel.split("/")[0])
+    if path.is_symlink() and not _accepted_link(root, path):
+        raise ArchiveError(
+            f"{rel} is a symlink that leaves the run and is not a DVC cache file: {_LINK_FIX}"
+        )
     if not path.is_file():
         raise ArchiveError(f"{rel} is missing: the run is incomplete")
     data = parse_manifest_json(_read(path, MAX_MANIFEST_BYTES, rel), rel)
@@ -132,7 +212,7 @@ def _round_numbers(root: Path) -> list[int]:
     rounds = []
     for entry in root.iterdir():
         m = _ROUND.match(entry.name)
-        if m and entry.is_dir():
+        if m and _real_folder(root, entry.name):
             t = int(m.group(1))
             if entry.name != f"round-{t:04d}":
                 raise ArchiveError(f"{entry.name} is not a round folder name (round-{t:04d})")
@@ -153,9 +233,11 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
     here: round numbers, the train loss the manifests record, and that the summary and plot
     data are made from the metrics files as `blazefl stage report` makes them."""
     files, problems, metrics = [], [], []
+    for folder in ("metrics", "plots"):
+        _real_folder(root, folder)
     for t in range(1, len(manifests)):
         rel = f"metrics/round-{t:04d}.json"
-        if not (root / rel).is_file():
+        if not _plain_file(root, rel):
             continue
         files.append(rel)
         try:
@@ -168,7 +250,8 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
             problems.append(f"{rel} does not match round-{t:04d}/{MANIFEST}")
         metrics.append(m)
     plot_rel, summary_rel = "plots/metrics.json", "summary.json"
-    if (root / plot_rel).is_file():
+    summary_there = _plain_file(root, summary_rel)
+    if _plain_file(root, plot_rel):
         files.append(plot_rel)
         data = _read(root / plot_rel, MAX_JSON_BYTES, plot_rel)
         try:
@@ -177,12 +260,12 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
             n = -1
         if not 0 <= n <= len(metrics) or data != canonical_json(metrics[:n]):
             problems.append(f"{plot_rel} does not match the metrics files")
-        elif (root / summary_rel).is_file():
+        elif summary_there:
             files.append(summary_rel)
             summary = _read(root / summary_rel, MAX_JSON_BYTES, summary_rel)
             if summary != canonical_json(_summary(metrics[:n])):
                 problems.append(f"{summary_rel} does not match the metrics files")
-    elif (root / summary_rel).is_file():
+    elif summary_there:
         problems.append(f"{summary_rel} is there without {plot_rel}")
     return files, problems
 
