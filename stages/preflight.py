@@ -21,7 +21,7 @@ from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment, build_partition, model_spec_for
 from blazefl.stages.config import to_spec
 
-__all__ = ["UserCodeFailedError", "preflight"]
+__all__ = ["UserCodeFailedError", "guarded", "preflight"]
 
 T = TypeVar("T")
 
@@ -30,9 +30,14 @@ class UserCodeFailedError(ValueError):
     """User code named by the config raised; the message names the key and the exception."""
 
 
-def _guarded(key: str, name: str, build: Callable[[], T]) -> T:
+def guarded(key: str, name: str, build: Callable[[], T]) -> T:
     """Run `build`; anything but a ValueError (already one line) becomes one line naming the
-    config key and the user's exception (a bug in user code is not a traceback of ours)."""
+    config key and the user's exception (a bug in user code is not a traceback of ours).
+
+    Example:
+        >>> guarded("model.name", "mynet:broken", exp.initial_model)
+        UserCodeFailedError: model.name 'mynet:broken' failed before anything was written ...
+    """
     try:
         return build()
     except ValueError:
@@ -64,6 +69,6 @@ def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -
     model = config["model.name"]
     algorithm = config["fl.algorithm"]
     exp = Experiment(spec, train, test, partition, model_spec)
-    _guarded("model.name", model, exp.initial_model)
-    _guarded("fl.algorithm", algorithm, exp.server)
-    _guarded("fl.algorithm", algorithm, exp.workload)
+    guarded("model.name", model, exp.initial_model)
+    guarded("fl.algorithm", algorithm, exp.server)
+    guarded("fl.algorithm", algorithm, exp.workload)

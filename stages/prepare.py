@@ -13,6 +13,7 @@ from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_jso
 from blazefl.stages.config import to_spec
 from blazefl.stages.data_files import data_file_hashes
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
+from blazefl.stages.preflight import guarded
 from blazefl.stages.user_code import config_code
 
 DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
@@ -50,7 +51,8 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
 
 def build_datasets(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     """The train and test sets the config names (generated or read from data.root)."""
-    return build_data(to_spec(config))
+    spec = to_spec(config)
+    return guarded("data.dataset", config["data.dataset"], lambda: build_data(spec))
 
 
 def write_dataset_store(
