@@ -2,21 +2,29 @@
 
 `pack_run` checks a run directory against its manifests, then writes one tar archive (gzip'ed
 when the name ends in .tar.gz or .tgz) whose bytes depend only on the run's files: entries
-sorted by path under one folder `run/`, mtime 0, uid/gid 0, no user names, mode 0644, GNU
-headers (no pax timestamps), gzip with mtime 0 and no file name. The same run always gives the
-same archive. What goes in: the stores (`dataset/`, `partitions/`), every round 0..T, the
-per-round metrics, `summary.json` and `plots/metrics.json`. What stays out: `timings/` (wall
-times vary), the PNG plot (made again by `blazefl stage report`), the run lock, DVC's
-.gitignore and leftovers of interrupted writes.
+under one folder `run/`, every manifest first (dataset, partitions, rounds 0..T) and then the
+other files sorted by path, mtime 0, uid/gid 0, no user names, mode 0644, GNU headers (no pax
+timestamps), gzip with mtime 0 and no file name. The same run always gives the same archive.
+What goes in: the stores (`dataset/`, `partitions/`), every round 0..T, the per-round
+metrics, `summary.json` and `plots/metrics.json`. What stays out: `timings/` (wall times
+vary), the PNG plot (made again by `blazefl stage report`), the run lock, DVC's .gitignore and
+leftovers of interrupted writes. Symlinks in the run are refused, except DVC cache links (see
+`pipeline.run_check`).
 
 `unpack_run` treats the archive as hostile. Every member is checked before its bytes are
 read: a plain relative path under `run/` in the run layout (no absolute path, no `..`), a
 regular file (no link, device or FIFO), within the size bounds, and within the bounds on
-member count and total size. The files go into a temporary sibling of the destination; every
-one is then checked against the manifests (round `outputs`, store `files`, `inputs`, the
-parent-hash chain), and only then is the folder renamed into place in one step. On any
-failure nothing usable is left behind. The run's digest, the sha256 of the last round's
-manifest file, covers the whole chain back to the dataset: quote it in a paper.
+member count and total size. The manifests come first and bound everything after them: a
+member's header size must equal its recorded size before any byte is written, the recorded
+total must fit the free disk space before any data is written, and each member is hashed as
+it streams (see `pipeline.archive_limits`, which also covers archives of earlier versions).
+The files go into a temporary sibling of the destination, read-only as `blazefl run` commits
+them; every one is then checked against the manifests (round `outputs`, store `files`,
+`inputs`, the parent-hash chain), and only then is the folder renamed into place in one step.
+On any failure, SIGTERM or Ctrl-C nothing is left behind; the folder of an unpack killed
+with SIGKILL is removed by the next unpack into the same parent folder. The run's digest,
+the sha256 of the last round's manifest file, covers the whole chain back to the dataset:
+quote it in a paper.
 
 Example:
     >>> pack_run(Path("artifacts/default"), Path("run.tar.gz")).digest
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import os
 import shutil
 import tarfile
@@ -38,6 +47,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
 
+from blazefl.pipeline.archive_limits import (
+    MAX_MANIFEST_BYTES,
+    ManifestBook,
+    exit_on_sigterm,
+    is_manifest,
+    manifests_first,
+    remove_stale_unpack_dirs,
+    unpack_prefix,
+)
 from blazefl.pipeline.run_check import ArchiveError, RunContents, check_run, in_layout
 from blazefl.stages.untrusted import is_safe_relpath
 
@@ -125,7 +143,7 @@ def pack_run(run_dir: Path, archive: Path) -> RunContents:
             tar = stack.enter_context(
                 tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT)
             )
-            for rel in contents.files:
+            for rel in manifests_first(contents.files):  # unpack is bounded by them
                 path = run_dir / rel
                 with open(path, "rb") as f:
                     tar.addfile(_tarinfo(f"{ROOT}/{rel}", os.fstat(f.fileno()).st_size), f)
@@ -155,11 +173,18 @@ def _member_rel(member: tarfile.TarInfo, max_member_bytes: int) -> str | None:
     return rel
 
 
-def _write_member(tmp: Path, rel: str, src: IO[bytes], size: int) -> None:
+def _write_member(
+    tmp: Path, rel: str, src: IO[bytes], size: int, sha256: str | None
+) -> bytes | None:
+    """Stream exactly `size` bytes into `tmp/rel` (read-only once written), hashing them; a
+    mismatch with `sha256` is refused before the next member. Returns the bytes of a
+    manifest (kept to read it), else None."""
     path = tmp / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o666)
+    digest = hashlib.sha256()
+    kept: list[bytes] | None = [] if is_manifest(rel) else None
     with os.fdopen(fd, "wb") as f:
         left = size
         while left > 0:
@@ -167,23 +192,51 @@ def _write_member(tmp: Path, rel: str, src: IO[bytes], size: int) -> None:
             if not block:
                 raise ArchiveError(f"member {rel!r} is truncated")
             f.write(block)
+            digest.update(block)
+            if kept is not None:
+                kept.append(block)
             left -= len(block)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ArchiveError(
+                f"{rel} does not match its hash in {rel.split('/', 1)[0]}/manifest.json"
+            )
+        os.fchmod(f.fileno(), 0o444)  # committed files are read-only, as `blazefl run` makes them
         f.flush()
         os.fsync(f.fileno())
+    return b"".join(kept) if kept is not None else None
+
+
+class _Budget:
+    """Bytes that may still be written: the free disk space and `max_total_bytes`."""
+
+    def __init__(self, tmp: Path, max_total_bytes: int) -> None:
+        self.free = shutil.disk_usage(tmp).free
+        self.max_total = max_total_bytes
+        self.total = 0
+
+    def reserve(self, size: int, what: str = "members") -> None:
+        """Count `size` more bytes, refusing before they are written if they do not fit."""
+        if self.total + size > self.max_total:
+            raise ArchiveError(f"{what} hold more than {self.max_total} bytes in all")
+        if self.total + size > self.free:
+            raise ArchiveError(f"{what} need more than the {self.free} bytes free on disk")
+        self.total += size
 
 
 def _extract(
     archive: Path, tmp: Path, max_members: int, max_member_bytes: int, max_total_bytes: int
 ) -> set[str]:
     """Write every accepted member under `tmp`; the run-relative paths written."""
-    free = shutil.disk_usage(tmp).free
+    budget = _Budget(tmp, max_total_bytes)
+    book = ManifestBook()
+    data_started = False
     with open(archive, "rb") as raw:
         gz = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         # Stream mode: members are checked one by one as their headers arrive, before any of
         # their data is read; nothing seeks to a declared offset.
         with tarfile.open(fileobj=raw, mode="r|gz" if gz else "r|") as tar:
-            count = total = 0
+            count = 0
             seen: set[str] = set()
             for member in tar:
                 count += 1
@@ -195,14 +248,32 @@ def _extract(
                 if rel in seen:
                     raise ArchiveError(f"member {rel!r} appears twice")
                 seen.add(rel)
-                total += member.size
-                if total > max_total_bytes:
-                    raise ArchiveError(f"members hold more than {max_total_bytes} bytes in all")
-                if total > free:
-                    raise ArchiveError(f"members need more than the {free} bytes free on disk")
+                if is_manifest(rel):
+                    if data_started and book.complete:
+                        raise ArchiveError(
+                            f"member {rel!r} is a manifest after the data (pack writes every "
+                            "manifest first)"
+                        )
+                    if member.size > MAX_MANIFEST_BYTES:
+                        raise ArchiveError(
+                            f"member {rel!r} declares {member.size} bytes, over the "
+                            f"{MAX_MANIFEST_BYTES} of a manifest"
+                        )
+                    sha = None
+                else:
+                    if not data_started:
+                        data_started = True
+                        if book.start_data():  # the whole run is known: does it fit?
+                            need = book.recorded_total()
+                            budget.reserve(need, "the files the manifests list")
+                            budget.total -= need  # counted again member by member
+                    sha = book.check_member(rel, member.size)
+                budget.reserve(member.size)
                 src = tar.extractfile(member)
                 assert src is not None  # a regular file
-                _write_member(tmp, rel, src, member.size)
+                data = _write_member(tmp, rel, src, member.size, sha)
+                if data is not None:
+                    book.add(rel, data)
     if not seen:
         raise ArchiveError("it holds no run files")
     return seen
@@ -245,7 +316,15 @@ def unpack_run(
         raise ArchiveError(f"archive {archive} does not exist or is not a file")
     _check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
+    remove_stale_unpack_dirs(dest.parent)  # what a SIGKILLed earlier unpack left there
+    with exit_on_sigterm():
+        return _unpack_into(archive, dest, max_members, max_member_bytes, max_total_bytes)
+
+
+def _unpack_into(
+    archive: Path, dest: Path, max_members: int, max_member_bytes: int, max_total_bytes: int
+) -> RunContents:
+    tmp = Path(tempfile.mkdtemp(prefix=unpack_prefix(dest), dir=dest.parent))
     try:
         try:
             written = _extract(archive, tmp, max_members, max_member_bytes, max_total_bytes)
