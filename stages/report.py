@@ -4,12 +4,12 @@ loss and accuracy per round (needs the optional matplotlib)."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
 from blazefl.stages.artifacts import ArtifactError, RunDir, atomic_write, canonical_json
-from blazefl.stages.untrusted import check_writable_inside
 
 
 def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:
@@ -42,14 +42,18 @@ def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
     atomic_write(run.summary_path, canonical_json(summary), run.root)
     atomic_write(run.plot_data_path, canonical_json(metrics), run.root)
     if plot and metrics:
-        check_writable_inside(run.root, run.rel(run.plot_path))
-        check_writable_inside(run.root, f"plots/.{run.plot_path.name}.partial")
-        write_plot(metrics, run.plot_path)
+        write_plot(metrics, run.plot_path, run.root)
     return run.summary_path
 
 
-def write_plot(metrics: list[dict[str, Any]], path: Path) -> bool:
-    """Plot loss and accuracy per round; returns False (with a message) without matplotlib."""
+def write_plot(metrics: list[dict[str, Any]], path: Path, run_root: Path | None = None) -> bool:
+    """Plot loss and accuracy per round; returns False (with a message) without matplotlib.
+
+    Args:
+        metrics: every round's metrics.
+        path: the PNG to write (atomically, read-only).
+        run_root: the run directory `path` lies in (no symlink between them is followed).
+    """
     try:
         import matplotlib
 
@@ -71,9 +75,9 @@ def write_plot(metrics: list[dict[str, Any]], path: Path) -> bool:
     ax_acc.plot(rounds, [m["test_accuracy"] for m in metrics], marker="o", color="C2")
     ax_acc.set(xlabel="round", ylabel="accuracy", title="Test accuracy", ylim=(0, 1))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial"
-    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    tmp.replace(path)
+    # through atomic_write like every artifact: read-only, and refused if the run was replaced
+    atomic_write(path, buffer.getvalue(), run_root)
     return True

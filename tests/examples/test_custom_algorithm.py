@@ -166,7 +166,9 @@ def test_stages_one_by_one_write_the_same_bytes(ref_run: Path, runs: Path) -> No
 def test_verify_reexecutes_the_users_rounds_and_catches_a_tampered_byte(
     ref_run: Path, runs: Path
 ) -> None:
-    result = blazefl("verify", str(ref_run), "--mode", "sequential")
+    refused = blazefl("verify", str(ref_run), "--mode", "sequential")
+    assert refused.exit_code == 2 and "--trust-code" in refused.output  # consent first
+    result = blazefl("verify", str(ref_run), "--mode", "sequential", "--trust-code")
     assert result.exit_code == 0, result.output
     assert {f"round {t}: OK" for t in range(4)} <= set(result.output.splitlines())
     tampered = runs / "tampered"
@@ -175,7 +177,7 @@ def test_verify_reexecutes_the_users_rounds_and_catches_a_tampered_byte(
     data = bytearray(state.read_bytes())
     data[-3] ^= 1
     state.write_bytes(bytes(data))
-    result = blazefl("verify", str(tampered), "--mode", "sequential")
+    result = blazefl("verify", str(tampered), "--mode", "sequential", "--trust-code")
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert "round 2: state/server.safetensors differs from its manifest (modified on disk)" in lines

@@ -16,6 +16,7 @@ import pytest
 from click.testing import Result
 
 from blazefl.pipeline.archive import ROOT, pack_run, unpack_run
+from blazefl.pipeline.archive_limits import manifests_first
 from blazefl.pipeline.run_check import ArchiveError, check_run
 
 Blazefl = Callable[..., Result]
@@ -63,7 +64,8 @@ def test_same_run_gives_the_same_archive_bytes(
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         members = tar.getmembers()
     names = [m.name for m in members]
-    assert names == sorted(names) and all(n.startswith(f"{ROOT}/") for n in names)
+    rels = [n.removeprefix(f"{ROOT}/") for n in names]
+    assert rels == manifests_first(rels) and all(n.startswith(f"{ROOT}/") for n in names)
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
         (0, 0, 0, "", "", 0o644)
     }
