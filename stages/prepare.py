@@ -28,7 +28,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
-def store_record(root: Path) -> dict[str, dict[str, object]]:
+def store_record(root: Path) -> dict[str, Any]:
     """The `files` and `sizes` fields of a store manifest for the files under `root`."""
     files = tree_hashes(root)
     return {"files": files, "sizes": {rel: (root / rel).stat().st_size for rel in files}}

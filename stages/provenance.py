@@ -70,8 +70,8 @@ def older_format_message(m: dict[str, Any], where: str) -> str:
         >>> older_format_message({"code": {"version": "0.1.0"}, ...}, "round-0000")
         "round-0000 was made by blazefl 0.1.0 with torch 2.14.1+cu130 (manifest format 1); ..."
     """
-    code = m.get("code") if isinstance(m.get("code"), dict) else {}
-    env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
+    code: dict[str, Any] = m["code"] if isinstance(m.get("code"), dict) else {}
+    env: dict[str, Any] = m["environment"] if isinstance(m.get("environment"), dict) else {}
     version = _shown_version(code.get("version"))
     torch_build = _shown_version(env.get("torch"))
     made = (
