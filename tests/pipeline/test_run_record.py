@@ -188,7 +188,10 @@ def test_a_reader_without_the_authors_folder_verifies_with_the_runs_copy(
     made: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     reader = tmp_path_factory.mktemp("reader")
-    proc = blazefl(reader, "verify", str(made / "run"), "--trust-code")
+    packed = blazefl(made, "pack", "run", str(reader / "run.tar.gz"))
+    assert packed.returncode == 0, packed.stderr  # the archive carries round-0000/code/
+    assert blazefl(reader, "unpack", "run.tar.gz", "downloaded").returncode == 0
+    proc = blazefl(reader, "verify", "downloaded", "--trust-code")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "re-executing with the run's own copy of its user code" in proc.stdout
     assert "all OK" in proc.stdout
