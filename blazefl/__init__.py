@@ -9,9 +9,13 @@ for (ResNet-18 is defined here), safetensors/zarr only by the pipeline.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # one source: pyproject.toml (the version manifests record is the installed metadata)
+    __version__ = version("blazefl")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 #: Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {

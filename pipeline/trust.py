@@ -107,10 +107,18 @@ def code_notes(record: dict[str, str], config: dict[str, Any]) -> list[str]:
         return []
     here = config_code(config)
     changed = code_differences(record, here)
-    if not changed:
-        return []
-    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
-    return [f"user code differs: {shown} (recorded in the run vs this folder)"]
+
+    def listed(paths: list[str]) -> str:
+        return ", ".join(paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+
+    absent = [p for p in changed if p not in here]
+    differ = [p for p in changed if p in here]
+    notes = []
+    if differ:
+        notes.append(f"user code differs: {listed(differ)} (recorded in the run vs this folder)")
+    if absent:
+        notes.append(f"user code not in this folder: {listed(absent)}")
+    return notes
 
 
 @contextlib.contextmanager

@@ -77,16 +77,21 @@ def older_format_message(m: dict[str, Any], where: str) -> str:
     made = (
         f"blazefl {version}"
         if version
-        else "a blazefl from before versioned manifests (0.1.0, no version recorded)"
+        else "a blazefl from before versioned manifests (no version recorded)"
     )
-    install = [f"'blazefl=={version or '0.1.0'}'"]
-    if torch_build:
-        install.append(f"'torch=={torch_build.split('+')[0]}'")
+    torch_pin = f" 'torch=={torch_build.split('+')[0]}'" if torch_build else ""
+    if version:
+        how = f"pip install 'blazefl=={version}'{torch_pin}"
+    else:  # the earliest 0.1.0 runs: only the source of that time reads them
+        how = (
+            "install the blazefl source that made it (a 0.1.0 from before 2026-12-01; the run's "
+            f"timings/round-NNNN.json may name its commit){' and' + torch_pin if torch_pin else ''}"
+        )
     return (
         f"{where} was made by {made} with torch {torch_build or 'unknown'} (manifest format "
         f"{manifest_format(m)}); this is blazefl {code_version()['version']}, which re-executes "
-        f"format {MANIFEST_FORMAT} only: to re-execute it, install what made it "
-        f"(pip install {' '.join(install)}); its files and chain are still checked here"
+        f"format {MANIFEST_FORMAT} only: to re-execute it, {how}; its files and chain are still "
+        "checked here"
     )
 
 
