@@ -34,7 +34,6 @@ from blazefl.stages.artifacts import RunDir
 from blazefl.stages.snapshot import CODE
 from blazefl.stages.user_code import (
     CODE_KEYS,
-    UserCodeError,
     code_differences,
     config_code,
     materialize_code,
@@ -131,7 +130,7 @@ def code_root(run: RunDir, m0: dict[str, Any], source: str) -> Iterator[None]:
         source: "run" (the run's own copy, re-created in a temporary folder) or "here".
 
     Raises:
-        UserCodeError: a copy is missing or does not match its recorded hash.
+        UserCodeError: a copy is missing or does not match its recorded hash (one line).
     """
     record: dict[str, str] = m0.get("user_code", {})
     if source == "here" or not record:
@@ -150,8 +149,6 @@ def code_root(run: RunDir, m0: dict[str, Any], source: str) -> Iterator[None]:
         os.chdir(folder)  # the registry imports from the working directory, as workers do
         sys.path.insert(0, str(folder))
         yield
-    except UserCodeError:
-        raise
     finally:
         os.chdir(old_cwd)
         with contextlib.suppress(ValueError):

@@ -262,19 +262,18 @@ def _integrity_only(
         problems = chain_problems(run, t, manifests[t])
         for problem in problems:
             echo(f"round {t}: {problem}")
-        echo(f"round {t}: files and chain OK") if not problems else None
+        if not problems:
+            echo(f"round {t}: files and chain OK")
         ok = ok and not problems
     return ok
 
 
 def _older_format(run: RunDir, manifests: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    """The first manifest of an earlier format (rounds first: they name the code version and
+    """The first manifest of an earlier format, rounds first (they name the code version and
     the environment that made them), or None."""
     stores = [run.store_manifest(name) for name in ("dataset", "partitions")]
-    for m in [*manifests.values(), *stores]:
-        if manifest_format(m) != MANIFEST_FORMAT:
-            return m if "round" not in m or not stores else next(iter(manifests.values()))
-    return None
+    older = [m for m in [*manifests.values(), *stores] if manifest_format(m) != MANIFEST_FORMAT]
+    return older[0] if older else None
 
 
 def _data_notes(run: RunDir, config: dict[str, Any]) -> tuple[list[str], list[str]]:
