@@ -183,6 +183,10 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
 
 
 # -- show ----------------------------------------------------------------------------------
+#: An algorithm's own metrics shown as columns (the rest are listed by name).
+_EXTRA_COLUMNS = 4
+
+
 def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "-"
 
@@ -204,9 +208,12 @@ def show_run(run_dir: Path, echo: Echo) -> None:
         f"{env.get('python')}, {env.get('cpu_isa')} ({env.get('machine')}), "
         f"{env.get('threads_per_client')} thread(s) per client"
     )
+    # an algorithm's own metrics (recorded in the manifests' summary) get a column each
+    extra = sorted({k for m in manifests.values() for k in m.get("summary", {})} - {"train_loss"})
     header = (
         f"{'round':>5}  {'kind':<5}  {'clients':>7}  {'global':<12}  {'manifest':<12}  "
         f"{'train_loss':>10}  {'test_loss':>9}  {'test_acc':>8}"
+        + "".join(f"  {k[:12]:>12}" for k in extra[:_EXTRA_COLUMNS])
     )
     echo(header)
     for t in rounds:
@@ -226,8 +233,11 @@ def show_run(run_dir: Path, echo: Echo) -> None:
             f"{str(m.get('outputs', {}).get('global.safetensors', '-'))[:12]:<12}  "
             f"{_hash(run, run.round_dir(t) / MANIFEST)[:12]:<12}  {_num(train_loss):>10}  "
             f"{_num(metrics.get('test_loss')):>9}  {_num(metrics.get('test_accuracy')):>8}"
+            + "".join(f"  {_num(m.get('summary', {}).get(k)):>12}" for k in extra[:_EXTRA_COLUMNS])
             + (f"  ({', '.join(notes)})" if notes else "")
         )
+    if len(extra) > _EXTRA_COLUMNS:
+        echo(f"more metrics in the manifests: {', '.join(k[:40] for k in extra[_EXTRA_COLUMNS:])}")
     code = recorded_code(run, rounds[-1], manifests[rounds[-1]])
     commit = f", commit {str(code.get('commit'))[:12]}" if code.get("commit") else ""
     dirty = " (with local changes)" if code.get("dirty") else ""

@@ -43,6 +43,7 @@ from blazefl.stages.manifest_schema import (
     validate_round_manifest,
     validate_store_manifest,
 )
+from blazefl.stages.report import run_summary
 from blazefl.stages.untrusted import is_safe_relpath
 
 __all__ = ["ArchiveError", "RunContents", "check_run", "in_layout"]
@@ -245,8 +246,12 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
         except ValueError:
             problems.append(f"{rel} is not JSON")
             continue
-        loss = manifests[t]["summary"].get("train_loss")
-        if not isinstance(m, dict) or m.get("round") != t or m.get("train_loss") != loss:
+        recorded = manifests[t]["summary"].items()
+        if (
+            not isinstance(m, dict)
+            or m.get("round") != t
+            or any(m.get(k) != v for k, v in recorded)
+        ):
             problems.append(f"{rel} does not match round-{t:04d}/{MANIFEST}")
         metrics.append(m)
     plot_rel, summary_rel = "plots/metrics.json", "summary.json"
@@ -263,24 +268,11 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
         elif summary_there:
             files.append(summary_rel)
             summary = _read(root / summary_rel, MAX_JSON_BYTES, summary_rel)
-            if summary != canonical_json(_summary(metrics[:n])):
+            if summary != canonical_json(run_summary(metrics[:n])):
                 problems.append(f"{summary_rel} does not match the metrics files")
     elif summary_there:
         problems.append(f"{summary_rel} is there without {plot_rel}")
     return files, problems
-
-
-def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """summary.json of these rounds' metrics, as `blazefl.stages.report` writes it."""
-    final = metrics[-1] if metrics else {}
-    accs = [m["test_accuracy"] for m in metrics if m.get("test_accuracy") is not None]
-    return {
-        "best_test_accuracy": max(accs) if accs else None,
-        "rounds": len(metrics),
-        "test_accuracy": final.get("test_accuracy"),
-        "test_loss": final.get("test_loss"),
-        "train_loss": final.get("train_loss"),
-    }
 
 
 def check_run(root: Path) -> RunContents:

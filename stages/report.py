@@ -30,20 +30,31 @@ def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
             f"report needs rounds 1-{rounds} in {run.root}; run them first (blazefl run)"
         )
     metrics = collect_metrics(run, rounds)
-    final = metrics[-1] if metrics else {}
-    accs = [m["test_accuracy"] for m in metrics if m.get("test_accuracy") is not None]
-    summary = {
-        "best_test_accuracy": max(accs) if accs else None,
-        "rounds": rounds,
-        "test_accuracy": final.get("test_accuracy"),
-        "test_loss": final.get("test_loss"),
-        "train_loss": final.get("train_loss"),
-    }
-    atomic_write(run.summary_path, canonical_json(summary), run.root)
+    atomic_write(run.summary_path, canonical_json(run_summary(metrics)), run.root)
     atomic_write(run.plot_data_path, canonical_json(metrics), run.root)
     if plot and metrics:
         write_plot(metrics, run.plot_path, run.root)
     return run.summary_path
+
+
+def run_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json of these rounds' metrics: the last round's value of every metric (an
+    algorithm's own included), the best test accuracy and the number of rounds.
+
+    Example:
+        >>> run_summary([{"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "train_loss": 2.0}])
+        {'best_test_accuracy': 0.5, 'rounds': 1, 'test_accuracy': 0.5, 'test_loss': 1.0, ...}
+    """
+    final = metrics[-1] if metrics else {}
+    accs = [m["test_accuracy"] for m in metrics if m.get("test_accuracy") is not None]
+    return {
+        "test_accuracy": None,
+        "test_loss": None,
+        "train_loss": None,
+        **{k: v for k, v in final.items() if k != "round"},
+        "best_test_accuracy": max(accs) if accs else None,
+        "rounds": len(metrics),
+    }
 
 
 def write_plot(metrics: list[dict[str, Any]], path: Path, run_root: Path | None = None) -> bool:

@@ -32,6 +32,7 @@ from blazefl.stages.artifacts import (
     sha256_bytes,
 )
 from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.evaluate import round_metrics, round_summary
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import (
@@ -309,16 +310,13 @@ class Session:
             "parent": self.parent[f"round-{t - 1:04d}/{MANIFEST}"],
             "round": t,
             "sizes": {n: len(data) for n, data in files.items()},
-            "summary": {"train_loss": summary.get("train_loss")},
+            "summary": round_summary(summary),
             "uplinks": {f"{c:05d}": h for c, h in sorted(result.uplink_sha256.items())},
             "user_code": self.user_code,
         }
-        metrics = {
-            "round": t,
-            "test_accuracy": summary.get("test_accuracy"),
-            "test_loss": summary.get("test_loss"),
-            "train_loss": summary.get("train_loss"),
-        }
+        metrics = round_metrics(
+            t, summary.get("test_accuracy"), summary.get("test_loss"), manifest["summary"]
+        )
         self.loaded = t
         self.parent = {
             f"round-{t:04d}/{MANIFEST}": sha256_bytes(canonical_json(manifest)),
