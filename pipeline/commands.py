@@ -5,6 +5,7 @@ instant."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,8 +32,13 @@ __all__ = [
 
 
 def load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
-    """The validated flat config from a params file and `--set` overrides."""
-    return load_config(config_path, parse_set(sets))
+    """The validated flat config from a params file and `--set` overrides (a warning line on
+    stderr for sections of the file that the selected algorithm does not use)."""
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    return load_config(config_path, parse_set(sets), warn)
 
 
 def execution(

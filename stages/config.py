@@ -15,11 +15,13 @@ manifests record and DVC lists as params.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blazefl.algorithms import ALGORITHMS
 from blazefl.hparams import FieldSpec, HParamError
-from blazefl.spec import SECTIONS, ExperimentSpec
+from blazefl.spec import SECTIONS, ExperimentSpec, FLConfig, algorithm_of
 from blazefl.spec import schema as spec_schema
 from blazefl.stages.safe_yaml import CONFIG_KEY, YAMLInputError, load_yaml, load_yaml_file
 
@@ -142,15 +144,34 @@ def _read_tree(path: str | Path) -> dict[str, Any]:
     return tree
 
 
+def _section(key: str) -> str:
+    return key.partition(".")[0]
+
+
+def _algorithm_section(algorithm: Any) -> str:
+    try:
+        return algorithm_of(algorithm).name
+    except HParamError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Read params.yaml (missing default file or empty file: all defaults), apply overrides,
     validate.
 
+    A params file may keep the section of an algorithm that is not selected (a built-in's, or
+    a plugin's left by `blazefl dvc` before a switch): it is ignored (neither hashed nor a DVC
+    param) with a warning, a built-in's still validated. An unknown section given by
+    `--set` is an error: it was typed just now.
+
     Args:
         path: the YAML file; None means defaults only.
         overrides: dotted keys to override (from `--set`).
+        warn: where a one-line warning about unused sections goes (default: nowhere).
 
     Returns:
         The full flat config: every key of the schema for the selected algorithm.
@@ -158,8 +179,20 @@ def load_config(
     Raises:
         ConfigError: unreadable YAML, unknown key, wrong type or bad value.
     """
-    flat = flatten(_read_tree(path)) if path is not None else {}
-    flat.update(overrides or {})
+    from_file = flatten(_read_tree(path)) if path is not None else {}
+    overrides = overrides or {}
+    algorithm = overrides.get("fl.algorithm", from_file.get("fl.algorithm", FLConfig.algorithm))
+    used = {"seed", *SECTIONS, _algorithm_section(algorithm)}
+    unused = sorted({_section(k) for k in from_file} - used)
+    if unused and warn is not None:
+        warn(
+            f"{path}: section{'s' if len(unused) > 1 else ''} {', '.join(unused)} not used "
+            f"with fl.algorithm={algorithm}: ignored (not hashed, not a DVC param); "
+            "`blazefl dvc` rewrites the file without it"
+        )
+    builtins = {_algorithm_section(name) for name in ALGORITHMS}
+    flat = {k: v for k, v in from_file.items() if _section(k) in used | builtins}
+    flat.update(overrides)
     return to_spec(flat).to_flat()
 
 
