@@ -79,8 +79,6 @@ class Experiment:
         """The algorithm's shared public set (DS-FL's open set), or None."""
         return self._split[1]
 
-    open_set = public_set  # DS-FL's name for it
-
     def initial_model(self) -> nn.Module:
         """The round-0 global model, drawn from its own RNG stream."""
         return self.model_spec.build(create_rng_suite(self.spec.seed, MODEL_INIT_STREAM_ID).torch)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from blazefl.algorithms.common import ClientPartition
-from blazefl.algorithms.fedavg import ModelSpec
 from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment, model_spec_for
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
@@ -167,14 +166,3 @@ def build_from_stores(
     private = len(train) - spec.algorithm.public_size(spec.hparams)
     part = load_partition(run, spec.data.clients, max(private, 0))
     return Experiment(spec, train, test, part, model_spec_for(spec, train))
-
-
-def model_spec_from_store(config: dict[str, Any], run: RunDir) -> ModelSpec:
-    """The model spec from the dataset store's metadata, without reading any array."""
-    group = _open_group(run.dataset, "prepare")
-    try:
-        c, h, _ = group["train_images"].shape[1:]
-        num_classes = int(group.attrs["num_classes"])
-    except Exception as exc:
-        raise ArtifactError(f"{run.dataset} is corrupt ({exc}): delete it and rerun") from None
-    return ModelSpec(config["model.name"], num_classes, c, h, config["model.dropout"])
