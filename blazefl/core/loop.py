@@ -26,6 +26,43 @@ class RoundResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+class SamplingError(ValueError):
+    """`sample_clients()` returned something other than sorted distinct client ids."""
+
+
+def checked_sample(clients: Any, num_clients: int | None) -> list[int]:
+    """A server's sample, checked: a list of sorted, distinct client ids in [0, num_clients).
+
+    `sample_clients` is an extension point (power-of-choice, availability traces, ...); what it
+    returns is recorded in the round's manifest and fixes the aggregation order, so a sample
+    that is unsorted, repeats a client or names one outside the run is refused in one line.
+
+    Raises:
+        SamplingError: the sample and what it must be.
+
+    Example:
+        >>> checked_sample([1, 4, 7], 10)
+        [1, 4, 7]
+    """
+    ids = list(clients) if isinstance(clients, list | tuple) else None
+    ok = (
+        ids is not None
+        and bool(ids)
+        and all(isinstance(c, int) and not isinstance(c, bool) for c in ids)
+        and all(a < b for a, b in zip(ids, ids[1:], strict=False))
+        and ids[0] >= 0
+        and (num_clients is None or ids[-1] < num_clients)
+    )
+    if not ok:
+        shown = " ".join(repr(clients).split())[:80]
+        bound = f" in [0, {num_clients})" if num_clients is not None else ""
+        raise SamplingError(
+            f"sample_clients() returned {shown}: it must return a non-empty list of sorted, "
+            f"distinct int client ids{bound}"
+        )
+    return ids  # type: ignore[return-value]
+
+
 def run_round(
     server: ServerHandler[Any, Any],
     trainer: BaseClientTrainer[Any, Any],
@@ -49,7 +86,7 @@ def run_round(
         >>> for t in range(1, rounds + 1):
         ...     print(run_round(server, trainer, t).summary)
     """
-    clients = server.sample_clients()
+    clients = checked_sample(server.sample_clients(), getattr(server, "num_clients", None))
     payload = server.downlink_package()
     result = RoundResult(round, clients)
     for i, client in enumerate(trainer.train_round(payload, clients, round), 1):
