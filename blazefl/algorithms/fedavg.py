@@ -136,6 +136,18 @@ class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkP
         num_clients / clients_per_round / total_rounds / generator: see `BaseServerHandler`.
         test_set: evaluation data (None disables evaluation).
 
+    Attributes (besides `BaseServerHandler`'s; what a subclass such as the FedAdam example
+    builds on):
+        model: the global model; its float parameters and buffers are views into `flat`.
+        flat: one vector holding the model's float state (`flatten_module_`): parameters
+            first (tied ones once), then buffers, so `flat[:n]` with n the parameter count
+            are the trainable weights; `global_update` writes the new global state into it.
+        test_set: evaluation data, or None.
+        eval_device: where `summary` evaluates.
+        train_loss: the sample-weighted mean client loss of the last round (set by
+            `global_update`; absent before the first round).
+        rng: the `RNGSuite` that `generator` belongs to (set by the pipeline, for snapshots).
+
     Example:
         >>> server = FedAvgServerHandler(model, num_clients=100, clients_per_round=10,
         ...                              total_rounds=5, generator=suite.torch, test_set=test)

@@ -25,6 +25,12 @@ class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
         total_rounds: rounds after which `is_stopped` is True.
         generator: the server's torch generator (from its `RNGSuite`).
 
+    Attributes (a subclass may read them; the pipeline sets `round` when it loads a round):
+        num_clients / clients_per_round / total_rounds: as given.
+        generator: the only source of randomness a server may draw from (sampling included);
+            its state is snapshotted with every round.
+        round: rounds completed so far (0 before the first).
+
     A handler written against the original BlazeFL works unchanged: it sets up its own state
     in ``__init__`` (without calling this one), implements ``sample_clients``,
     ``downlink_package``, ``load`` (which calls its own ``global_update(buffer)`` once the
