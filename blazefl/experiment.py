@@ -133,13 +133,21 @@ def build_data(spec: ExperimentSpec) -> tuple[ImageDataset, ImageDataset]:
     return train, test
 
 
-def build_partition(spec: ExperimentSpec, labels: Any) -> ClientPartition:
+def build_partition(
+    spec: ExperimentSpec, labels: Any, features: np.ndarray | None = None
+) -> ClientPartition:
     """Partition the training labels among clients, deterministically from the seed.
 
     An algorithm's public set (the last `public_size` samples) is left out.
 
+    Args:
+        spec: the experiment (`data.partition` and its settings).
+        labels: one label per training sample.
+        features: the training images (one row per sample), for a user partitioner that
+            declares `features` (`blazefl.data.wants_features`).
+
     Raises:
-        ValueError: fewer private samples than clients.
+        ValueError: fewer private samples than clients, or a user partitioner's mistake.
     """
     labels = np.asarray(labels)
     private = len(labels) - spec.algorithm.public_size(spec.hparams)
@@ -155,6 +163,7 @@ def build_partition(spec: ExperimentSpec, labels: Any) -> ClientPartition:
         spec.seed,
         alpha=spec.data.alpha,
         shards_per_client=spec.data.shards_per_client,
+        features=None if features is None else features[:private],
     )
     return ClientPartition.from_lists(parts)
 

@@ -64,7 +64,9 @@ class DataConfig:
     size: int = param(10000, low=1, high=MAX_SAMPLES, doc="training samples (synthetic)")
     test_size: int = param(2000, low=1, high=MAX_SAMPLES, doc="test samples (synthetic)")
     clients: int = param(20, low=1, high=MAX_CLIENTS, doc="number of clients")
-    partition: str = param("dirichlet", choices=lambda: PARTITIONERS, doc="split method")
+    partition: str = param(
+        "dirichlet", choices=lambda: PARTITIONERS, doc="split method or 'pkg.module:partitioner'"
+    )
     alpha: float = param(1.0, low=0.0, low_open=True, high=1e6, doc="Dirichlet concentration")
     shards_per_client: int = param(2, low=1, high=100_000, doc="shards per client (shards)")
 

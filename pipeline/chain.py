@@ -25,7 +25,7 @@ from blazefl.stages.config import to_spec
 from blazefl.stages.partition import partition_keys
 from blazefl.stages.prepare import DATA_KEYS
 from blazefl.stages.provenance import DATASET_REF, PARTITIONS_REF, differing_keys
-from blazefl.stages.stores import load_labels, load_partition
+from blazefl.stages.stores import load_labels, load_partition, partition_features
 
 __all__ = [
     "store_problems",
@@ -212,7 +212,7 @@ def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
         stored = load_partition(run, spec.data.clients, max(private, 0))
     except ValueError as exc:
         return [f"the partitions store is unusable: {exc}"]
-    fresh = build_partition(spec, labels)
+    fresh = build_partition(spec, labels, partition_features(config, run))
     if not (
         np.array_equal(stored.indices.numpy(), fresh.indices.numpy())
         and np.array_equal(stored.offsets.numpy(), fresh.offsets.numpy())

@@ -11,7 +11,7 @@ from blazefl.stages.config import to_spec
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.prepare import store_record
 from blazefl.stages.provenance import check_dataset_store
-from blazefl.stages.stores import load_labels
+from blazefl.stages.stores import load_labels, partition_features
 from blazefl.stages.user_code import config_code
 
 #: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
@@ -46,8 +46,7 @@ def partition(config: dict[str, Any], run: RunDir) -> Path:
     import zarr
 
     dataset_sha = check_dataset_store(config, run)  # made with this config's data keys
-    labels = load_labels(run)
-    part = build_partition(to_spec(config), labels)
+    part = build_partition(to_spec(config), load_labels(run), partition_features(config, run))
     keys = partition_keys(config)
     with atomic_dir(run.partitions, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")

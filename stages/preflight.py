@@ -64,7 +64,7 @@ def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -
     """
     spec = to_spec(config)
     run_devices(spec.runtime.device)  # DeviceUnavailableError: one line
-    partition = build_partition(spec, train.labels.numpy())
+    partition = build_partition(spec, train.labels.numpy(), train.images.numpy())
     model_spec = model_spec_for(spec, train)
     model = config["model.name"]
     algorithm = config["fl.algorithm"]

@@ -15,6 +15,7 @@ import torch
 
 from blazefl.algorithms.common import ClientPartition
 from blazefl.data import ImageDataset
+from blazefl.data.partitioners import wants_features
 from blazefl.experiment import Experiment, model_spec_for
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
 from blazefl.stages.config import to_spec
@@ -166,3 +167,11 @@ def build_from_stores(
     private = len(train) - spec.algorithm.public_size(spec.hparams)
     part = load_partition(run, spec.data.clients, max(private, 0))
     return Experiment(spec, train, test, part, model_spec_for(spec, train))
+
+
+def partition_features(config: dict[str, Any], run: RunDir) -> np.ndarray | None:
+    """The stored training images, for a user partitioner that declares `features`; else None
+    (nothing is read)."""
+    if not wants_features(config["data.partition"]):
+        return None
+    return load_dataset_store(run)[0].images.numpy()

@@ -56,6 +56,7 @@ __all__ = [
 #: Which stages run the user code a config key names: key -> stage kinds.
 CODE_KEYS: dict[str, tuple[str, ...]] = {
     "data.dataset": ("prepare",),
+    "data.partition": ("partition",),
     "model.name": ("init", "round"),
     "fl.algorithm": ("partition", "init", "round"),
 }

@@ -4,15 +4,29 @@ Every partitioner returns one sorted ``int64`` index array per client; the array
 disjoint, their union is exactly ``range(len(labels))`` and every client gets at least
 ``min_samples`` indices. All randomness comes from ``np.random.default_rng(seed)``, so a seed
 fixes the partition on any machine with the same numpy.
+
+A researcher's own partitioner is named by import path (`data.partition: mypkg.split:by_writer`):
+a plain function `fn(*, labels, num_clients, generator, features=...)` that draws only from
+`generator` (a numpy Generator seeded from the experiment seed), may take `features` (the
+training images, uint8, one row per sample) if it declares that argument, and returns one
+index list per client: disjoint, in range, none empty (checked, one line otherwise).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
+from blazefl.registry import Registry, RegistryError, function_accepting, is_import_path
+
 __all__ = [
     "PARTITIONERS",
+    "PartitionError",
+    "wants_features",
     "dirichlet_partition",
     "iid_partition",
     "partition_indices",
@@ -20,7 +34,25 @@ __all__ = [
     "shard_partition",
 ]
 
-PARTITIONERS = ("iid", "dirichlet", "shards", "quantity")
+_WITH_FEATURES = function_accepting("labels", "num_clients", "generator", "features")
+_WITHOUT_FEATURES = function_accepting("labels", "num_clients", "generator")
+
+
+def _adapt_partitioner(obj: Any, path: str) -> Any:
+    """A plain function taking labels=, num_clients=, generator= and, if declared, features=."""
+    try:
+        return _WITH_FEATURES(obj, path)
+    except RegistryError:
+        return _WITHOUT_FEATURES(obj, path)
+
+
+#: Partition methods by config name (`data.partition`); a user's own is named by import path.
+PARTITIONERS: Registry[Callable[..., Any]] = Registry("partition", adapt=_adapt_partitioner)
+
+
+class PartitionError(ValueError):
+    """A user partitioner that raised or returned something other than index lists."""
+
 
 # Dirichlet draws that leave a client under min_samples are redrawn this many times before the
 # deterministic rebalance kicks in (tiny alpha with many clients may never succeed by chance).
@@ -256,17 +288,20 @@ def partition_indices(
     alpha: float = 0.5,
     shards_per_client: int = 2,
     min_samples: int = 1,
+    features: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Partition sample indices among clients with one of ``PARTITIONERS``.
 
     Args:
         labels: one integer label per sample (numpy array or tensor).
         num_clients: number of clients (> 0).
-        method: ``"iid"``, ``"dirichlet"``, ``"shards"`` or ``"quantity"``.
+        method: ``"iid"``, ``"dirichlet"``, ``"shards"``, ``"quantity"`` or the import path
+            of a user partitioner.
         seed: seed of ``np.random.default_rng`` (the only randomness used).
         alpha: Dirichlet concentration for ``"dirichlet"`` and ``"quantity"``.
         shards_per_client: shards per client for ``"shards"``.
         min_samples: smallest allowed client size.
+        features: one row per sample, for a user partitioner that declares `features`.
 
     Returns:
         ``num_clients`` sorted, pairwise disjoint ``int64`` arrays covering
@@ -278,6 +313,8 @@ def partition_indices(
         >>> sorted(np.concatenate(parts).tolist()) == list(range(100))
         True
     """
+    if is_import_path(method):
+        return _user_partition(method, _as_labels(labels), num_clients, seed, features)
     if method == "iid":
         return iid_partition(labels, num_clients, seed, min_samples=min_samples)
     if method == "dirichlet":
@@ -288,4 +325,68 @@ def partition_indices(
         )
     if method == "quantity":
         return quantity_partition(labels, num_clients, seed, alpha=alpha, min_samples=min_samples)
-    raise ValueError(f"unknown partition method {method!r}; allowed: {', '.join(PARTITIONERS)}")
+    raise ValueError(f"unknown partition method {method!r}; allowed: {PARTITIONERS.choices_text()}")
+
+
+def wants_features(method: str) -> bool:
+    """Whether the partitioner `method` names declares a `features` argument (built-ins do not)."""
+    if not is_import_path(method):
+        return False
+    return "features" in inspect.signature(PARTITIONERS.get(method)).parameters
+
+
+def _user_partition(
+    method: str, labels: np.ndarray, num_clients: int, seed: int, features: np.ndarray | None
+) -> list[np.ndarray]:
+    """Call a user partitioner and check what it returns (disjoint, in range, none empty)."""
+    fn = PARTITIONERS.get(method)
+    kwargs: dict[str, Any] = {
+        "labels": labels.copy(),
+        "num_clients": num_clients,
+        "generator": np.random.default_rng(seed),
+    }
+    if wants_features(method):
+        kwargs["features"] = features
+    where = f"data.partition {method!r}"
+    try:
+        parts = fn(**kwargs)
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:160]
+        raise PartitionError(f"{where} raised {type(exc).__name__}: {text}; fix it") from None
+    if not isinstance(parts, list | tuple) or len(parts) != num_clients:
+        got = f"{len(parts)} lists" if isinstance(parts, list | tuple) else type(parts).__name__
+        raise PartitionError(
+            f"{where} must return one index list per client ({num_clients}), got {got}"
+        )
+    out, seen = [], np.zeros(len(labels), dtype=bool)
+    for cid, part in enumerate(parts):
+        try:
+            idx = np.asarray(part)
+        except Exception:
+            idx = np.asarray([None])
+        if idx.ndim != 1 or not idx.size or not np.issubdtype(idx.dtype, np.integer):
+            raise PartitionError(
+                f"{where}: client {cid}'s indices must be a non-empty 1-D list of integers"
+            )
+        if (
+            idx.min() < 0
+            or idx.max() >= len(labels)
+            or seen[idx].any()
+            or len(set(idx.tolist())) != idx.size
+        ):
+            raise PartitionError(
+                f"{where}: client {cid}'s indices must lie in [0, {len(labels)}) and belong to "
+                "no other client"
+            )
+        seen[idx] = True
+        out.append(np.sort(idx.astype(np.int64)))
+    return out
+
+
+for _name, _fn in (
+    ("iid", iid_partition),
+    ("dirichlet", dirichlet_partition),
+    ("shards", shard_partition),
+    ("quantity", quantity_partition),
+):
+    PARTITIONERS.register(_name, _fn)
