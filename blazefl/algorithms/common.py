@@ -148,8 +148,16 @@ class LocalSGD:
         indices: torch.Tensor,
         generator: torch.Generator,
         grad_hook: GradHook | None = None,
+        epochs: int | None = None,
+        max_steps: int | None = None,
     ) -> float:
-        """Train `local_epochs` epochs over `indices`, shuffled by `generator`.
+        """Train `epochs` epochs (default `local_epochs`) over `indices`, shuffled by
+        `generator`, stopping early after `max_steps` steps if given.
+
+        Each epoch draws one permutation and walks it in batches of `batch_size`; the last
+        batch of an epoch holds the remainder (it is smaller, not dropped), so an epoch is
+        `ceil(len(indices) / batch_size)` steps. Per-client work (FedNova-style) needs no
+        extra model: pass each client its own `epochs` or `max_steps`.
 
         Args:
             indices: the client's sample indices.
@@ -157,6 +165,8 @@ class LocalSGD:
             grad_hook: edits the flat gradient in place after every backward pass, before
                 weight decay and momentum: `hook(grad, params)`, run without autograd. None
                 (the default) adds no op, so FedAvg's bytes do not depend on this seam.
+            epochs: epochs for this call (>= 1); None: the config's `local_epochs`.
+            max_steps: stop after this many steps (>= 1), mid-epoch if need be; None: no cap.
 
         Returns:
             Mean training loss over all steps.
@@ -164,6 +174,9 @@ class LocalSGD:
         Raises:
             ClientCancelledError: the client's round was stopped (checked between batches).
         """
+        epochs = self.hp.local_epochs if epochs is None else epochs
+        if epochs < 1 or (max_steps is not None and max_steps < 1):
+            raise ValueError(f"epochs and max_steps must be >= 1, got {epochs}, {max_steps}")
         self.optimizer.reset()  # every client starts from fresh momentum
         self.model.train()
         n = int(indices.numel())
@@ -171,9 +184,13 @@ class LocalSGD:
         # device sync per step
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = 0
-        for _ in range(self.hp.local_epochs):
+        for _ in range(epochs):
+            if max_steps is not None and steps >= max_steps:
+                break
             order = indices[torch.randperm(n, generator=generator)].to(self.device)
             for start in range(0, n, self.hp.batch_size):
+                if max_steps is not None and steps >= max_steps:
+                    break
                 raise_if_cancelled()  # a stopped round ends here, not after all epochs
                 batch = order[start : start + self.hp.batch_size]
                 b = int(batch.numel())

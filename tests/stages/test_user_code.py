@@ -247,7 +247,7 @@ def test_config_code_selects_the_code_each_stage_runs(
     assert config_code(config) == code_closure(list(config.values())[:3], myfl)  # type: ignore[arg-type]
     builtin = {"fl.algorithm": "fedavg", "model.name": "cnn", "data.dataset": "synthetic"}
     assert config_code(builtin) == {}
-    assert set(CODE_KEYS) == {"data.dataset", "model.name", "fl.algorithm"}
+    assert set(CODE_KEYS) == {"data.dataset", "data.partition", "model.name", "fl.algorithm"}
 
 
 def test_listing_is_silent_about_the_users_source(tmp_path: Path) -> None:
