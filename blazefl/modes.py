@@ -1,7 +1,7 @@
 """The execution choices, in a module that imports nothing heavy, so the command line can list
 them without importing torch. None of them changes result bytes."""
 
-__all__ = ["EXECUTION_MODES", "IPC_MODES"]
+__all__ = ["CODE_SOURCES", "EXECUTION_MODES", "IPC_MODES"]
 
 #: sequential: one client after another; threads: a thread pool sharing memory; processes:
 #: a persistent process pool.
@@ -9,3 +9,7 @@ EXECUTION_MODES = ("sequential", "threads", "processes")
 
 #: How a process pool moves tensors: shared-memory segments, or files on disk (less memory).
 IPC_MODES = ("shared_memory", "storage")
+
+#: Which user code `blazefl verify` re-executes with: auto (this folder's when it matches the
+#: run's record, else the run's own copy), the run's own copy, or this folder's.
+CODE_SOURCES = ("auto", "run", "here")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from blazefl.modes import EXECUTION_MODES, IPC_MODES
+from blazefl.modes import CODE_SOURCES, EXECUTION_MODES, IPC_MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -228,7 +228,7 @@ def dvc(
 )
 @click.option(
     "--code-from",
-    type=click.Choice(("auto", "run", "here")),
+    type=click.Choice(CODE_SOURCES),
     default="auto",
     show_default=True,
     help="User code to re-execute with: the run's own copy, this folder's, or auto (this "

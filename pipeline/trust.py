@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from blazefl.modes import CODE_SOURCES
 from blazefl.registry import is_import_path
 from blazefl.stages.artifacts import RunDir
 from blazefl.stages.snapshot import CODE
@@ -47,9 +48,6 @@ __all__ = [
     "code_notes",
     "code_root",
 ]
-
-#: Where `verify` takes user code from: the run's own copy, or the current folder.
-CODE_SOURCES = ("run", "here")
 
 
 class ConsentError(ValueError):
@@ -136,12 +134,8 @@ def code_root(run: RunDir, m0: dict[str, Any], source: str) -> Iterator[None]:
     if source == "here" or not record:
         yield
         return
-    prefix = f"round-0000/{CODE}/"
-    copies = {
-        name.removeprefix(f"{CODE}/"): run.read_file(prefix + name.removeprefix(f"{CODE}/"))
-        for name in m0["outputs"]
-        if name.startswith(f"{CODE}/")
-    }
+    names = [n.removeprefix(f"{CODE}/") for n in m0["outputs"] if n.startswith(f"{CODE}/")]
+    copies = {name: run.read_file(f"round-0000/{CODE}/{name}") for name in names}
     folder = Path(tempfile.mkdtemp(prefix="blazefl-verify-code-"))
     old_cwd = os.getcwd()
     try:

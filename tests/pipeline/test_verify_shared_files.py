@@ -9,6 +9,8 @@ from pathlib import Path
 
 from click.testing import Result
 
+from blazefl.pipeline.chain import _round_span as spans
+
 
 def _most_shared(run: Path, t: int) -> Path:
     """Round t's client RNG file shared (hard-linked) with the most other rounds."""
@@ -59,7 +61,7 @@ def test_damage_in_a_shared_file_names_every_round(
         copies = "copy, which fails" if len(rest) == 1 else "copies, which fail"
         expected = (
             f"round {t}: {name} differs from its manifest (modified on disk); it is the same "
-            f"file (hard link) as {_spans(rest)}'s {copies} too"
+            f"file (hard link) as {spans(rest)}'s {copies} too"
         )
         assert expected in lines, result.output
         assert f"round {t}: OK" not in lines
@@ -91,18 +93,11 @@ def test_damage_in_a_cp_al_copy_names_the_outside_links(
     ) in result.output.splitlines()
 
 
-def _spans(rounds: list[int]) -> str:
-    spans: list[list[int]] = []
-    for t in rounds:
-        if spans and spans[-1][-1] == t - 1:
-            spans[-1].append(t)
-        else:
-            spans.append([t])
-    return ", ".join(
-        f"round-{s[0]:04d}" if len(s) == 1 else f"round-{s[0]:04d}..{s[-1]:04d}" for s in spans
-    )
-
-
 def _fmt(rounds: list[int]) -> str:
     lo, hi = rounds[0], rounds[-1]
     return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def test_round_spans_read_as_ranges() -> None:
+    assert spans([1, 2, 3, 5]) == "round-0001..0003, round-0005"
+    assert spans([4]) == "round-0004"
