@@ -1,10 +1,12 @@
-"""Core of the framework: packages, protocols, server handler, trainers, IPC, round loop."""
+"""Core of the framework: packages, protocols, server handler, trainers, IPC, round loop, and
+the original BlazeFL's core names (`IPCMode`, `SHMHandle`, `ModelSelector`, ...)."""
 
 from blazefl.core.cancellation import (
     ClientCancelledError,
     current_stop_event,
     raise_if_cancelled,
 )
+from blazefl.core.filtered_dataset import FilteredDataset
 from blazefl.core.loop import (
     EXECUTION_MODES,
     ExecutionSettings,
@@ -13,6 +15,7 @@ from blazefl.core.loop import (
     run_round,
 )
 from blazefl.core.memory import tune_malloc
+from blazefl.core.original_pool import IPCMode
 from blazefl.core.packages import (
     ClientResult,
     ClientTask,
@@ -27,7 +30,14 @@ from blazefl.core.process_pool import (
     WorkerCrashedError,
     WorkerStartError,
 )
-from blazefl.core.protocols import ClientTrainer, ClientWorker, ClientWorkload, ServerHandler
+from blazefl.core.protocols import (
+    ClientTrainer,
+    ClientWorker,
+    ClientWorkload,
+    ModelSelector,
+    PartitionedDataset,
+    ServerHandler,
+)
 from blazefl.core.serialization import (
     deserialize_model,
     flatten_module_,
@@ -36,6 +46,11 @@ from blazefl.core.serialization import (
     serialize_model,
 )
 from blazefl.core.server import BaseServerHandler
+from blazefl.core.shared_memory import (
+    SHMHandle,
+    process_tensors_in_object,
+    reconstruct_from_shared_memory,
+)
 from blazefl.core.trainers import (
     BaseClientTrainer,
     ClientTrainingError,
@@ -57,6 +72,11 @@ __all__ = [
     "ClientWorker",
     "ClientWorkload",
     "DownlinkPackage",
+    "FilteredDataset",
+    "IPCMode",
+    "ModelSelector",
+    "PartitionedDataset",
+    "SHMHandle",
     "ProcessPoolClientTrainer",
     "RoundResult",
     "ServerHandler",
@@ -72,6 +92,8 @@ __all__ = [
     "model_state_dict",
     "package_layout",
     "package_sha256",
+    "process_tensors_in_object",
+    "reconstruct_from_shared_memory",
     "raise_if_cancelled",
     "run_client_task",
     "run_round",

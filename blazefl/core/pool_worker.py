@@ -27,6 +27,7 @@ from blazefl.core.packages import ClientTask, PackageLayout, package_layout
 __all__ = [
     "DownlinkRef",
     "PickledForChild",
+    "WorkerCrashedError",
     "how_it_ended",
     "map_file",
     "tensors_from_wire",
@@ -44,6 +45,20 @@ def how_it_ended(exitcode: int | None) -> str:
         except ValueError:
             return f"signal {-exitcode}"
     return f"exit code {exitcode}"
+
+
+class WorkerCrashedError(RuntimeError):
+    """A worker process died; `cid` names the client it was training (None: between rounds)."""
+
+    def __init__(
+        self, cid: int | None, round: int | None, pid: int | None, exitcode: int | None
+    ) -> None:
+        how = how_it_ended(exitcode)
+        doing = f"while training client {cid}" if cid is not None else "between rounds, before"
+        when = "" if round is None else f" in round {round}"
+        super().__init__(f"worker process {pid} died ({how}) {doing}{when}; the pool was shut down")
+        self.cid = cid
+        self.round = round
 
 
 class PickledForChild:

@@ -35,8 +35,15 @@ from typing import Any, Literal
 import torch
 import torch.multiprocessing  # noqa: F401  (registers tensor reductions for shared arenas)
 
+import blazefl.core.generator_pickling  # noqa: F401  (generators in a workload: by value)
 from blazefl.core.client_task import ClientTrainingError, WorkerStartError
 from blazefl.core.devices import init_client_thread, is_cuda, worker_device
+from blazefl.core.original_pool import (
+    IPCMode,
+    OriginalProcessContract,
+    close_original_pool,
+    run_original_round,
+)
 from blazefl.core.packages import (
     ClientResult,
     ClientTask,
@@ -48,6 +55,7 @@ from blazefl.core.packages import (
 from blazefl.core.pool_worker import (
     DownlinkRef,
     PickledForChild,
+    WorkerCrashedError,
     how_it_ended,
     map_file,
     tensors_from_wire,
@@ -64,20 +72,7 @@ __all__ = ["ProcessPoolClientTrainer", "WorkerCrashedError", "WorkerStartError",
 IpcMode = Literal["shared_memory", "storage"]
 
 
-class WorkerCrashedError(RuntimeError):
-    """A worker process died; `cid` names the client it was training (None: between rounds)."""
-
-    def __init__(self, cid: int | None, round: int, pid: int | None, exitcode: int | None) -> None:
-        how = how_it_ended(exitcode)
-        doing = f"while training client {cid}" if cid is not None else "between rounds, before"
-        super().__init__(
-            f"worker process {pid} died ({how}) {doing} in round {round}; the pool was shut down"
-        )
-        self.cid = cid
-        self.round = round
-
-
-class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
+class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalProcessContract):
     """Clients in a persistent pool of worker processes (true parallelism, isolated memory).
 
     The pool starts on the first round and lives until `close()`; each worker builds one
@@ -88,11 +83,18 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         workload: picklable client work; its tensors are moved to shared memory once.
         seed: experiment seed.
         num_workers: worker processes (>= 1).
-        ipc_mode: "shared_memory" (fastest) or "storage" (files on disk, lower memory).
+        ipc_mode: "shared_memory" (fastest) or "storage" (files on disk, lower memory); the
+            `IPCMode` members name the same modes.
         threads_per_client: intra-op threads pinned in every worker.
         storage_dir: parent folder for storage-mode files (default: system temp dir).
         start_method: "spawn" or "forkserver" (spawn only on a GPU).
         device: `runtime.device`; worker process w runs on `devices[w % len(devices)]`.
+
+    The original BlazeFL contract works too: a subclass that overrides the static
+    `worker(config, payload, device, stop_event, *, shm_buffer=None)` and implements
+    `get_client_config` (and `prepare_uplink_package_buffer` for shared memory), setting
+    `num_parallels`, `share_dir`, `device`, `cache`, `ipc_mode` (`IPCMode`) and `stop_event`
+    in its own `__init__`, is driven as the original drives it (`blazefl.core.original_pool`).
 
     Example:
         >>> with ProcessPoolClientTrainer(workload, seed=0, num_workers=2) as trainer:
@@ -106,7 +108,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         *,
         seed: int,
         num_workers: int,
-        ipc_mode: IpcMode = "shared_memory",
+        ipc_mode: IpcMode | IPCMode = "shared_memory",
         threads_per_client: int = 1,
         storage_dir: str | os.PathLike[str] | None = None,
         start_method: Literal["spawn", "forkserver"] = "spawn",
@@ -115,6 +117,8 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         super().__init__(workload, seed=seed, threads_per_client=threads_per_client, device=device)
         if num_workers <= 0:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if isinstance(ipc_mode, IPCMode):  # the original's enum names the same two modes
+            ipc_mode = "storage" if ipc_mode is IPCMode.STORAGE else "shared_memory"
         if ipc_mode not in IPC_MODES:
             raise ValueError(f"ipc_mode must be one of {', '.join(IPC_MODES)}, got {ipc_mode!r}")
         if start_method not in ("spawn", "forkserver"):
@@ -141,31 +145,46 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         # the next round, or close(), must not mistake them for its own.
         self._round_token: object | None = None
 
-    # -- the original BlazeFL's process-pool contract is not this one ----------------------
-    def _refuse_original_contract(self) -> None:
-        cls = type(self)
-        if hasattr(cls, "worker") or hasattr(cls, "get_client_config"):
-            raise ValueError(
-                "ProcessPoolClientTrainer does not run the original BlazeFL worker(config, "
-                "payload, device, stop_event, *, shm_buffer): move the work into a "
-                "ClientWorkload / ClientWorker (see docs/migration.md, 'The process-pool worker')"
-            )
+    def __class_getitem__(cls, params: Any) -> Any:
+        # the original is generic in (uplink, downlink, client config): accept its three
+        # parameters; the config type is not tracked
+        if isinstance(params, tuple) and len(params) == 3:
+            params = params[:2]
+        return super().__class_getitem__(params)  # type: ignore[misc]
 
+    # -- the original BlazeFL's contract (a subclass overriding the static `worker`) ---------
     def train_round(
         self, payload: DownlinkT, cid_list: Sequence[int], round: int | None = None
     ) -> Iterator[ClientResult]:
-        """See `BaseClientTrainer.train_round`.
+        """See `BaseClientTrainer.train_round` (workload API only).
 
         Raises:
-            ValueError: a subclass implements the original process-pool `worker` contract.
+            ValueError: the subclass implements the original `worker` instead of a workload.
         """
-        self._refuse_original_contract()
+        if self._uses_original_api():
+            raise ValueError(
+                "this trainer implements the original worker(config, payload, device, "
+                "stop_event, *, shm_buffer): drive it with local_process / uplink_package, "
+                "not train_round"
+            )
         return super().train_round(payload, cid_list, round)
 
     def local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
-        """BlazeFL-style API: train the clients and cache their uplinks (sorted by client id)."""
-        self._refuse_original_contract()
-        super().local_process(payload, cid_list)
+        """Train the clients and cache their uplinks: sorted by client id for a workload, in
+        `cid_list` order for a subclass that implements the original `worker`
+        (`blazefl.core.original_pool`)."""
+        if self._uses_original_api():
+            run_original_round(self, payload, cid_list)
+        else:
+            super().local_process(payload, cid_list)
+
+    def uplink_package(self) -> list[UplinkT]:
+        """Return (and clear) the cached uplinks (see `local_process` for their order)."""
+        if self._uses_original_api():
+            packages: list[UplinkT] = getattr(self, "cache", [])
+            self.cache = []
+            return packages
+        return super().uplink_package()
 
     # -- pool lifecycle ----------------------------------------------------------------
     def _start(self) -> None:
@@ -239,6 +258,12 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         If a round was left unfinished (its iterator abandoned), the workers are killed at once
         instead of being waited for: their results would be thrown away anyway.
         """
+        if self._uses_original_api():
+            close_original_pool(self)
+            stop = getattr(self, "stop_event", None)
+            if stop is not None:
+                stop.set()
+            return
         if self._round_token is not None:
             self._round_token = None
             for proc in self._procs:

@@ -8,100 +8,18 @@ and shuffle only with the generator they are given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
+from blazefl.core.filtered_dataset import FilteredDataset, index_tensor
+from blazefl.core.protocols import PartitionedDataset as PartitionedDatasetProtocol
 from blazefl.data.datasets import ImageDataset
 
 __all__ = ["FilteredDataset", "PartitionedDataset"]
-
-IndexLike = Sequence[int] | np.ndarray | torch.Tensor
-
-
-def _index_tensor(indices: IndexLike) -> torch.Tensor:
-    array = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
-    if array.size == 0:
-        return torch.empty(0, dtype=torch.int64)
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"indices must be a 1-D integer sequence, got {array.dtype} {array.shape}")
-    return torch.from_numpy(array.astype(np.int64))
-
-
-def _take(source: Any, index: torch.Tensor) -> Any:
-    """Subset tensors/arrays with one gather (a contiguous copy); other sequences item by item."""
-    if isinstance(source, torch.Tensor):
-        return source.index_select(0, index)
-    if isinstance(source, np.ndarray):
-        return source[index.numpy()]
-    return [source[i] for i in index.tolist()]
-
-
-class FilteredDataset(Dataset):
-    """A subset of a dataset, selected by ``indices`` (the BlazeFL name and signature).
-
-    Indexing with an int returns one ``(transform(image), target_transform(label))`` pair (just
-    the image when there are no targets). When the data is a tensor, indexing with a list, array
-    or tensor of ints returns the whole batch at once; ``transform`` and ``target_transform``
-    then receive batched tensors, which ``ImageDataset.normalize`` handles.
-
-    Args:
-        indices: positions of the kept samples in ``original_data``.
-        original_data: images (tensor ``[N, ...]``, array or sequence).
-        original_targets: labels aligned with ``original_data``, or None.
-        transform: applied to images on access.
-        target_transform: applied to labels on access.
-
-    Example:
-        >>> from blazefl.data import synthetic_dataset
-        >>> ds = synthetic_dataset(100, seed=0)
-        >>> sub = FilteredDataset([3, 5, 7], ds.images, ds.labels, transform=ds.normalize)
-        >>> len(sub), sub[0][0].dtype
-        (3, torch.float32)
-    """
-
-    def __init__(
-        self,
-        indices: IndexLike,
-        original_data: Any,
-        original_targets: Any | None = None,
-        transform: Callable[[Any], Any] | None = None,
-        target_transform: Callable[[Any], Any] | None = None,
-    ) -> None:
-        index = _index_tensor(indices)
-        self.indices = index.numpy()
-        self.data = _take(original_data, index)
-        self.targets = None if original_targets is None else _take(original_targets, index)
-        self.transform = transform
-        self.target_transform = target_transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int | IndexLike) -> Any:
-        if isinstance(index, torch.Tensor) and index.dim() == 0:
-            index = int(index)
-        if isinstance(index, int | np.integer):
-            image = self.data[index]
-            target = None if self.targets is None else self.targets[index]
-            if isinstance(target, torch.Tensor | np.generic):
-                target = int(target)  # match torchvision: scalar labels are Python ints
-        else:
-            if not isinstance(self.data, torch.Tensor):
-                raise TypeError("batched indexing needs tensor data; index with an int instead")
-            batch = _index_tensor(index)
-            image = self.data.index_select(0, batch)
-            target = None if self.targets is None else _take(self.targets, batch)
-        if self.transform is not None:
-            image = self.transform(image)
-        if target is None:
-            return image
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
 
 
 class _BatchIndices(Sampler[list[int]]):
@@ -131,8 +49,10 @@ def _keep_batch(batch: Any) -> Any:
     return batch
 
 
-class PartitionedDataset:
+class PartitionedDataset(PartitionedDatasetProtocol[str]):
     """A training set split among clients, plus an optional test set.
+
+    An implementation of `blazefl.core.PartitionedDataset` (the original BlazeFL's protocol).
 
     Args:
         train: the training ``ImageDataset``.
@@ -164,7 +84,7 @@ class PartitionedDataset:
             raise ValueError("client_indices must hold at least one client's index array")
         parts: list[np.ndarray] = []
         for cid, part in enumerate(client_indices):
-            array = _index_tensor(part).numpy()
+            array = index_tensor(part).numpy()
             if array.size and (array.min() < 0 or array.max() >= len(train)):
                 raise ValueError(
                     f"client {cid} has indices outside [0, {len(train)}): "
@@ -219,7 +139,7 @@ class PartitionedDataset:
         self,
         type_: str,
         cid: int | None,
-        batch_size: int,
+        batch_size: int | None,
         generator: torch.Generator | None = None,
     ) -> DataLoader:
         """Return a loader of ``(images [B, C, H, W] float32, labels [B] int64)`` batches.
@@ -227,16 +147,19 @@ class PartitionedDataset:
         Args:
             type_: ``"train"`` or ``"test"``, as in ``get_dataset``.
             cid: client id (for ``"train"``).
-            batch_size: samples per batch (> 0); the last batch may be smaller.
+            batch_size: samples per batch (> 0; None: the whole subset in one batch, as in the
+                original BlazeFL); the last batch may be smaller.
             generator: shuffles with one ``randperm`` per epoch; None keeps index order. The
                 process-global RNG is never touched.
 
         Returns:
             A single-process ``DataLoader`` (batches are gathered, not collated per sample).
         """
-        if batch_size <= 0:
+        if batch_size is not None and batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         dataset = self.get_dataset(type_, cid)
+        if batch_size is None:
+            batch_size = max(1, len(dataset))
         return DataLoader(
             dataset,
             batch_size=None,  # the sampler already yields whole batches of indices

@@ -5,33 +5,28 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from blazefl.core.protocols import ModelSelector as ModelSelectorProtocol
 from blazefl.models.cnn import CNN
+from blazefl.models.inputs import factory_kwargs, is_image_input, model_factory_hook
 from blazefl.models.resnet import resnet18
 from blazefl.models.small_cnn import SmallCNN
-from blazefl.registry import Registry, function_accepting
+from blazefl.registry import Registry
 
 __all__ = ["MODELS", "ModelSelector", "build_model"]
 
 ModelFactory = Callable[..., nn.Module]
-"""`factory(num_classes=, in_channels=, image_size=, dropout=) -> nn.Module`."""
+"""`factory(num_classes=, in_channels=, image_size=, dropout=) -> nn.Module` for images, or
+`factory(num_classes=, input_shape=, dropout=[, input_dtype=])` for samples of any shape
+(`blazefl.models.inputs`: each factory gets the keywords it accepts)."""
 
-MODELS: Registry[ModelFactory] = Registry(
-    "model",
-    adapt=function_accepting(
-        "num_classes",
-        "in_channels",
-        "image_size",
-        "dropout",
-        subclass_of=nn.Module,
-        subclass_name="torch.nn.Module",
-    ),
-)
+MODELS: Registry[ModelFactory] = Registry("model", adapt=model_factory_hook)
 """Models by config name (`model.name`); a user's own factory is given as 'pkg.module:factory'
 (a plain function, or an `nn.Module` subclass) and called with the keyword arguments of
 :data:`ModelFactory`; anything else is refused on import, before it is called."""
@@ -61,6 +56,9 @@ def build_model(
     image_size: int = 32,
     dropout: float = 0.0,
     generator: torch.Generator | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    input_dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Build a model by name.
 
@@ -82,12 +80,18 @@ def build_model(
             digits); ResNet uses the small-image stem when it is <= 64.
         dropout: dropout probability (``"cnn"`` only; set ``model.generator`` before training).
         generator: CPU generator for the initial weights; advanced by the draws.
+        input_shape: the per-sample shape the model receives (default: ``(in_channels,
+            image_size, image_size)``); passed to a user factory that declares it. The
+            built-ins take float images ``[C, H, W]`` only.
+        input_dtype: what the model receives: ``torch.float32`` (images, vectors) or
+            ``torch.int64`` (token ids); passed to a user factory that declares it.
 
     Returns:
         The model on the CPU, in training mode.
 
     Raises:
-        ValueError: unknown ``name``, dropout for a model without dropout, non-CPU generator.
+        ValueError: unknown ``name``, dropout for a model without dropout, non-CPU generator,
+            non-image input for a built-in or for a factory without ``input_shape``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -96,25 +100,39 @@ def build_model(
         62006
     """
     factory = MODELS.get(name)  # RegistryError (a ValueError) for an unknown name
-    if name not in MODELS:
-        return _build_user_model(
-            factory, name, num_classes, in_channels, image_size, dropout, generator
+    shape = (in_channels, image_size, image_size) if input_shape is None else tuple(input_shape)
+    args = factory_kwargs(
+        factory,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        dropout=dropout,
+        input_shape=shape,
+        input_dtype=input_dtype,
+    )
+    if not is_image_input(shape, input_dtype) and "input_shape" not in args:
+        what = "the built-in model" if name in MODELS else "model factory"
+        raise ValueError(
+            f"{what} {name!r} takes images [C, H, W] (in_channels=, image_size=), but the "
+            f"data's samples are {shape} {str(input_dtype).removeprefix('torch.')}: name a "
+            "factory that declares input_shape= (model.name: pkg.module:factory)"
         )
+    if name not in MODELS:
+        return _build_user_model(factory, name, args, generator)
     if name != "cnn" and dropout:
         raise ValueError(f"model {name!r} has no dropout; dropout={dropout} is only for 'cnn'")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
-    args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if generator is None:
         with _GLOBAL_RNG_LOCK:
-            return factory(dropout=dropout, **args)
+            return factory(**args)
     # Construction draws its throwaway default init from the global RNG; put its state back so
     # callers see no change. (Building on the meta device would avoid the draws but imports
     # torch's symbolic-shape machinery: ~0.4 s and ~40 MB per process.)
     with _GLOBAL_RNG_LOCK:
         saved = torch.get_rng_state()
         try:
-            model = factory(dropout=dropout, **args)
+            model = factory(**args)
         finally:
             torch.set_rng_state(saved)
     conv_init = "kaiming_normal_fan_out" if name == "resnet18" else "default"
@@ -125,26 +143,23 @@ def build_model(
 def _build_user_model(
     factory: ModelFactory,
     name: str,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    dropout: float,
+    args: dict[str, Any],
     generator: torch.Generator | None,
 ) -> nn.Module:
-    """Call a user's factory; with a generator, its default init draws from a global RNG
-    seeded from that generator (and restored afterwards), so the weights are a function of
-    the generator alone, whatever init scheme the user's modules use."""
-    args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    """Call a user's factory with `args` (`factory_kwargs`); with a generator, its default
+    init draws from a global RNG seeded from that generator (and restored afterwards), so the
+    weights are a function of the generator alone, whatever init scheme the user's modules
+    use."""
     if generator is None:
         with _GLOBAL_RNG_LOCK:
-            model = factory(dropout=dropout, **args)
+            model = factory(**args)
     else:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with _GLOBAL_RNG_LOCK:  # seeded, built and restored while no other thread draws
             saved = torch.get_rng_state()
             try:
                 torch.manual_seed(seed)
-                model = factory(dropout=dropout, **args)
+                model = factory(**args)
             finally:
                 torch.set_rng_state(saved)
     if not isinstance(model, nn.Module):
@@ -189,8 +204,10 @@ def _init_from_generator(module: nn.Module, generator: torch.Generator, conv_ini
         raise RuntimeError(f"no generator-driven initialisation rule for {left}")
 
 
-class ModelSelector:
+class ModelSelector(ModelSelectorProtocol[str]):
     """BlazeFL-compatible factory: pick a model by name for a fixed data shape.
+
+    An implementation of `blazefl.core.ModelSelector` (the original BlazeFL's protocol).
 
     Args:
         num_classes: number of output logits.
