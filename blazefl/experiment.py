@@ -12,14 +12,14 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import nn
 
-from blazefl.algorithms import Algorithm, ClientPartition, split_open_set
+from blazefl.algorithms import Algorithm, ClientPartition, TrainHParams, split_open_set
 from blazefl.algorithms.fedavg import ModelSpec
 from blazefl.core.devices import run_devices, server_device
 from blazefl.core.loop import ExecutionSettings, RoundResult, run_round
 from blazefl.core.protocols import ClientWorkload, ServerHandler
+from blazefl.core.server import ServerSettings
 from blazefl.data import ImageDataset, load_dataset, partition_indices
 from blazefl.reproducibility import SERVER_STREAM_ID, RNGSuite, create_rng_suite
 from blazefl.spec import DataConfig, ExperimentSpec, FLConfig, ModelConfig, RuntimeConfig
@@ -62,6 +62,21 @@ class Experiment:
     def algorithm(self) -> Algorithm:
         return self.spec.algorithm
 
+    # -- the ExperimentContext an algorithm builds from -------------------------------------
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def hparams(self) -> Any:
+        """The selected algorithm's own hyper-parameters."""
+        return self.spec.hparams
+
+    @property
+    def train_hparams(self) -> TrainHParams:
+        """The `train` section."""
+        return self.spec.train
+
     @cached_property
     def _split(self) -> tuple[ImageDataset, ImageDataset | None]:
         public = self.algorithm.public_size(self.spec.hparams)
@@ -83,15 +98,32 @@ class Experiment:
         """The round-0 global model, drawn from its own RNG stream."""
         return self.model_spec.build(create_rng_suite(self.spec.seed, MODEL_INIT_STREAM_ID).torch)
 
-    def server_kwargs(self, generator: torch.Generator) -> dict[str, Any]:
-        """The `BaseServerHandler` arguments every algorithm's server takes."""
-        return {
-            "num_clients": self.spec.data.clients,
-            "clients_per_round": self.spec.fl.clients_per_round or self.spec.data.clients,
-            "total_rounds": self.spec.fl.rounds,
-            "generator": generator,
-            "test_set": self.test,
-        }
+    def server_settings(self, rng: RNGSuite | None = None, round: int = 0) -> ServerSettings:
+        """What the server is built from.
+
+        Args:
+            rng: the server's RNG suite (default: its round-0 suite from the seed).
+            round: rounds already done.
+        """
+        suite = rng if rng is not None else create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
+        return ServerSettings(
+            num_clients=self.spec.data.clients,
+            clients_per_round=self.spec.fl.clients_per_round or self.spec.data.clients,
+            total_rounds=self.spec.fl.rounds,
+            rng=suite,
+            test_set=self.test,
+            eval_device=self.eval_device,
+            round=round,
+        )
+
+    def server_kwargs(self, settings: ServerSettings) -> dict[str, Any]:
+        """Keyword arguments for a server built the way 0.2 plugins build theirs.
+
+        A 0.2 algorithm's ``server(exp, generator)`` receives the settings in place of the
+        generator and passes ``**exp.server_kwargs(generator)`` on to a package server, so
+        the plugin of a published run re-executes unchanged. New code passes the settings.
+        """
+        return {"settings": settings}
 
     def workload(self) -> ClientWorkload[Any, Any]:
         """The picklable client work of the spec's algorithm."""
@@ -101,22 +133,23 @@ class Experiment:
         """A server with the initial global model.
 
         Args:
-            rng: the server's RNG suite (default: its round-0 suite from the seed); kept as
-                `server.rng` so it can be snapshotted with the round.
+            rng: the server's RNG suite (default: its round-0 suite from the seed); the
+                server keeps it as `server.rng`, to be snapshotted with the round.
             round: rounds already done.
 
         The server keeps its model on the CPU and evaluates on the run's first device
-        (`server.eval_device`, for servers that have one).
+        (`ServerSettings.eval_device`).
 
         Raises:
             DeviceUnavailableError: `runtime.device` names a GPU this machine lacks.
         """
-        suite = rng if rng is not None else create_rng_suite(self.spec.seed, SERVER_STREAM_ID)
-        server: Any = self.algorithm.server(self, suite.torch)
-        server.rng = suite
-        server.round = round
-        if hasattr(server, "eval_device"):
-            server.eval_device = self.eval_device
+        settings = self.server_settings(rng, round)
+        server: Any = self.algorithm.server(self, settings)
+        if getattr(server, "rng", None) is None:
+            # a server built with the four-number form of earlier versions: it has the
+            # settings' generator but not the suite the pipeline snapshots
+            server.rng = settings.rng
+            server.round = round
         return server  # type: ignore[no-any-return]
 
     @property
@@ -169,9 +202,23 @@ def build_partition(
 
 
 def model_spec_for(spec: ExperimentSpec, train: ImageDataset) -> ModelSpec:
-    """The model spec fitting the training set's image shape and classes."""
-    c, h, _ = train.images.shape[1:]
-    return ModelSpec(spec.model.name, train.num_classes, c, h, spec.model.dropout)
+    """The model spec fitting the training set's sample shape, dtype and classes.
+
+    Images ``[C, H, W]`` give ``in_channels=C, image_size=H`` as always; other samples (a
+    `FeatureDataset`'s vectors or token sequences) give 0 for both, and factories learn
+    their shape from ``input_shape`` (`blazefl.models.build_model`).
+    """
+    shape = tuple(int(d) for d in train.images.shape[1:])
+    c, h = (shape[0], shape[1]) if len(shape) == 3 else (0, 0)
+    return ModelSpec(
+        spec.model.name,
+        train.num_classes,
+        c,
+        h,
+        spec.model.dropout,
+        input_shape=shape,
+        input_dtype=train.input_dtype,
+    )
 
 
 def build_experiment(spec: ExperimentSpec) -> Experiment:

@@ -177,7 +177,7 @@ class ExperimentSpec:
             raise HParamError(
                 f"fl.clients_per_round ({k}) must be <= data.clients ({n}); lower it or add clients"
             )
-        if self.runtime.device != "cpu" and not getattr(algo, "supports_cuda", False):
+        if self.runtime.device != "cpu" and not algo.supports_cuda:
             raise HParamError(
                 f"fl.algorithm {algo.name} does not run on a GPU yet (runtime.device is "
                 f"{self.runtime.device}): set runtime.device: cpu"

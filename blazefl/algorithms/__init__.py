@@ -9,6 +9,7 @@ from blazefl.algorithms.common import (
     TrainHParams,
     evaluate_model,
 )
+from blazefl.algorithms.context import ExperimentContext
 from blazefl.algorithms.distillation import entropy_reduction_aggregation, split_open_set
 from blazefl.algorithms.dsfl import (
     DSFL,
@@ -22,19 +23,19 @@ from blazefl.algorithms.dsfl import (
 from blazefl.algorithms.fedavg import (
     FedAvg,
     FedAvgClientWorkload,
-    FedAvgDownlinkPackage,
+    FedAvgDownlink,
     FedAvgServerHandler,
-    FedAvgUplinkPackage,
+    FedAvgUplink,
     FedAvgWorker,
     ModelSpec,
 )
 from blazefl.algorithms.fedavgm import FedAvgM, FedAvgMHParams, FedAvgMServerHandler
 from blazefl.algorithms.fedprox import (
     FedProx,
-    FedProxClientWorkload,
     FedProxHParams,
     FedProxWorker,
 )
+from blazefl.algorithms.model_server import ModelServerHandler, trainable_count
 from blazefl.algorithms.scaffold import (
     Scaffold,
     ScaffoldClientWorkload,
@@ -58,6 +59,9 @@ __all__ = [
     "ALGORITHMS",
     "RESERVED_SECTIONS",
     "Algorithm",
+    "ExperimentContext",
+    "ModelServerHandler",
+    "trainable_count",
     "ClientPartition",
     "DSFL",
     "DSFLClientWorkload",
@@ -68,15 +72,14 @@ __all__ = [
     "DSFLWorker",
     "FedAvg",
     "FedAvgClientWorkload",
-    "FedAvgDownlinkPackage",
+    "FedAvgDownlink",
     "FedAvgServerHandler",
-    "FedAvgUplinkPackage",
+    "FedAvgUplink",
     "FedAvgWorker",
     "FedAvgM",
     "FedAvgMHParams",
     "FedAvgMServerHandler",
     "FedProx",
-    "FedProxClientWorkload",
     "FedProxHParams",
     "FedProxWorker",
     "GradHook",

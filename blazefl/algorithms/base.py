@@ -2,23 +2,22 @@
 
 An algorithm object names its config section, owns its hyper-parameter dataclass (defaults,
 validation and docs, see `blazefl.hparams`), says which data it holds back from the clients
-(DS-FL's shared open set), and builds its server handler and client workload from a built
-`Experiment`. Built-ins are registered by name in `blazefl.algorithms.ALGORITHMS`; a user's
-own is named in the config by import path (`fl.algorithm: mypkg.algo:MyAlgorithm`) and needs
-no edit to this package.
+(DS-FL's shared open set), and builds its server handler and client workload from an
+`ExperimentContext`. Built-ins are registered by name in `blazefl.algorithms.ALGORITHMS`; a
+user's own is named in the config by import path (`fl.algorithm: mypkg.algo:MyAlgorithm`) and
+needs no edit to this package.
 
-State that outlives a round is snapshotted by the pipeline through two duck-typed hooks:
-a server with `state_tensors()` / `load_state_tensors(tensors)`, and clients that return a
-new state dict from `ClientWorker.train` (kept per client by the trainer).
+State that outlives a round is declared: a server that is a `StatefulServer`
+(`state_tensors()` / `load_state_tensors(tensors)`, or `ModelServerHandler.state` names), and
+clients that return a new state dict from `ClientWorker.train` (kept per client by the trainer).
 
 Example:
     >>> class MyAlgorithm(Algorithm):
-    ...     name = "myalgo"
-    ...     HParams = MyHParams
-    ...     def server(self, exp, generator):
-    ...         return MyServer(exp.initial_model(), **exp.server_kwargs(generator))
-    ...     def workload(self, exp):
-    ...         return MyWorkload(exp.train, exp.partition, exp.model_spec, exp.spec.train)
+    ...     HParams = MyHParams          # config section "myalgorithm" (the class name)
+    ...     def server(self, ctx, settings):
+    ...         return MyServer(ctx.initial_model(), settings, ctx.hparams)
+    ...     def workload(self, ctx):
+    ...         return MyWorkload(ctx.train, ctx.partition, ctx.model_spec, ctx.train_hparams)
 """
 
 from __future__ import annotations
@@ -27,13 +26,12 @@ import re
 from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
+from blazefl.algorithms.context import ExperimentContext
 from blazefl.core.protocols import ClientWorkload, ServerHandler
+from blazefl.core.server import ServerSettings
 from blazefl.registry import RegistryError, describe_kind
 
-if TYPE_CHECKING:  # annotations only: experiment.py imports this module
-    from blazefl.experiment import Experiment
+if TYPE_CHECKING:  # annotations only: spec.py imports this module to find algorithms
     from blazefl.spec import ExperimentSpec
 
 __all__ = ["Algorithm", "NoHParams", "RESERVED_SECTIONS", "adapt_algorithm"]
@@ -51,15 +49,25 @@ class Algorithm:
     """Base class of algorithm objects (subclass it, set `name` and `HParams`).
 
     Attributes:
-        name: the config section of its hyper-parameters (`fedprox` -> `fedprox.mu`).
+        name: the config section of its hyper-parameters (`fedprox` -> `fedprox.mu`); a
+            class that does not set it is named after itself, lower-cased (`FedAdam` ->
+            `fedadam`).
         HParams: a frozen dataclass whose fields are declared with `blazefl.hparams.param`.
         partition_keys: names of `HParams` fields the client partition depends on (through
             `public_size`); the pipeline re-partitions when they change.
+        supports_cuda: whether its client work places itself on the device the trainer
+            assigns (`runtime.device: cuda` is refused otherwise).
     """
 
     name: ClassVar[str] = ""
     HParams: ClassVar[type] = NoHParams
     partition_keys: ClassVar[tuple[str, ...]] = ()
+    supports_cuda: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # a subclass of FedAvg must not take the name fedavg
+            cls.name = cls.__name__.lower()
 
     def public_size(self, hparams: Any) -> int:
         """Training samples (the last ones) held back from the clients as shared public data.
@@ -72,11 +80,16 @@ class Algorithm:
     def check(self, spec: ExperimentSpec) -> None:
         """Cross-section checks on a spec (raise `HParamError` with the fix); default none."""
 
-    def server(self, exp: Experiment, generator: torch.Generator) -> ServerHandler[Any, Any]:
-        """The server handler with the experiment's initial global model."""
+    def server(self, ctx: ExperimentContext, settings: ServerSettings) -> ServerHandler[Any, Any]:
+        """The server handler with the experiment's initial global model.
+
+        Args:
+            ctx: the experiment's data, partition, model spec and hyper-parameters.
+            settings: counts, the server's generators, test set, evaluation device.
+        """
         raise NotImplementedError
 
-    def workload(self, exp: Experiment) -> ClientWorkload[Any, Any]:
+    def workload(self, ctx: ExperimentContext) -> ClientWorkload[Any, Any]:
         """The picklable client work (pickled once into every worker process)."""
         raise NotImplementedError
 

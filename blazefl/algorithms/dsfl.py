@@ -31,8 +31,8 @@ from blazefl.algorithms.common import (
     LocalSGD,
     TrainHParams,
     dataset_on,
-    evaluate_model,
 )
+from blazefl.algorithms.context import ExperimentContext
 from blazefl.algorithms.distillation import (
     distill,
     entropy_reduction_aggregation,
@@ -40,11 +40,12 @@ from blazefl.algorithms.distillation import (
     split_open_set,
 )
 from blazefl.algorithms.fedavg import ModelSpec
+from blazefl.algorithms.model_server import ModelServerHandler
 from blazefl.core.devices import current_worker_device, model_generator
 from blazefl.core.optim import FlatSGD
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
-from blazefl.core.server import BaseServerHandler
+from blazefl.core.server import ServerSettings
 from blazefl.data import ImageDataset
 from blazefl.hparams import MAX_SAMPLES, HParamError, param, validate
 from blazefl.reproducibility import RNGSuite
@@ -232,7 +233,7 @@ class DSFLClientWorkload:
 # -- server ----------------------------------------------------------------------------------
 
 
-class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage]):
+class DSFLServerHandler(ModelServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage]):
     """DS-FL server: averages client soft labels, applies ERA, distils the global model.
 
     Randomness (all from `generator`, in this order per round): client sampling, the round's
@@ -244,15 +245,12 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
 
     Args:
         model: the global model (distilled in place each round).
+        settings: see `ServerSettings`.
+        hparams: DS-FL hyper-parameters (must equal the clients'; default `DSFLHParams()`).
         open_set: the shared open set (same one the clients use).
-        num_clients / clients_per_round / total_rounds / generator: see `BaseServerHandler`.
-        dsfl: DS-FL hyper-parameters (must equal the clients').
-        test_set: evaluation data (None disables evaluation).
 
     Example:
-        >>> server = DSFLServerHandler(model, open_set=open_set, num_clients=6,
-        ...                            clients_per_round=3, total_rounds=3,
-        ...                            generator=suite.torch, test_set=test)
+        >>> server = DSFLServerHandler(model, settings, DSFLHParams(), open_set=open_set)
         >>> run_round(server, trainer, 1).summary["test_accuracy"]
         >>> snapshot = server.state_tensors()   # + model weights + server RNG state
     """
@@ -260,34 +258,23 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
     def __init__(
         self,
         model: nn.Module,
+        settings: ServerSettings,
+        hparams: DSFLHParams | None = None,
         *,
         open_set: ImageDataset,
-        num_clients: int,
-        clients_per_round: int,
-        total_rounds: int,
-        generator: torch.Generator,
-        dsfl: DSFLHParams | None = None,
-        test_set: ImageDataset | None = None,
     ) -> None:
-        super().__init__(num_clients, clients_per_round, total_rounds, generator)
-        self.dsfl = dsfl if dsfl is not None else DSFLHParams()
-        if self.dsfl.public_size_per_round > len(open_set):
+        hp = DSFLHParams() if hparams is None else hparams
+        if hp.public_size_per_round > len(open_set):
             raise ValueError(
-                f"public_size_per_round ({self.dsfl.public_size_per_round}) exceeds the open "
+                f"public_size_per_round ({hp.public_size_per_round}) exceeds the open "
                 f"set ({len(open_set)} samples)"
             )
-        self.model = model
+        super().__init__(model, settings, hp)
         self.open_set = open_set
-        self.test_set = test_set
         self.num_classes = open_set.num_classes
-        self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
-        self.flat = flatten_module_(model)
-        self.optimizer = FlatSGD(model, self.flat, self.dsfl.kd_lr)
-        #: where `summary` evaluates (the model, aggregation and distillation stay on the CPU)
-        self.eval_device = "cpu"
+        self.optimizer = FlatSGD(model, self.flat, hp.kd_lr)
         self.soft_labels = torch.empty((0, self.num_classes), dtype=torch.float32)
         self.soft_indices = torch.empty(0, dtype=torch.int64)
-        self.train_loss: float | None = None
         self.distill_loss: float | None = None
         self._next_indices: torch.Tensor | None = None
         self._reset_buffer()
@@ -344,22 +331,20 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
         """This round's package; the open-set indices are drawn on the first call per round."""
         if self._next_indices is None:
             perm = torch.randperm(len(self.open_set), generator=self.generator)
-            self._next_indices = perm[: self.dsfl.public_size_per_round].sort().values
+            self._next_indices = perm[: self.hparams.public_size_per_round].sort().values
         # read in place by threads: global_update replaces these tensors, never mutates them
         return DSFLDownlinkPackage(self.soft_labels, self.soft_indices, self._next_indices)
 
     def load(self, payload: DSFLUplinkPackage) -> bool:
         if self._next_indices is None:
             raise RuntimeError("load called before downlink_package")
-        if payload.cid <= self._last_cid:
-            raise ValueError("uplinks must be loaded in ascending client-id order")
+        self.check_order(payload.cid)
         expected = (self._next_indices.numel(), self.num_classes)
         if tuple(payload.soft_labels.shape) != expected:
             raise ValueError(
                 f"client {payload.cid} sent soft labels of shape "
                 f"{tuple(payload.soft_labels.shape)}, expected {expected}"
             )
-        self._last_cid = payload.cid
         if self._sum is None:
             self._sum = torch.zeros(expected, dtype=torch.float64)
         self._sum.add_(payload.soft_labels)
@@ -373,7 +358,7 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
         if self._sum is None or self._next_indices is None:
             raise RuntimeError("global_update called before any uplink was loaded")
         mean = self._sum / self._count
-        self.soft_labels = entropy_reduction_aggregation(mean, self.dsfl.era_temperature)
+        self.soft_labels = entropy_reduction_aggregation(mean, self.hparams.era_temperature)
         self.soft_indices = self._next_indices
         if hasattr(self.model, "generator"):
             cast(Any, self.model).generator = self.generator  # generator-driven dropout
@@ -383,25 +368,18 @@ class DSFLServerHandler(BaseServerHandler[DSFLUplinkPackage, DSFLDownlinkPackage
             self.open_set,
             self.soft_indices,
             self.soft_labels,
-            epochs=self.dsfl.kd_epochs,
-            batch_size=self.dsfl.kd_batch_size,
+            epochs=self.hparams.kd_epochs,
+            batch_size=self.hparams.kd_batch_size,
             generator=self.generator,
         )
         self.train_loss = self._loss_sum / max(self._weight, 1)
-        self.round += 1
+        self.end_round()
         self._next_indices = None
         self._reset_buffer()
 
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"round": self.round}
-        if self.train_loss is not None:
-            out["train_loss"] = self.train_loss
-        if self.distill_loss is not None:
-            out["distill_loss"] = self.distill_loss
-        if self.test_set is not None:
-            metrics = evaluate_model(self.model, self.test_set, device=self.eval_device)
-            out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
-        return out
+    def round_metrics(self) -> dict[str, Any]:
+        """The last distillation's mean loss (after the first round)."""
+        return {} if self.distill_loss is None else {"distill_loss": self.distill_loss}
 
 
 class DSFL(Algorithm):
@@ -424,21 +402,20 @@ class DSFL(Algorithm):
                 f"for {spec.data.clients} clients: lower dsfl.open_size or raise data.size"
             )
 
-    def server(self, exp: Any, generator: torch.Generator) -> DSFLServerHandler:
+    def server(self, ctx: ExperimentContext, settings: ServerSettings) -> DSFLServerHandler:
+        assert ctx.public_set is not None  # public_size() > 0 holds one back
         return DSFLServerHandler(
-            exp.initial_model(),
-            open_set=exp.public_set,
-            dsfl=exp.spec.hparams,
-            **exp.server_kwargs(generator),
+            ctx.initial_model(), settings, ctx.hparams, open_set=ctx.public_set
         )
 
-    def workload(self, exp: Any) -> DSFLClientWorkload:
+    def workload(self, ctx: ExperimentContext) -> DSFLClientWorkload:
+        assert ctx.public_set is not None
         return DSFLClientWorkload(
-            exp.private_train,
-            exp.public_set,
-            exp.partition,
-            exp.model_spec,
-            exp.spec.train,
-            exp.spec.hparams,
-            init_model=flatten_module_(exp.initial_model()),
+            ctx.private_train,
+            ctx.public_set,
+            ctx.partition,
+            ctx.model_spec,
+            ctx.train_hparams,
+            ctx.hparams,
+            init_model=flatten_module_(ctx.initial_model()),
         )

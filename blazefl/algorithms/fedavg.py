@@ -4,24 +4,28 @@ weighted by sample count, in ascending client-id order."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
 
-from blazefl.algorithms.base import Algorithm
-from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.base import Algorithm, NoHParams
+from blazefl.algorithms.common import ClientPartition, LocalSGD, TrainHParams
+from blazefl.algorithms.model_server import ModelServerHandler
 from blazefl.core.devices import current_worker_device, model_generator
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
-from blazefl.core.server import BaseServerHandler
+from blazefl.core.server import ServerSettings
 from blazefl.data import ImageDataset
 from blazefl.models import build_model
 from blazefl.reproducibility import RNGSuite
 
+if TYPE_CHECKING:  # annotations only: the context module names ModelSpec from here
+    from blazefl.algorithms.context import ExperimentContext
+
 __all__ = [
-    "FedAvgDownlinkPackage",
-    "FedAvgUplinkPackage",
+    "FedAvgDownlink",
+    "FedAvgUplink",
     "FedAvgClientWorkload",
     "FedAvgWorker",
     "FedAvgServerHandler",
@@ -31,15 +35,17 @@ __all__ = [
 
 
 @dataclass
-class FedAvgDownlinkPackage(DownlinkPackage):
+class FedAvgDownlink(DownlinkPackage):
     """The global model's float state as one flat vector."""
 
     model: torch.Tensor
 
 
 @dataclass
-class FedAvgUplinkPackage(UplinkPackage):
-    """A client's trained model vector, its sample count and mean training loss."""
+class FedAvgUplink(UplinkPackage):
+    """A client's trained model vector, its sample count and mean training loss.
+
+    (`blazefl.contrib.FedAvgUplink` is the original BlazeFL's, with its own fields.)"""
 
     cid: int
     model: torch.Tensor
@@ -49,13 +55,30 @@ class FedAvgUplinkPackage(UplinkPackage):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build the model (architecture only; weights come from artifacts or downlinks)."""
+    """How to build the model (architecture only; weights come from artifacts or downlinks).
+
+    Args:
+        name: a built-in model or 'pkg.module:factory'.
+        num_classes: output logits.
+        in_channels / image_size: the image keywords every factory gets (for samples that
+            are not ``[C, H, W]`` images, 0).
+        dropout: dropout probability.
+        input_shape: the per-sample shape (None: ``(in_channels, image_size, image_size)``);
+            a factory declaring ``input_shape=`` gets it.
+        input_dtype: what the model receives (float32 images and vectors, int64 token ids);
+            a factory declaring ``input_dtype=`` gets it.
+
+    Example:
+        >>> ModelSpec("mymodel:mlp", 3, 0, 0, input_shape=(20,)).build(torch.Generator())
+    """
 
     name: str = "cnn"
     num_classes: int = 10
     in_channels: int = 3
     image_size: int = 32
     dropout: float = 0.0
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: torch.dtype = torch.float32
 
     def build(self, generator: torch.Generator | None = None) -> nn.Module:
         return build_model(
@@ -65,6 +88,8 @@ class ModelSpec:
             self.image_size,
             dropout=self.dropout,
             generator=generator,
+            input_shape=self.input_shape,
+            input_dtype=self.input_dtype,
         )
 
     def build_for_worker(self) -> nn.Module:
@@ -80,31 +105,57 @@ class FedAvgWorker:
     The model, its optimizer and the training set live on the device the trainer assigned
     (`current_worker_device()`); the downlink is copied there once per client and the uplink
     comes back to the CPU once per client.
+
+    Attributes a subclass builds on:
+        hparams: the algorithm's hyper-parameters (`FedAvgClientWorkload.algorithm_hparams`).
+        model / flat / sgd: the worker's model, its flat float state, its `LocalSGD` loop.
+
+    Example (clip each client's update; `uplink_model` is the one hook):
+        >>> class ClippingWorker(FedAvgWorker):
+        ...     def uplink_model(self, start, trained):
+        ...         return start + clip(trained - start, self.hparams.clip_norm)
     """
 
     def __init__(self, workload: FedAvgClientWorkload) -> None:
         self.workload = workload
+        self.hparams = workload.algorithm_hparams
         self.device = current_worker_device()
         self.model = workload.model.build_for_worker().to(self.device)
         self.flat = flatten_module_(self.model)
         self.sgd = LocalSGD(self.model, self.flat, workload.train, workload.hparams)
 
     def train(
-        self, task: ClientTask, payload: FedAvgDownlinkPackage, rng: RNGSuite
-    ) -> tuple[FedAvgUplinkPackage, None]:
+        self, task: ClientTask, payload: FedAvgDownlink, rng: RNGSuite
+    ) -> tuple[FedAvgUplink, None]:
         self.flat.copy_(payload.model)
         if hasattr(self.model, "generator"):  # generator-driven dropout, on the model's device
             cast(Any, self.model).generator = model_generator(rng, self.device)
         indices = self.workload.partition.client(task.cid)
         loss = self.sgd.run(indices, rng.torch)
         model = self.flat.to("cpu", copy=True)  # the pipeline hashes and saves CPU tensors
-        uplink = FedAvgUplinkPackage(task.cid, model, int(indices.numel()), loss)
+        model = self.uplink_model(payload.model, model)
+        uplink = FedAvgUplink(task.cid, model, int(indices.numel()), loss)
         return uplink, None
+
+    def uplink_model(self, start: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+        """What the client uploads, from the global model it started at and the model it
+        trained (both flat float CPU vectors, `start` read-only); FedAvg uploads `trained`.
+
+        Returns:
+            A float vector of the same length (override to clip, compress or add noise).
+        """
+        return trained
 
 
 @dataclass
 class FedAvgClientWorkload:
     """Picklable FedAvg client work: data, partition, model spec and hyper-parameters.
+
+    Args:
+        train / partition / model: the clients' data, their indices, the model to build.
+        hparams: the `train` section (local SGD).
+        worker: the worker class each worker thread or process builds (a `FedAvgWorker`).
+        algorithm_hparams: the algorithm's own section, handed to the worker as `hparams`.
 
     Example:
         >>> workload = FedAvgClientWorkload(train, partition, ModelSpec("cnn"), TrainHParams())
@@ -115,9 +166,11 @@ class FedAvgClientWorkload:
     partition: ClientPartition
     model: ModelSpec = field(default_factory=ModelSpec)
     hparams: TrainHParams = field(default_factory=TrainHParams)
+    worker: type[FedAvgWorker] = FedAvgWorker
+    algorithm_hparams: Any = None
 
     def make_worker(self) -> FedAvgWorker:
-        return FedAvgWorker(self)
+        return self.worker(self)
 
     def share_memory(self) -> None:
         self.train.images.share_memory_()
@@ -125,67 +178,41 @@ class FedAvgClientWorkload:
         self.partition.share_memory_()
 
 
-class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkPackage]):
+class FedAvgServerHandler(ModelServerHandler[FedAvgUplink, FedAvgDownlink]):
     """FedAvg server: weighted average of client models, server-side test evaluation.
 
     Uplinks are folded into a float64 running sum as they arrive (ascending client id), so
-    memory does not grow with the number of clients.
+    memory does not grow with the number of clients. `global_update` writes the average into
+    `flat` and sets `train_loss` to the sample-weighted mean client loss.
 
     Args:
         model: the global model (its float state is flattened in place).
-        num_clients / clients_per_round / total_rounds / generator: see `BaseServerHandler`.
-        test_set: evaluation data (None disables evaluation).
+        settings: see `ServerSettings`.
+        hparams: the algorithm's hyper-parameters (FedAvg has none; a subclass's arrive here).
 
-    Attributes (besides `BaseServerHandler`'s; what a subclass such as the FedAdam example
-    builds on):
-        model: the global model; its float parameters and buffers are views into `flat`.
-        flat: one vector holding the model's float state (`flatten_module_`): parameters
-            first (tied ones once), then buffers, so `flat[:n]` with n the parameter count
-            are the trainable weights; `global_update` writes the new global state into it.
-        test_set: evaluation data, or None.
-        eval_device: where `summary` evaluates.
-        train_loss: the sample-weighted mean client loss of the last round (set by
-            `global_update`; absent before the first round).
-        rng: the `RNGSuite` that `generator` belongs to (set by the pipeline, for snapshots).
+    Attributes: those of `ModelServerHandler` (`model`, `flat`, `num_params`, `params`,
+    `hparams`, `test_set`, `eval_device`, `train_loss`) and `BaseServerHandler`.
 
     Example:
-        >>> server = FedAvgServerHandler(model, num_clients=100, clients_per_round=10,
-        ...                              total_rounds=5, generator=suite.torch, test_set=test)
+        >>> settings = ServerSettings(100, 10, 5, create_rng_suite(0, SERVER_STREAM_ID), test)
+        >>> server = FedAvgServerHandler(model, settings)
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        num_clients: int,
-        clients_per_round: int,
-        total_rounds: int,
-        generator: torch.Generator,
-        test_set: ImageDataset | None = None,
-    ) -> None:
-        super().__init__(num_clients, clients_per_round, total_rounds, generator)
-        self.model = model
-        self.flat = flatten_module_(model)
-        self.test_set = test_set
-        #: where `summary` evaluates (the model and the float64 aggregation stay on the CPU)
-        self.eval_device = "cpu"
-        self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
+    def __init__(self, model: nn.Module, settings: ServerSettings, hparams: Any = None) -> None:
+        super().__init__(model, settings, NoHParams() if hparams is None else hparams)
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
         self._sum = torch.zeros(self.flat.numel(), dtype=torch.float64)
         self._weight = 0
         self._loss_sum = 0.0
-        self._last_cid = -1
         self._loaded = 0
 
-    def downlink_package(self) -> FedAvgDownlinkPackage:
-        return FedAvgDownlinkPackage(self.flat)  # read in place by threads; untouched until update
+    def downlink_package(self) -> FedAvgDownlink:
+        return FedAvgDownlink(self.flat)  # read in place by threads; untouched until update
 
-    def load(self, payload: FedAvgUplinkPackage) -> bool:
-        if payload.cid <= self._last_cid:
-            raise ValueError("uplinks must be loaded in ascending client-id order")
-        self._last_cid = payload.cid
+    def load(self, payload: FedAvgUplink) -> bool:
+        self.check_order(payload.cid)
         self._sum.add_(payload.model, alpha=payload.num_samples)
         self._weight += payload.num_samples
         self._loss_sum += payload.loss * payload.num_samples
@@ -197,27 +224,37 @@ class FedAvgServerHandler(BaseServerHandler[FedAvgUplinkPackage, FedAvgDownlinkP
             raise RuntimeError("global_update called before any uplink was loaded")
         self.flat.copy_(self._sum.div_(self._weight))
         self.train_loss = self._loss_sum / self._weight
-        self.round += 1
+        self.end_round()
         self._reset_buffer()
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"round": self.round}
-        if getattr(self, "train_loss", None) is not None:
-            out["train_loss"] = self.train_loss
-        if self.test_set is not None:
-            metrics = evaluate_model(self.model, self.test_set, device=self.eval_device)
-            out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
-        return out
 
 
 class FedAvg(Algorithm):
-    """FedAvg as an algorithm object (no hyper-parameters beyond the `train` section)."""
+    """FedAvg as an algorithm object (no hyper-parameters beyond the `train` section).
+
+    A variant subclasses it and swaps its parts: `Server` (built as
+    ``Server(ctx.initial_model(), settings, ctx.hparams)``) and `Worker` (built once per
+    worker from the workload; its `hparams` are the algorithm's).
+
+    Example:
+        >>> class FedAdam(FedAvg):
+        ...     HParams = FedAdamHParams
+        ...     Server = FedAdamServerHandler
+    """
 
     name = "fedavg"
     supports_cuda = True  # its worker places itself on the assigned device (docs/gpu.md)
+    Server: ClassVar[type[FedAvgServerHandler]] = FedAvgServerHandler
+    Worker: ClassVar[type[FedAvgWorker]] = FedAvgWorker
 
-    def server(self, exp: Any, generator: torch.Generator) -> FedAvgServerHandler:
-        return FedAvgServerHandler(exp.initial_model(), **exp.server_kwargs(generator))
+    def server(self, ctx: ExperimentContext, settings: ServerSettings) -> FedAvgServerHandler:
+        return self.Server(ctx.initial_model(), settings, ctx.hparams)
 
-    def workload(self, exp: Any) -> FedAvgClientWorkload:
-        return FedAvgClientWorkload(exp.train, exp.partition, exp.model_spec, exp.spec.train)
+    def workload(self, ctx: ExperimentContext) -> FedAvgClientWorkload:
+        return FedAvgClientWorkload(
+            ctx.train,
+            ctx.partition,
+            ctx.model_spec,
+            ctx.train_hparams,
+            worker=self.Worker,
+            algorithm_hparams=ctx.hparams,
+        )

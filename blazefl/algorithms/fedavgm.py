@@ -20,14 +20,12 @@ an uninterrupted one holds; only the new global model is rounded to float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from blazefl.algorithms.base import Algorithm
-from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler
-from blazefl.data import ImageDataset
+from blazefl.algorithms.fedavg import FedAvg, FedAvgServerHandler
+from blazefl.core.server import ServerSettings
 from blazefl.hparams import HParamError, param, validate
 
 __all__ = ["FedAvgM", "FedAvgMHParams", "FedAvgMServerHandler"]
@@ -60,40 +58,20 @@ class FedAvgMServerHandler(FedAvgServerHandler):
 
     Args:
         model: the global model (its float state is flattened in place).
-        num_clients / clients_per_round / total_rounds / generator / test_set: see
-            `FedAvgServerHandler`.
-        fedavgm: server learning rate and momentum.
+        settings: see `ServerSettings`.
+        hparams: server learning rate and momentum (default `FedAvgMHParams()`).
 
     Example:
-        >>> server = FedAvgMServerHandler(model, num_clients=6, clients_per_round=3,
-        ...                               total_rounds=3, generator=suite.torch,
-        ...                               fedavgm=FedAvgMHParams(server_momentum=0.5))
+        >>> server = FedAvgMServerHandler(model, settings, FedAvgMHParams(server_momentum=0.5))
         >>> run_round(server, trainer, 1)
         >>> state = server.state_tensors()  # {"momentum": float64 [num_params]}
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        num_clients: int,
-        clients_per_round: int,
-        total_rounds: int,
-        generator: torch.Generator,
-        test_set: ImageDataset | None = None,
-        fedavgm: FedAvgMHParams | None = None,
+        self, model: nn.Module, settings: ServerSettings, hparams: FedAvgMHParams | None = None
     ) -> None:
-        super().__init__(
-            model,
-            num_clients=num_clients,
-            clients_per_round=clients_per_round,
-            total_rounds=total_rounds,
-            generator=generator,
-            test_set=test_set,
-        )
-        self.fedavgm = fedavgm if fedavgm is not None else FedAvgMHParams()
+        super().__init__(model, settings, FedAvgMHParams() if hparams is None else hparams)
         # flatten_module_ puts the parameters first: they are the prefix flat[:num_params]
-        self.num_params = sum(p.numel() for p in dict.fromkeys(model.parameters()))
         self.momentum = torch.zeros(self.num_params, dtype=torch.float64)
 
     # -- state for snapshots ------------------------------------------------------------------
@@ -133,24 +111,18 @@ class FedAvgMServerHandler(FedAvgServerHandler):
         average = self._sum.div_(self._weight)
         n = self.num_params
         delta = self.flat[:n].double().sub_(average[:n])  # pseudo-gradient
-        self.momentum.mul_(self.fedavgm.server_momentum).add_(delta)
-        average[:n] = self.flat[:n].double().sub_(self.momentum, alpha=self.fedavgm.server_lr)
+        self.momentum.mul_(self.hparams.server_momentum).add_(delta)
+        average[:n] = self.flat[:n].double().sub_(self.momentum, alpha=self.hparams.server_lr)
         self.flat.copy_(average)  # buffers beyond n: the plain average
         self.train_loss = self._loss_sum / self._weight
-        self.round += 1
+        self.end_round()
         self._reset_buffer()
 
 
-class FedAvgM(Algorithm):
+class FedAvgM(FedAvg):
     """FedAvgM as an algorithm object: FedAvg's clients, a server with momentum state."""
 
     name = "fedavgm"
+    supports_cuda = False  # tested on the CPU only
     HParams = FedAvgMHParams
-
-    def server(self, exp: Any, generator: torch.Generator) -> FedAvgMServerHandler:
-        return FedAvgMServerHandler(
-            exp.initial_model(), fedavgm=exp.spec.hparams, **exp.server_kwargs(generator)
-        )
-
-    def workload(self, exp: Any) -> FedAvgClientWorkload:
-        return FedAvgClientWorkload(exp.train, exp.partition, exp.model_spec, exp.spec.train)
+    Server = FedAvgMServerHandler

@@ -11,24 +11,23 @@ so the bytes are exactly FedAvg's. The reported training loss is the cross-entro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 
-from blazefl.algorithms.base import Algorithm
 from blazefl.algorithms.fedavg import (
+    FedAvg,
     FedAvgClientWorkload,
-    FedAvgDownlinkPackage,
-    FedAvgServerHandler,
-    FedAvgUplinkPackage,
+    FedAvgDownlink,
+    FedAvgUplink,
     FedAvgWorker,
 )
 from blazefl.core.packages import ClientTask
 from blazefl.hparams import param, validate
 from blazefl.reproducibility import RNGSuite
 
-__all__ = ["FedProx", "FedProxClientWorkload", "FedProxHParams", "FedProxWorker"]
+__all__ = ["FedProx", "FedProxHParams", "FedProxWorker"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +48,12 @@ class FedProxHParams:
 
 
 class FedProxWorker(FedAvgWorker):
-    """A FedAvg worker whose local SGD adds the proximal gradient `mu * (w - w_global)`."""
+    """A FedAvg worker whose local SGD adds the proximal gradient `mu * (w - w_global)`
+    (`mu` from its `hparams`, the algorithm's `FedProxHParams`)."""
 
-    def __init__(self, workload: FedProxClientWorkload) -> None:
+    def __init__(self, workload: FedAvgClientWorkload) -> None:
         super().__init__(workload)
-        self.mu = workload.fedprox.mu
+        self.mu = (self.hparams or FedProxHParams()).mu
         params = self.sgd.optimizer.params
         self._center = torch.empty_like(params)  # this client's w_global (parameters only)
         self._diff = torch.empty_like(params)  # scratch: no allocation per step
@@ -63,8 +63,8 @@ class FedProxWorker(FedAvgWorker):
         grad.add_(self._diff, alpha=self.mu)
 
     def train(
-        self, task: ClientTask, payload: FedAvgDownlinkPackage, rng: RNGSuite
-    ) -> tuple[FedAvgUplinkPackage, None]:
+        self, task: ClientTask, payload: FedAvgDownlink, rng: RNGSuite
+    ) -> tuple[FedAvgUplink, None]:
         """Local SGD on the proximal objective from the global model in `payload`.
 
         Returns:
@@ -79,36 +79,20 @@ class FedProxWorker(FedAvgWorker):
             cast(Any, self.model).generator = rng.torch  # generator-driven dropout
         indices = self.workload.partition.client(task.cid)
         loss = self.sgd.run(indices, rng.torch, grad_hook=self._proximal_gradient)
-        uplink = FedAvgUplinkPackage(task.cid, self.flat.clone(), int(indices.numel()), loss)
+        uplink = FedAvgUplink(task.cid, self.flat.clone(), int(indices.numel()), loss)
         return uplink, None
 
 
-@dataclass
-class FedProxClientWorkload(FedAvgClientWorkload):
-    """Picklable FedProx client work: FedAvg's plus the proximal weight.
+class FedProx(FedAvg):
+    """FedProx as an algorithm object: FedAvg's server, clients with a proximal term.
 
     Example:
-        >>> workload = FedProxClientWorkload(train, partition, ModelSpec("cnn"),
-        ...                                  fedprox=FedProxHParams(mu=0.1))
-        >>> trainer = make_trainer("threads", workload, seed=0, workers=2)
+        >>> workload = FedAvgClientWorkload(train, partition, ModelSpec("cnn"),
+        ...                                 worker=FedProxWorker,
+        ...                                 algorithm_hparams=FedProxHParams(mu=0.1))
     """
 
-    fedprox: FedProxHParams = field(default_factory=FedProxHParams)
-
-    def make_worker(self) -> FedProxWorker:
-        return FedProxWorker(self)
-
-
-class FedProx(Algorithm):
-    """FedProx as an algorithm object: FedAvg's server, clients with a proximal term."""
-
     name = "fedprox"
+    supports_cuda = False  # tested on the CPU only
     HParams = FedProxHParams
-
-    def server(self, exp: Any, generator: torch.Generator) -> FedAvgServerHandler:
-        return FedAvgServerHandler(exp.initial_model(), **exp.server_kwargs(generator))
-
-    def workload(self, exp: Any) -> FedProxClientWorkload:
-        return FedProxClientWorkload(
-            exp.train, exp.partition, exp.model_spec, exp.spec.train, exp.spec.hparams
-        )
+    Worker = FedProxWorker

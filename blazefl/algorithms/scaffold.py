@@ -41,13 +41,14 @@ import torch
 from torch import nn
 
 from blazefl.algorithms.base import Algorithm
-from blazefl.algorithms.common import LocalSGD, TrainHParams, evaluate_model
+from blazefl.algorithms.common import LocalSGD, TrainHParams
+from blazefl.algorithms.context import ExperimentContext
 from blazefl.algorithms.fedavg import FedAvgClientWorkload
+from blazefl.algorithms.model_server import ModelServerHandler
 from blazefl.core.optim import FlatSGD
 from blazefl.core.packages import ClientTask, DownlinkPackage, UplinkPackage
 from blazefl.core.serialization import flatten_module_
-from blazefl.core.server import BaseServerHandler
-from blazefl.data import ImageDataset
+from blazefl.core.server import ServerSettings
 from blazefl.hparams import param, validate
 from blazefl.reproducibility import RNGSuite
 
@@ -123,11 +124,6 @@ def effective_steps(steps: int, momentum: float) -> float:
         velocity = velocity * momentum + 1.0
         total += velocity
     return total
-
-
-def _num_parameters(model: nn.Module) -> int:
-    """Length of the parameter prefix of `flatten_module_(model)` (what `FlatSGD` updates)."""
-    return sum(p.numel() for p in dict.fromkeys(model.parameters()) if p.is_floating_point())
 
 
 def _check_control(tensor: Any, size: int, what: str) -> torch.Tensor:
@@ -236,7 +232,7 @@ class ScaffoldClientWorkload(FedAvgClientWorkload):
 # -- server ----------------------------------------------------------------------------------
 
 
-class ScaffoldServerHandler(BaseServerHandler[ScaffoldUplinkPackage, ScaffoldDownlinkPackage]):
+class ScaffoldServerHandler(ModelServerHandler[ScaffoldUplinkPackage, ScaffoldDownlinkPackage]):
     """SCAFFOLD server: steps the global model and the control variate `c`.
 
     Uplinks are folded into float64 running sums as they arrive (ascending client id), so
@@ -244,37 +240,20 @@ class ScaffoldServerHandler(BaseServerHandler[ScaffoldUplinkPackage, ScaffoldDow
 
     Args:
         model: the global model (its float state is flattened in place).
-        num_clients / clients_per_round / total_rounds / generator: see `BaseServerHandler`.
-        scaffold: SCAFFOLD hyper-parameters (`server_lr`).
-        test_set: evaluation data (None disables evaluation).
+        settings: see `ServerSettings`.
+        hparams: SCAFFOLD hyper-parameters (`server_lr`; default `ScaffoldHParams()`).
 
     Example:
-        >>> server = ScaffoldServerHandler(model, num_clients=6, clients_per_round=3,
-        ...                                total_rounds=3, generator=suite.torch)
+        >>> server = ScaffoldServerHandler(model, settings, ScaffoldHParams(server_lr=1.0))
         >>> run_round(server, trainer, 1).summary["test_accuracy"]
         >>> snapshot = server.state_tensors()   # + model weights + server RNG state
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        num_clients: int,
-        clients_per_round: int,
-        total_rounds: int,
-        generator: torch.Generator,
-        scaffold: ScaffoldHParams | None = None,
-        test_set: ImageDataset | None = None,
+        self, model: nn.Module, settings: ServerSettings, hparams: ScaffoldHParams | None = None
     ) -> None:
-        super().__init__(num_clients, clients_per_round, total_rounds, generator)
-        self.scaffold = scaffold if scaffold is not None else ScaffoldHParams()
-        self.model = model
-        self.flat = flatten_module_(model)
-        self.num_params = _num_parameters(model)
+        super().__init__(model, settings, ScaffoldHParams() if hparams is None else hparams)
         self.control = torch.zeros(self.num_params, dtype=torch.float32)
-        self.test_set = test_set
-        self.rng: RNGSuite | None = None  # the suite `generator` belongs to, for snapshots
-        self.train_loss: float | None = None
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
@@ -283,7 +262,6 @@ class ScaffoldServerHandler(BaseServerHandler[ScaffoldUplinkPackage, ScaffoldDow
         self._count = 0
         self._weight = 0
         self._loss_sum = 0.0
-        self._last_cid = -1
 
     # -- state for snapshots ------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -314,15 +292,13 @@ class ScaffoldServerHandler(BaseServerHandler[ScaffoldUplinkPackage, ScaffoldDow
         return ScaffoldDownlinkPackage(self.flat, self.control)
 
     def load(self, payload: ScaffoldUplinkPackage) -> bool:
-        if payload.cid <= self._last_cid:
-            raise ValueError("uplinks must be loaded in ascending client-id order")
+        self.check_order(payload.cid)
         if tuple(payload.model.shape) != tuple(self.flat.shape):
             raise ValueError(
                 f"client {payload.cid} sent a model of shape {tuple(payload.model.shape)}, "
                 f"expected {tuple(self.flat.shape)}"
             )
         _check_control(payload.delta_control, self.num_params, f"client {payload.cid} delta_c")
-        self._last_cid = payload.cid
         self._model_sum.add_(payload.model)
         self._control_sum.add_(payload.delta_control)
         self._count += 1
@@ -337,22 +313,13 @@ class ScaffoldServerHandler(BaseServerHandler[ScaffoldUplinkPackage, ScaffoldDow
         p = self.num_params
         mean = self._model_sum.div_(self._count)
         new = self.flat.double()
-        new[:p].add_(mean[:p] - new[:p], alpha=self.scaffold.server_lr)
+        new[:p].add_(mean[:p] - new[:p], alpha=self.hparams.server_lr)
         new[p:] = mean[p:]
         self.flat.copy_(new)
         self.control = (self.control.double() + self._control_sum / self.num_clients).float()
         self.train_loss = self._loss_sum / max(self._weight, 1)
-        self.round += 1
+        self.end_round()
         self._reset_buffer()
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"round": self.round}
-        if self.train_loss is not None:
-            out["train_loss"] = self.train_loss
-        if self.test_set is not None:
-            metrics = evaluate_model(self.model, self.test_set)
-            out["test_loss"], out["test_accuracy"] = metrics["loss"], metrics["accuracy"]
-        return out
 
 
 class Scaffold(Algorithm):
@@ -362,10 +329,8 @@ class Scaffold(Algorithm):
     name = "scaffold"
     HParams = ScaffoldHParams
 
-    def server(self, exp: Any, generator: torch.Generator) -> ScaffoldServerHandler:
-        return ScaffoldServerHandler(
-            exp.initial_model(), scaffold=exp.spec.hparams, **exp.server_kwargs(generator)
-        )
+    def server(self, ctx: ExperimentContext, settings: ServerSettings) -> ScaffoldServerHandler:
+        return ScaffoldServerHandler(ctx.initial_model(), settings, ctx.hparams)
 
-    def workload(self, exp: Any) -> ScaffoldClientWorkload:
-        return ScaffoldClientWorkload(exp.train, exp.partition, exp.model_spec, exp.spec.train)
+    def workload(self, ctx: ExperimentContext) -> ScaffoldClientWorkload:
+        return ScaffoldClientWorkload(ctx.train, ctx.partition, ctx.model_spec, ctx.train_hparams)

@@ -45,7 +45,7 @@ from blazefl.core.serialization import (
     model_state_dict,
     serialize_model,
 )
-from blazefl.core.server import BaseServerHandler
+from blazefl.core.server import BaseServerHandler, ServerSettings, StatefulServer
 from blazefl.core.shared_memory import (
     SHMHandle,
     process_tensors_in_object,
@@ -80,6 +80,8 @@ __all__ = [
     "ProcessPoolClientTrainer",
     "RoundResult",
     "ServerHandler",
+    "ServerSettings",
+    "StatefulServer",
     "ThreadPoolClientTrainer",
     "UplinkPackage",
     "WorkerCrashedError",

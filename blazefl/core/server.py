@@ -1,15 +1,90 @@
-"""`BaseServerHandler`: the server half of an FL algorithm."""
+"""`BaseServerHandler`: the server half of an FL algorithm, and `ServerSettings`, the one
+object a server is built from."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Generic
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, runtime_checkable
 
 import torch
 
 from blazefl.core.packages import DownlinkT, UplinkT
+from blazefl.reproducibility import RNGSuite
 
-__all__ = ["BaseServerHandler"]
+__all__ = ["BaseServerHandler", "ServerSettings", "StatefulServer"]
+
+
+@runtime_checkable
+class StatefulServer(Protocol):
+    """A server with state that outlives a round (besides its model and generators): the
+    pipeline writes `state_tensors()` to `round-N/state/server.safetensors` after every
+    round and hands it to `load_state_tensors` before the next one, so a round re-executed
+    alone starts from exactly the state it had. A server without these methods has none.
+
+    `ModelServerHandler` subclasses get both by naming tensor attributes in `state`.
+    """
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The state, as named tensors (fixed names, dtypes and shapes for one run)."""
+        ...
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore `state_tensors()` output; raise ValueError on anything else."""
+        ...
+
+
+def _check_counts(num_clients: int, clients_per_round: int, total_rounds: int) -> None:
+    if num_clients <= 0:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    if not 1 <= clients_per_round <= num_clients:
+        raise ValueError(
+            f"clients_per_round must be between 1 and num_clients={num_clients}, "
+            f"got {clients_per_round}"
+        )
+    if total_rounds < 0:
+        raise ValueError(f"total_rounds must be >= 0, got {total_rounds}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every server is built from, whatever its algorithm (hyper-parameters come apart,
+    as the algorithm's one `hparams` object).
+
+    Args:
+        num_clients: total number of clients.
+        clients_per_round: clients sampled each round (1 <= clients_per_round <= num_clients).
+        total_rounds: rounds after which `is_stopped` is True.
+        rng: the server's generator suite; `rng.torch` is the only source of randomness a
+            server may draw from (client sampling included), and the whole suite is
+            snapshotted with every round.
+        test_set: evaluation data (None disables evaluation).
+        eval_device: where `summary` evaluates ("cpu", or the run's first GPU).
+        round: rounds already done when the server is built (0 for a new run).
+
+    Example:
+        >>> settings = ServerSettings(10, 5, 3, create_rng_suite(0, SERVER_STREAM_ID))
+        >>> settings.generator is settings.rng.torch
+        True
+    """
+
+    num_clients: int
+    clients_per_round: int
+    total_rounds: int
+    rng: RNGSuite
+    test_set: Any = None
+    eval_device: str = "cpu"
+    round: int = 0
+
+    def __post_init__(self) -> None:
+        _check_counts(self.num_clients, self.clients_per_round, self.total_rounds)
+        if self.round < 0:
+            raise ValueError(f"round must be >= 0, got {self.round}")
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The server's torch generator (`rng.torch`)."""
+        return self.rng.torch
 
 
 class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
@@ -20,16 +95,18 @@ class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
     sampling is part of the reproducible state.
 
     Args:
-        num_clients: total number of clients.
-        clients_per_round: clients sampled each round (<= num_clients).
-        total_rounds: rounds after which `is_stopped` is True.
-        generator: the server's torch generator (from its `RNGSuite`).
+        settings: the server's `ServerSettings`. The form of earlier versions,
+            ``(num_clients, clients_per_round, total_rounds, generator)``, is still accepted
+            (a server built that way has no `rng` suite of its own: `Experiment.server`
+            gives it the suite its generator came from).
 
     Attributes (a subclass may read them; the pipeline sets `round` when it loads a round):
-        num_clients / clients_per_round / total_rounds: as given.
+        settings: as given (None for the older form).
+        num_clients / clients_per_round / total_rounds: from the settings.
         generator: the only source of randomness a server may draw from (sampling included);
             its state is snapshotted with every round.
-        round: rounds completed so far (0 before the first).
+        rng: the `RNGSuite` that `generator` belongs to (None for the older form).
+        round: rounds completed so far (the settings' `round` at first).
 
     A handler written against the original BlazeFL works unchanged: it sets up its own state
     in ``__init__`` (without calling this one), implements ``sample_clients``,
@@ -44,24 +121,31 @@ class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
 
     def __init__(
         self,
-        num_clients: int,
-        clients_per_round: int,
-        total_rounds: int,
-        generator: torch.Generator,
+        settings: ServerSettings | int,
+        clients_per_round: int | None = None,
+        total_rounds: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
-        if num_clients <= 0:
-            raise ValueError(f"num_clients must be >= 1, got {num_clients}")
-        if not 1 <= clients_per_round <= num_clients:
-            raise ValueError(
-                f"clients_per_round must be between 1 and num_clients={num_clients}, "
-                f"got {clients_per_round}"
+        if isinstance(settings, ServerSettings):
+            self.settings: ServerSettings | None = settings
+            self.num_clients = settings.num_clients
+            self.clients_per_round = settings.clients_per_round
+            self.total_rounds = settings.total_rounds
+            self.generator = settings.generator
+            self.rng: RNGSuite | None = settings.rng
+            self.round = settings.round
+            return
+        # the four-argument form of earlier versions (the plugins of published runs use it)
+        if clients_per_round is None or total_rounds is None or generator is None:
+            raise TypeError(
+                "BaseServerHandler takes ServerSettings (or num_clients, clients_per_round, "
+                "total_rounds, generator)"
             )
-        if total_rounds < 0:
-            raise ValueError(f"total_rounds must be >= 0, got {total_rounds}")
-        self.num_clients = num_clients
-        self.clients_per_round = clients_per_round
-        self.total_rounds = total_rounds
-        self.generator = generator
+        _check_counts(settings, clients_per_round, total_rounds)
+        self.settings = None
+        self.num_clients, self.clients_per_round = settings, clients_per_round
+        self.total_rounds, self.generator = total_rounds, generator
+        self.rng = None
         self.round = 0
 
     def sample_clients(self) -> list[int]:

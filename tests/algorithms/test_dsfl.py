@@ -29,6 +29,7 @@ from blazefl.algorithms.fedavg import ModelSpec
 from blazefl.core.loop import RoundResult, make_trainer, run_round
 from blazefl.core.packages import ClientTask, package_sha256
 from blazefl.core.serialization import flatten_module_, load_model_state_dict, model_state_dict
+from blazefl.core.server import ServerSettings
 from blazefl.core.trainers import BaseClientTrainer
 from blazefl.data import ImageDataset, partition_indices, synthetic_dataset
 from blazefl.reproducibility import SERVER_STREAM_ID, RNGSuite, create_rng_suite
@@ -84,17 +85,10 @@ def build(setup: Setup) -> tuple[DSFLServerHandler, DSFLClientWorkload]:
     model = SPEC.build(create_rng_suite(SEED, SERVER_STREAM_ID + 1).torch)
     init = flatten_module_(model).clone()
     suite = create_rng_suite(SEED, SERVER_STREAM_ID)
-    server = DSFLServerHandler(
-        model,
-        open_set=setup.open_set,
-        num_clients=NUM_CLIENTS,
-        clients_per_round=setup.clients_per_round,
-        total_rounds=setup.rounds,
-        generator=suite.torch,
-        dsfl=setup.dsfl,
-        test_set=setup.test,
+    settings = ServerSettings(
+        NUM_CLIENTS, setup.clients_per_round, setup.rounds, suite, test_set=setup.test
     )
-    server.rng = suite
+    server = DSFLServerHandler(model, settings, setup.dsfl, open_set=setup.open_set)
     workload = DSFLClientWorkload(
         setup.train, setup.open_set, setup.partition, SPEC, setup.hparams, setup.dsfl, init
     )

@@ -11,7 +11,8 @@ from torch import nn
 from blazefl import (
     ExperimentSpec,
     FedAvgServerHandler,
-    FedAvgUplinkPackage,
+    FedAvgUplink,
+    ServerSettings,
     create_rng_suite,
     simulate,
 )
@@ -39,13 +40,8 @@ class _Tiny(nn.Module):
 
 
 def _server(num_clients: int = 4, clients_per_round: int = 3) -> FedAvgServerHandler:
-    return FedAvgServerHandler(
-        _Tiny(),
-        num_clients=num_clients,
-        clients_per_round=clients_per_round,
-        total_rounds=2,
-        generator=create_rng_suite(0, 99).torch,
-    )
+    settings = ServerSettings(num_clients, clients_per_round, 2, create_rng_suite(0, 99))
+    return FedAvgServerHandler(_Tiny(), settings)
 
 
 def test_global_update_is_sample_weighted_average() -> None:
@@ -58,7 +54,7 @@ def test_global_update_is_sample_weighted_average() -> None:
     samples = {0: 3, 2: 1, 3: 4}
     losses = {0: 1.0, 2: 2.0, 3: 0.5}
     complete = [
-        server.load(FedAvgUplinkPackage(cid, models[cid], samples[cid], losses[cid]))
+        server.load(FedAvgUplink(cid, models[cid], samples[cid], losses[cid]))
         for cid in sorted(models)
     ]
     assert complete == [False, False, True]
@@ -77,9 +73,9 @@ def test_global_update_is_sample_weighted_average() -> None:
 
 def test_load_refuses_out_of_order_uplinks() -> None:
     server = _server()
-    server.load(FedAvgUplinkPackage(2, torch.zeros(6), 1, 0.0))
+    server.load(FedAvgUplink(2, torch.zeros(6), 1, 0.0))
     with pytest.raises(ValueError, match="ascending client-id order"):
-        server.load(FedAvgUplinkPackage(1, torch.zeros(6), 1, 0.0))
+        server.load(FedAvgUplink(1, torch.zeros(6), 1, 0.0))
 
 
 def test_global_update_without_uplinks_is_an_error() -> None:

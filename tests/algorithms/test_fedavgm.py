@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from blazefl.algorithms import ALGORITHMS, FedAvgMHParams, FedAvgMServerHandler
-from blazefl.algorithms.fedavg import FedAvgUplinkPackage
+from blazefl.algorithms.fedavg import FedAvgUplink
+from blazefl.core.server import ServerSettings
 from blazefl.experiment import ExperimentSpec, simulate
 from blazefl.hparams import HParamError
 from blazefl.reproducibility import create_rng_suite
@@ -67,19 +68,13 @@ def _server(beta: float = 0.5, lr: float = 2.0) -> FedAvgMServerHandler:
     with torch.no_grad():
         model.fc.weight.copy_(torch.tensor([[1.0, 2.0]]))
         model.fc.bias.fill_(3.0)
-    return FedAvgMServerHandler(
-        model,
-        num_clients=3,
-        clients_per_round=2,
-        total_rounds=3,
-        generator=create_rng_suite(0, 99).torch,
-        fedavgm=FedAvgMHParams(server_lr=lr, server_momentum=beta),
-    )
+    settings = ServerSettings(3, 2, 3, create_rng_suite(0, 99))
+    return FedAvgMServerHandler(model, settings, FedAvgMHParams(server_lr=lr, server_momentum=beta))
 
 
 def _round(server: FedAvgMServerHandler, a: list[float], b: list[float]) -> None:
-    server.load(FedAvgUplinkPackage(0, torch.tensor(a), 1, 0.5))
-    assert server.load(FedAvgUplinkPackage(2, torch.tensor(b), 3, 1.5))
+    server.load(FedAvgUplink(0, torch.tensor(a), 1, 0.5))
+    assert server.load(FedAvgUplink(2, torch.tensor(b), 3, 1.5))
     server.global_update()
 
 

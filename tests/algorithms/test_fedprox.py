@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from blazefl.algorithms import ALGORITHMS, FedProxHParams, GradHook, LocalSGD
-from blazefl.algorithms.fedavg import FedAvgServerHandler
-from blazefl.algorithms.fedprox import FedProxClientWorkload, FedProxWorker
+from blazefl.algorithms.fedavg import FedAvgClientWorkload, FedAvgServerHandler
+from blazefl.algorithms.fedprox import FedProxWorker
 from blazefl.experiment import ExperimentSpec, build_experiment, simulate
 from blazefl.hparams import HParamError
 from tests.algorithms.learning import LEARN_FLAT
@@ -77,7 +77,7 @@ def test_grad_hook_receives_the_flat_gradient_and_parameters() -> None:
     spec = ExperimentSpec.from_flat({**SMALL, "fl.algorithm": "fedprox"})
     exp = build_experiment(spec)
     workload = exp.workload()
-    assert isinstance(workload, FedProxClientWorkload) and workload.fedprox.mu == 0.01
+    assert isinstance(workload, FedAvgClientWorkload) and workload.algorithm_hparams.mu == 0.01
     worker = workload.make_worker()
     assert isinstance(worker, FedProxWorker)
     sgd: LocalSGD = worker.sgd

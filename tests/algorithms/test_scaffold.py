@@ -28,6 +28,7 @@ from blazefl.algorithms.scaffold import (
 from blazefl.core.loop import RoundResult, make_trainer, run_round
 from blazefl.core.packages import ClientTask
 from blazefl.core.serialization import model_state_dict
+from blazefl.core.server import ServerSettings
 from blazefl.data import synthetic_dataset
 from blazefl.experiment import Experiment, ExperimentSpec, build_experiment, simulate
 from blazefl.reproducibility import create_rng_suite
@@ -163,14 +164,8 @@ def test_client_control_appears_on_first_participation_and_is_carried_exactly() 
 
 
 def _tiny_server(model: nn.Module, num_clients: int = 4, server_lr: float = 1.0) -> Any:
-    return ScaffoldServerHandler(
-        model,
-        num_clients=num_clients,
-        clients_per_round=2,
-        total_rounds=2,
-        generator=create_rng_suite(0, 99).torch,
-        scaffold=ScaffoldHParams(server_lr=server_lr),
-    )
+    settings = ServerSettings(num_clients, 2, 2, create_rng_suite(0, 99))
+    return ScaffoldServerHandler(model, settings, ScaffoldHParams(server_lr=server_lr))
 
 
 def test_server_state_round_trips_and_bad_state_is_refused() -> None:

@@ -19,6 +19,7 @@ from blazefl.algorithms.fedavg import (  # noqa: E402
     ModelSpec,
 )
 from blazefl.core.loop import make_trainer, run_round  # noqa: E402
+from blazefl.core.server import ServerSettings  # noqa: E402
 from blazefl.data import (  # noqa: E402
     DIGITS_TEST_FRACTION,
     ImageDataset,
@@ -29,6 +30,7 @@ from blazefl.data import (  # noqa: E402
     random_horizontal_flip,
     synthetic_dataset,
 )
+from blazefl.reproducibility import create_rng_suite  # noqa: E402
 
 # sha256 of images then labels; a change means every digits experiment changes its bytes.
 TRAIN_SHA256 = "b696e7bb35bea56a00ce549160ff7a29da63d71b0578f4f2182f8c598629e7c6"
@@ -220,14 +222,10 @@ def test_fedavg_on_a_dirichlet_split_learns_digits_well_above_chance(
     parts = partition_indices(train.labels.numpy(), num_clients, "dirichlet", seed, alpha=0.5)
     assert len({len(p) for p in parts}) > 1, "the Dirichlet split should be uneven"
     spec = ModelSpec("cnn_small", train.num_classes, 1, 8)
-    server = FedAvgServerHandler(
-        spec.build(torch.Generator().manual_seed(seed)),
-        num_clients=num_clients,
-        clients_per_round=num_clients,
-        total_rounds=rounds,
-        generator=torch.Generator().manual_seed(seed + 1),
-        test_set=test,
+    settings = ServerSettings(
+        num_clients, num_clients, rounds, create_rng_suite(seed + 1), test_set=test
     )
+    server = FedAvgServerHandler(spec.build(torch.Generator().manual_seed(seed)), settings)
     hparams = TrainHParams(local_epochs=2, batch_size=32, lr=0.05, momentum=0.9, augment=True)
     workload = FedAvgClientWorkload(train, ClientPartition.from_lists(parts), spec, hparams)
     accuracies = []
