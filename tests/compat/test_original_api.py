@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from blazefl.core import ProcessPoolClientTrainer, ThreadPoolClientTrainer, serialize_model
+from blazefl.core import ThreadPoolClientTrainer, serialize_model
 from tests.compat import original_fedavg as user
 from tests.compat.original_fedavg import (
     FedAvgDownlinkPackage,
@@ -133,17 +133,3 @@ def test_if_stop_and_is_stopped_answer_for_each_other() -> None:
     assert handler.is_stopped() is handler.if_stop() is False
     handler.round = 2
     assert handler.is_stopped() is handler.if_stop() is True
-
-
-def test_original_process_pool_worker_is_refused_with_a_pointer_to_the_workload_api() -> None:
-    class OriginalProcessTrainer(ProcessPoolClientTrainer[Any, Any]):
-        def __init__(self) -> None:
-            self.num_parallels = 2
-            self.cache: list[Any] = []
-
-        @staticmethod
-        def worker(config: Any, payload: Any, device: str, stop_event: Any) -> Any:
-            return None
-
-    with pytest.raises(ValueError, match="ClientWorkload"):
-        OriginalProcessTrainer().local_process(None, [0])
