@@ -16,12 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
+from torch import nn
+
 from blazefl.core.devices import run_devices
 from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment, build_partition, model_spec_for
+from blazefl.models.inputs import check_model_fits
 from blazefl.stages.config import to_spec
 
-__all__ = ["UserCodeFailedError", "guarded", "preflight"]
+__all__ = ["UserCodeFailedError", "check_model_input", "check_splits", "guarded", "preflight"]
 
 T = TypeVar("T")
 
@@ -59,8 +63,9 @@ def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -
         train / test: the loaded data sets (not yet written).
 
     Raises:
-        ValueError: more clients than private samples, an unavailable device, or user code
-            (model factory, algorithm) that raises; one line each.
+        ValueError: more clients than private samples, an unavailable device, a model that
+            does not take the dataset's samples, or user code (model factory, algorithm)
+            that raises; one line each.
     """
     spec = to_spec(config)
     run_devices(spec.runtime.device)  # DeviceUnavailableError: one line
@@ -69,6 +74,59 @@ def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -
     model = config["model.name"]
     algorithm = config["fl.algorithm"]
     exp = Experiment(spec, train, test, partition, model_spec)
-    guarded("model.name", model, exp.initial_model)
+    check_model_input(config, train, guarded("model.name", model, exp.initial_model))
     guarded("fl.algorithm", algorithm, exp.server)
     guarded("fl.algorithm", algorithm, exp.workload)
+
+
+def check_splits(name: str, train: ImageDataset, test: ImageDataset) -> None:
+    """Refuse a loader whose training and test sets hold different kinds of samples (one
+    line), which would otherwise fail at the first evaluation.
+
+    Args:
+        name: the `data.dataset` value, for the message.
+        train / test: what the loader returned.
+
+    Raises:
+        ValueError: type, sample shape, dtype or class count differ.
+
+    Example:
+        >>> check_splits("mydata:load", *build_data(spec))
+    """
+    if (type(train), train.shape, train.images.dtype, train.num_classes) != (
+        type(test),
+        test.shape,
+        test.images.dtype,
+        test.num_classes,
+    ):
+        raise ValueError(
+            f"data.dataset {name!r}: the training set holds {train.describe()} "
+            f"({train.num_classes} classes) but the test set {test.describe()} "
+            f"({test.num_classes} classes): return the same kind of samples for both splits"
+        )
+
+
+def check_model_input(
+    config: dict[str, Any], train: ImageDataset, model: nn.Module | None = None
+) -> None:
+    """Check, with one sample on the CPU, that the config's model takes the training set's
+    samples and returns `num_classes` logits (`blazefl.models.inputs.check_model_fits`):
+    a mismatch is one line here instead of an error inside the first client.
+
+    Args:
+        config: validated flat config.
+        train: the training set.
+        model: the model to check (default: one built from the config with a throwaway
+            generator; nothing the run records is drawn).
+
+    Raises:
+        ValueError: the model does not fit the data (or its factory raises): one line.
+
+    Example:
+        >>> check_model_input(config, train)  # raises ValueError, or returns None
+    """
+    name = config["model.name"]
+    if model is None:
+        spec = model_spec_for(to_spec(config), train)
+        model = guarded("model.name", name, lambda: spec.build(torch.Generator()))
+    check_model_fits(model, train, name, config["data.dataset"])

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from blazefl.data import ImageDataset
+from blazefl.data import FeatureDataset, ImageDataset
 from blazefl.experiment import build_data
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
 from blazefl.stages.config import to_spec
 from blazefl.stages.data_files import data_file_hashes
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
-from blazefl.stages.preflight import guarded
+from blazefl.stages.preflight import check_model_input, check_splits, guarded
 from blazefl.stages.user_code import config_code
 
 DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
@@ -35,7 +35,8 @@ def store_record(root: Path) -> dict[str, Any]:
 
 
 def prepare(config: dict[str, Any], run: RunDir) -> Path:
-    """Write the train and test sets of the config into `RUN/dataset` (zarr, uint8).
+    """Write the train and test sets of the config into `RUN/dataset` (zarr: uint8 images,
+    or a `FeatureDataset`'s float32 / int64 samples).
 
     Args:
         config: validated flat config.
@@ -43,6 +44,8 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
 
     Returns:
         The dataset directory.
+    # a model that cannot take these samples fails here, not in the first round's clients
+    check_model_input(config, data[0])
     """
     data = build_datasets(config)
     write_dataset_store(config, run, *data, data_files=data_file_hashes(config["data.root"]))
@@ -52,7 +55,9 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
 def build_datasets(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     """The train and test sets the config names (generated or read from data.root)."""
     spec = to_spec(config)
-    return guarded("data.dataset", config["data.dataset"], lambda: build_data(spec))
+    train, test = guarded("data.dataset", config["data.dataset"], lambda: build_data(spec))
+    check_splits(config["data.dataset"], train, test)
+    return train, test
 
 
 def write_dataset_store(
@@ -71,6 +76,9 @@ def write_dataset_store(
         data_files: the hashes of the files under data.root the sets were loaded from
             (`data_file_hashes`, taken right after loading).
     """
+    # images keep the layout of every earlier version (`{split}_images`, no "kind"), byte for
+    # byte; other samples are `{split}_features` with their kind, dtype and shape in attrs
+    kind = "features" if isinstance(train, FeatureDataset) else "images"
     import zarr
 
     with atomic_dir(run.dataset, run.root) as tmp:
@@ -79,17 +87,27 @@ def write_dataset_store(
             images = ds.images.numpy()
             chunk = (max(1, min(len(images), 4096)), *images.shape[1:])
             # uncompressed: image noise does not compress, and reads stay a plain copy
-            group.create_array(f"{split}_images", data=images, chunks=chunk, compressors=None)
+            group.create_array(f"{split}_{kind}", data=images, chunks=chunk, compressors=None)
             group.create_array(f"{split}_labels", data=ds.labels.numpy().astype(np.int64))
-        group.attrs.update(
-            {
-                "crop_padding": train.crop_padding,
-                "hflip": train.hflip,
-                "mean": list(train.mean),
-                "num_classes": train.num_classes,
-                "std": list(train.std),
-            }
-        )
+        if kind == "features":
+            group.attrs.update(
+                {
+                    "dtype": str(train.images.dtype).removeprefix("torch."),
+                    "kind": kind,
+                    "num_classes": train.num_classes,
+                    "sample_shape": list(train.shape),
+                }
+            )
+        else:
+            group.attrs.update(
+                {
+                    "crop_padding": train.crop_padding,
+                    "hflip": train.hflip,
+                    "mean": list(train.mean),
+                    "num_classes": train.num_classes,
+                    "std": list(train.std),
+                }
+            )
         manifest = {
             "config": {k: config[k] for k in DATA_KEYS},
             "data_files": data_files,

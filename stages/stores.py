@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from blazefl.algorithms.common import ClientPartition
-from blazefl.data import ImageDataset
+from blazefl.data import FEATURE_DTYPES, FeatureDataset, ImageDataset
 from blazefl.data.partitioners import wants_features
 from blazefl.experiment import Experiment, model_spec_for
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
@@ -23,6 +23,8 @@ from blazefl.stages.tensor_checks import check_partition_arrays, check_zarr_arra
 
 #: Most elements a stored image array may declare (16 Gi): a bound before anything else.
 MAX_STORED_ELEMENTS = 1 << 34
+#: zarr dtype -> bytes per element of the sample arrays a store may hold.
+_ITEMSIZE = {"uint8": 1, **{str(d).removeprefix("torch."): d.itemsize for d in FEATURE_DTYPES}}
 
 
 def _open_group(path: Any, what: str) -> Any:
@@ -67,13 +69,37 @@ def _stored_bytes(folder: Path) -> int:
     return total
 
 
-def _read_images(group: Any, name: str, where: Path) -> np.ndarray:
-    """Images are stored uncompressed, so a declared shape must be backed by as many bytes on
-    disk: a zarr.json declaring a huge shape is refused before zarr allocates it."""
+def _samples_layout(attrs: dict[str, Any], where: Path) -> tuple[str, str, int]:
+    """(array suffix, zarr dtype, rank) of the store's samples: uint8 `[N, C, H, W]` images
+    (every store without a "kind", i.e. all stores of earlier versions) or a
+    `FeatureDataset`'s samples, as its attrs record them."""
+    kind = attrs.get("kind", "images")
+    if kind == "images":
+        return "images", "uint8", 4
+    shape, dtype = attrs.get("sample_shape"), attrs.get("dtype")
+    if (
+        kind != "features"
+        or dtype not in _ITEMSIZE
+        or dtype == "uint8"
+        or not isinstance(shape, list)
+        or not 1 <= len(shape) <= 16
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ArtifactError(
+            f"{where} records samples of kind {str(kind)[:20]!r}, dtype {str(dtype)[:20]!r}, "
+            f"shape {str(shape)[:40]}: not a layout this version reads; rebuild it "
+            "(blazefl stage prepare)"
+        )
+    return "features", dtype, len(shape) + 1
+
+
+def _read_samples(group: Any, name: str, where: Path, dtype: str, ndim: int) -> np.ndarray:
+    """Samples are stored uncompressed, so a declared shape must be backed by as many bytes
+    on disk: a zarr.json declaring a huge shape is refused before zarr allocates it."""
     meta = check_zarr_array_meta(
-        where / name / "zarr.json", MAX_STORED_ELEMENTS, dtype="uint8", ndim=4
+        where / name / "zarr.json", MAX_STORED_ELEMENTS, dtype=dtype, ndim=ndim
     )
-    declared, on_disk = math.prod(meta.shape), _stored_bytes(where / name)
+    declared, on_disk = math.prod(meta.shape) * _ITEMSIZE[dtype], _stored_bytes(where / name)
     if declared > on_disk:
         raise ArtifactError(
             f"{where}/{name} declares shape {list(meta.shape)} ({declared} bytes) but its files "
@@ -83,33 +109,52 @@ def _read_images(group: Any, name: str, where: Path) -> np.ndarray:
 
 
 def load_labels(run: RunDir) -> np.ndarray:
-    """Training labels from the dataset store (as many as the stored training images)."""
+    """Training labels from the dataset store (as many as the stored training samples)."""
     group = _open_group(run.dataset, "prepare")
-    rows = _image_rows(run.dataset, "train")
+    rows = _sample_rows(run.dataset, "train", dict(group.attrs))
     return _read_array(group, "train_labels", run.dataset, rows, "int64", 1)
 
 
-def _image_rows(where: Path, split: str) -> int:
+def _sample_rows(where: Path, split: str, attrs: dict[str, Any]) -> int:
+    suffix, dtype, ndim = _samples_layout(attrs, where)
     meta = check_zarr_array_meta(
-        where / f"{split}_images" / "zarr.json", MAX_STORED_ELEMENTS, dtype="uint8", ndim=4
+        where / f"{split}_{suffix}" / "zarr.json", MAX_STORED_ELEMENTS, dtype=dtype, ndim=ndim
     )
     return meta.shape[0]
 
 
 def load_dataset_store(run: RunDir) -> tuple[ImageDataset, ImageDataset]:
-    """Train and test sets from `RUN/dataset`, metadata checked before any array is read."""
+    """Train and test sets from `RUN/dataset`, metadata checked before any array is read:
+    `ImageDataset`s (uint8 images, the layout of every version) or `FeatureDataset`s (float32
+    / int64 samples of the shape and dtype the store's attrs record)."""
     group = _open_group(run.dataset, "prepare")
     attrs = dict(group.attrs)
-    out = []
+    suffix, dtype, ndim = _samples_layout(attrs, run.dataset)
+    out: list[ImageDataset] = []
     for split in ("train", "test"):
-        images = _read_images(group, f"{split}_images", run.dataset)
+        images = _read_samples(group, f"{split}_{suffix}", run.dataset, dtype, ndim)
         labels = _read_array(group, f"{split}_labels", run.dataset, len(images), "int64", 1)
         if len(images) != len(labels):
             raise ArtifactError(
-                f"{run.dataset}: {split} holds {len(images)} images but {len(labels)} labels: "
+                f"{run.dataset}: {split} holds {len(images)} samples but {len(labels)} labels: "
                 "the store is tampered; rebuild it (blazefl stage prepare)"
             )
+        if suffix == "features" and list(images.shape[1:]) != attrs["sample_shape"]:
+            raise ArtifactError(
+                f"{run.dataset}: {split} samples have shape {list(images.shape[1:])}, the store "
+                f"records {attrs['sample_shape']}: the store is tampered; rebuild it "
+                "(blazefl stage prepare)"
+            )
         try:
+            if suffix == "features":
+                out.append(
+                    FeatureDataset(
+                        torch.from_numpy(images),
+                        torch.from_numpy(labels),
+                        num_classes=_plain_int(attrs["num_classes"]),
+                    )
+                )
+                continue
             out.append(
                 ImageDataset(
                     images=torch.from_numpy(images),
@@ -127,6 +172,12 @@ def load_dataset_store(run: RunDir) -> tuple[ImageDataset, ImageDataset]:
                 "(blazefl stage prepare)"
             ) from None
     return out[0], out[1]
+
+
+def _plain_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"num_classes {str(value)[:20]!r} is not an int")
+    return value
 
 
 def load_partition(run: RunDir, num_clients: int, num_samples: int) -> ClientPartition:
@@ -170,8 +221,8 @@ def build_from_stores(
 
 
 def partition_features(config: dict[str, Any], run: RunDir) -> np.ndarray | None:
-    """The stored training images, for a user partitioner that declares `features`; else None
-    (nothing is read)."""
+    """The stored training samples (images, or a `FeatureDataset`'s features), for a user
+    partitioner that declares `features`; else None (nothing is read)."""
     if not wants_features(config["data.partition"]):
         return None
     return load_dataset_store(run)[0].images.numpy()

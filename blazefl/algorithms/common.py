@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -95,8 +94,9 @@ class TrainHParams:
 
 
 def dataset_on(data: ImageDataset, device: torch.device | str) -> ImageDataset:
-    """`data` with images, labels and normalisation constants on `device` (`data` itself on
-    the CPU). Same values, so `normalize` gives the same bits of the same ops.
+    """`data` with samples, labels and (images) normalisation constants on `device` (`data`
+    itself on the CPU). Same values, so `normalize` gives the same bits of the same ops.
+    Works for an `ImageDataset` and a `FeatureDataset` alike (`data.to(device)`).
 
     Example:
         >>> dataset_on(ds, "cpu") is ds
@@ -105,10 +105,7 @@ def dataset_on(data: ImageDataset, device: torch.device | str) -> ImageDataset:
     device = torch.device(device)
     if device.type == "cpu":
         return data
-    moved = dataclasses.replace(data, images=data.images.to(device), labels=data.labels.to(device))
-    for name in ("_scale", "_shift"):  # computed on the CPU by __post_init__
-        object.__setattr__(moved, name, getattr(data, name).to(device))
-    return moved
+    return data.to(device)
 
 
 class LocalSGD:
@@ -127,7 +124,9 @@ class LocalSGD:
         model: the worker's model.
         flat: its float state, flattened by the caller with `flatten_module_` (on the
             worker's device).
-        data: the training set (uint8 images in memory).
+        data: the training set in memory: uint8 images (augmented if `hp.augment`, then
+            normalised to float32) or a `FeatureDataset` (float32 or int64 samples, fed to
+            the model as they are).
         hp: hyper-parameters.
     """
 
@@ -140,8 +139,12 @@ class LocalSGD:
         self.hp = hp
         self.optimizer = FlatSGD(model, flat, hp.lr, hp.momentum, hp.weight_decay)
         shape = (hp.batch_size, *data.images.shape[1:])
-        self._u8 = torch.empty(shape, dtype=torch.uint8, device=self.device)
-        self._x = torch.empty(shape, dtype=torch.float32, device=self.device)
+        # the stored samples of a batch; a second buffer only where normalize converts them
+        # (uint8 images -> float32); other samples go to the model as gathered
+        self._raw = torch.empty(shape, dtype=data.images.dtype, device=self.device)
+        self._x: torch.Tensor | None = None
+        if data.images.dtype != data.input_dtype:
+            self._x = torch.empty(shape, dtype=data.input_dtype, device=self.device)
 
     def run(
         self,
@@ -194,10 +197,10 @@ class LocalSGD:
                 raise_if_cancelled()  # a stopped round ends here, not after all epochs
                 batch = order[start : start + self.hp.batch_size]
                 b = int(batch.numel())
-                u8 = torch.index_select(self.data.images, 0, batch, out=self._u8[:b])
-                if self.hp.augment:
-                    u8 = self.data.augment(u8, generator)
-                x = self.data.normalize(u8, out=self._x[:b])
+                raw = torch.index_select(self.data.images, 0, batch, out=self._raw[:b])
+                if self.hp.augment:  # a FeatureDataset's augment draws nothing
+                    raw = self.data.augment(raw, generator)
+                x = self.data.normalize(raw, out=None if self._x is None else self._x[:b])
                 y = self.data.labels[batch]
                 loss = F.cross_entropy(self.model(x), y)
                 self.optimizer.zero_grad()

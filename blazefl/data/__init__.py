@@ -12,6 +12,7 @@ from blazefl.data.digits import (
     MissingDependencyError,
     load_digits_dataset,
 )
+from blazefl.data.features import FEATURE_DTYPES, FeatureDataset
 from blazefl.data.partitioners import (
     PARTITIONERS,
     dirichlet_partition,
@@ -36,6 +37,8 @@ __all__ = [
     "PARTITIONERS",
     "DatasetLoader",
     "DatasetNotFoundError",
+    "FEATURE_DTYPES",
+    "FeatureDataset",
     "FilteredDataset",
     "GeneratorDropout",
     "GeneratorRandomCrop",

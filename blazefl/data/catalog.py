@@ -13,8 +13,10 @@ from blazefl.registry import Registry, function_accepting
 __all__ = ["DATASETS", "DatasetLoader", "load_dataset"]
 
 DatasetLoader = Callable[..., ImageDataset]
-"""`loader(*, root, size, seed, train) -> ImageDataset`: `size` and `seed` matter to generated
-datasets, `root` to datasets read from files; a loader ignores what it does not use."""
+"""`loader(*, root, size, seed, train) -> ImageDataset | FeatureDataset`: `size` and `seed`
+matter to generated datasets, `root` to datasets read from files; a loader ignores what it
+does not use. uint8 images are an `ImageDataset`; float32 vectors (tabular) and int64 token
+sequences a `FeatureDataset` (its subclass)."""
 
 DATASETS: Registry[DatasetLoader] = Registry(
     "dataset", adapt=function_accepting("root", "size", "seed", "train")
@@ -44,7 +46,7 @@ def load_dataset(
         train: train split (True) or test split (False).
 
     Returns:
-        The ``ImageDataset``.
+        The ``ImageDataset`` (or ``FeatureDataset``, its subclass, from a user's loader).
 
     Example:
         >>> load_dataset("synthetic", size=500, seed=1, train=False).shape
@@ -56,7 +58,8 @@ def load_dataset(
     data = loader(root=root, size=size, seed=seed, train=train)
     if not isinstance(data, ImageDataset):
         raise ValueError(
-            f"dataset loader {name!r} returned {type(data).__name__}, not ImageDataset"
+            f"dataset loader {name!r} returned {type(data).__name__}: return an ImageDataset "
+            "(uint8 images) or a FeatureDataset (float32 vectors, int64 token ids)"
         )
     return data
 

@@ -7,6 +7,7 @@ are what gets hashed, partitioned and shipped to workers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,10 +114,41 @@ class ImageDataset:
         return self.normalize(self.images[index]), int(self.labels[index])
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """Per-image shape ``(C, H, W)``."""
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample shape: ``(C, H, W)`` for images."""
         _, c, h, w = self.images.shape
         return int(c), int(h), int(w)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The stored samples (``images``), by the name non-image datasets use."""
+        return self.images
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """What the model receives: float32 (``normalize``'s output)."""
+        return torch.float32
+
+    def describe(self) -> str:
+        """``"images (3, 32, 32) uint8"``: how messages name this dataset's samples."""
+        return f"images {self.shape} uint8"
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """The same images, labels and normalisation constants on ``device`` (``self`` when
+        already there): ``normalize`` then gives the same bits of the same ops there.
+
+        Example:
+            >>> ds.to("cpu") is ds
+            True
+        """
+        if self.images.device == torch.device(device):
+            return self
+        moved = dataclasses.replace(
+            self, images=self.images.to(device), labels=self.labels.to(device)
+        )
+        for name in ("_scale", "_shift"):  # computed on the CPU by __post_init__
+            object.__setattr__(moved, name, getattr(self, name).to(device))
+        return moved
 
     def augment(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Apply this dataset's training augmentation to a ``[B, C, H, W]`` batch.
