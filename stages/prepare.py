@@ -44,10 +44,10 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
 
     Returns:
         The dataset directory.
-    # a model that cannot take these samples fails here, not in the first round's clients
-    check_model_input(config, data[0])
     """
     data = build_datasets(config)
+    # a model that cannot take these samples fails here, not in the first round's clients
+    check_model_input(config, data[0])
     write_dataset_store(config, run, *data, data_files=data_file_hashes(config["data.root"]))
     return run.dataset
 
@@ -76,11 +76,11 @@ def write_dataset_store(
         data_files: the hashes of the files under data.root the sets were loaded from
             (`data_file_hashes`, taken right after loading).
     """
+    import zarr
+
     # images keep the layout of every earlier version (`{split}_images`, no "kind"), byte for
     # byte; other samples are `{split}_features` with their kind, dtype and shape in attrs
     kind = "features" if isinstance(train, FeatureDataset) else "images"
-    import zarr
-
     with atomic_dir(run.dataset, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         for split, ds in (("train", train), ("test", test)):
