@@ -76,6 +76,7 @@ class FieldSpec:
     choices: Callable[[], Iterable[str]] | None
     affects_bytes: bool
     doc: str
+    high_open: bool = False
 
     def check(self, value: Any, key: str) -> Any:
         """Validate (and normalise int -> float) one value; `key` names it in messages."""
@@ -98,8 +99,10 @@ class FieldSpec:
                 raise HParamError(
                     f"{key} must be {'>' if self.low_open else '>='} {low}, got {value}"
                 )
-            if value > high:
-                raise HParamError(f"{key} must be <= {high}, got {value}")
+            if value >= high if self.high_open else value > high:
+                raise HParamError(
+                    f"{key} must be {'<' if self.high_open else '<='} {high}, got {value}"
+                )
         if self.choices is not None:
             allowed = self.choices()
             valid = getattr(allowed, "valid", None)
@@ -122,6 +125,7 @@ def param(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
     choices: Callable[[], Iterable[str]] | None = None,
     affects_bytes: bool = True,
     doc: str = "",
@@ -130,7 +134,8 @@ def param(
 
     Args:
         default: the default value (the default experiment's).
-        low / high: inclusive bounds (`low_open=True` makes `low` exclusive). Integers are
+        low / high: inclusive bounds (`low_open=True` makes `low` exclusive, `high_open=True`
+            makes `high` exclusive: `high=1.0, high_open=True` is "below 1"). Integers are
             bounded by `INT_MAX` unless `high` says less.
         choices: a callable returning the allowed names (a `Registry` accepts import paths
             too); called at validation time, so registries filled later count.
@@ -145,6 +150,7 @@ def param(
         "low": low,
         "high": high,
         "low_open": low_open,
+        "high_open": high_open,
         "choices": choices,
         "affects_bytes": affects_bytes,
         "doc": doc,

@@ -172,6 +172,9 @@ class ExperimentSpec:
                 f"hparams of {algo.name} must be a {algo.HParams.__name__}, got "
                 f"{type(self.hparams).__name__}"
             )
+        # an algorithm's section is checked against its declared bounds here, so a plugin's
+        # HParams need not call validate() itself (it may, for direct construction)
+        validate(self.hparams, prefix=f"{algo.name}.")
         k, n = self.fl.clients_per_round, self.data.clients
         if k is not None and k > n:
             raise HParamError(
