@@ -40,6 +40,8 @@ __all__ = [
 IMAGE_KEYWORDS = ("num_classes", "in_channels", "image_size", "dropout")
 #: The keywords of a factory for samples of any shape (input_dtype is optional on top).
 SHAPE_KEYWORDS = ("num_classes", "input_shape", "dropout")
+#: Passed only to a factory that names them.
+_SHAPE_EXTRA = ("input_shape", "input_dtype")
 
 
 def _parameters(factory: Callable[..., Any]) -> tuple[set[str], bool]:
@@ -69,13 +71,14 @@ def factory_kwargs(factory: Callable[..., Any], **values: Any) -> dict[str, Any]
     """
     named, var_kw = _parameters(factory)
     out = {k: values[k] for k in IMAGE_KEYWORDS if k in named or var_kw}
-    out.update({k: values[k] for k in ("input_shape", "input_dtype") if k in named})
+    out.update({k: values[k] for k in _SHAPE_EXTRA if k in named})
     return out
 
 
 def model_factory_hook(obj: Any, path: str) -> Any:
     """The `MODELS` registry's import check: a plain function or an `nn.Module` subclass that
-    accepts the image keywords or the shape keywords; anything else is one line.
+    accepts the image keywords or the shape keywords (`input_dtype` too, if it names it: what
+    `factory_kwargs` passes must bind); anything else is one line.
 
     Example:
         >>> MODELS = Registry("model", adapt=model_factory_hook)
@@ -92,11 +95,14 @@ def model_factory_hook(obj: Any, path: str) -> Any:
             f"{path!r} resolves to {describe_kind(obj)}; name a plain Python function (def) "
             f"or a subclass of torch.nn.Module accepting {image} (keyword arguments)"
         )
-    for keywords in (IMAGE_KEYWORDS, SHAPE_KEYWORDS):
-        try:
-            inspect.signature(obj).bind(**dict.fromkeys(keywords))
-        except (TypeError, ValueError):
-            continue
+    try:  # the call build_model makes: every keyword it would pass must bind
+        kwargs = factory_kwargs(obj, **dict.fromkeys((*IMAGE_KEYWORDS, *_SHAPE_EXTRA)))
+        inspect.signature(obj).bind(**kwargs)
+    except (TypeError, ValueError):
+        kwargs = {}
+    if {"num_classes", "dropout"} <= kwargs.keys() and (
+        {"in_channels", "image_size"} <= kwargs.keys() or "input_shape" in kwargs
+    ):
         return obj
     raise RegistryError(
         f"{path!r} ({describe_kind(obj)}) must accept {image} (keyword arguments), or "
@@ -151,8 +157,8 @@ def check_model_fits(model: nn.Module, data: Any, model_name: str, dataset_name:
         hint = f"largest token id {int(data.images.max())}; " if tokens else ""
         raise ValueError(
             f"{where}: input {_shapes(x)} ({data.describe()}; {hint}"
-            f"{type(exc).__name__}: {text}): build the model for input_shape {data.shape} "
-            "(declare input_shape= in its factory) or fix the loader"
+            f"{type(exc).__name__}: {text}): make the model take input_shape {data.shape} "
+            "(a factory gets it by declaring input_shape=) or fix the loader"
         ) from None
     finally:
         model.train(was_training)
