@@ -8,8 +8,8 @@ timestamps), gzip with mtime 0 and no file name. The same run always gives the s
 What goes in: the stores (`dataset/`, `partitions/`), every round 0..T, the per-round
 metrics, `summary.json` and `plots/metrics.json`. What stays out: `timings/` (wall times
 vary), the PNG plot (made again by `blazefl stage report`), the run lock, DVC's .gitignore and
-leftovers of interrupted writes. Symlinks in the run are refused, except DVC cache links (see
-`pipeline.run_check`).
+leftovers of interrupted writes. The run is checked by `pipeline.run_check`, the one check
+`verify` runs too (its symlink rule included: DVC cache links are read, other links refused).
 
 `unpack_run` treats the archive as hostile. Every member is checked before its bytes are
 read: a plain relative path under `run/` in the run layout (no absolute path, no `..`), a
@@ -56,7 +56,14 @@ from blazefl.pipeline.archive_limits import (
     remove_stale_unpack_dirs,
     unpack_prefix,
 )
-from blazefl.pipeline.run_check import ArchiveError, RunContents, check_run, in_layout
+from blazefl.pipeline.run_check import (
+    ArchiveError,
+    RunCheckError,
+    RunContents,
+    check_run,
+    differs,
+    in_layout,
+)
 from blazefl.stages.untrusted import is_safe_relpath
 
 __all__ = [
@@ -197,9 +204,7 @@ def _write_member(
                 kept.append(block)
             left -= len(block)
         if sha256 is not None and digest.hexdigest() != sha256:
-            raise ArchiveError(
-                f"{rel} does not match its hash in {rel.split('/', 1)[0]}/manifest.json"
-            )
+            raise ArchiveError(differs(rel))  # the words verify and pack use for it
         os.fchmod(f.fileno(), 0o444)  # committed files are read-only, as `blazefl run` makes them
         f.flush()
         os.fsync(f.fileno())
@@ -332,7 +337,7 @@ def _unpack_into(
             extra = sorted(written - set(contents.files))
             if extra:
                 raise ArchiveError(f"member {extra[0]!r} is not covered by the run's manifests")
-        except ArchiveError as exc:
+        except RunCheckError as exc:  # ArchiveError too
             raise ArchiveError(
                 f"archive {archive}: {str(exc).replace(str(tmp), str(dest))}: {_FIX}; "
                 "nothing was unpacked"

@@ -44,7 +44,7 @@ def _user_errors(fn: F) -> F:
             click.echo(f"error: cannot access{where}: {exc.strerror or exc}", err=True)
             sys.exit(2)
         except RuntimeError as exc:
-            from blazefl.pipeline.commands import is_client_failure
+            from blazefl.pipeline.commands import is_client_failure  # lazy: --help skips torch
 
             if is_client_failure(exc):
                 click.echo(f"error: {str(exc).splitlines()[0]}", err=True)
@@ -149,7 +149,7 @@ def run(
     quiet: bool,
 ) -> None:
     """Run init and every round in one process; resume after the last complete round."""
-    from blazefl.pipeline import commands
+    from blazefl.pipeline import commands  # lazy: --help skips torch
 
     cfg = commands.load(config or config_path, sets)
     how = commands.execution(cfg, mode, workers, ipc)
@@ -182,7 +182,7 @@ def stage(
     ipc: str | None,
 ) -> None:
     """Run one stage, as dvc.yaml calls it."""
-    from blazefl.pipeline import commands
+    from blazefl.pipeline import commands  # lazy: --help skips torch
 
     if name in ("round", "evaluate") and round_ is None:
         raise click.UsageError(f"stage {name} needs --round N")
@@ -205,8 +205,8 @@ def dvc(
     config: str | None, config_path: str, out: str, sets: tuple[str, ...], dvc_file: str
 ) -> None:
     """Write dvc.yaml (one stage per round) and params.yaml for the config."""
-    from blazefl.pipeline import commands
-    from blazefl.pipeline.dvcgen import path_note, write_dvc
+    from blazefl.pipeline import commands  # lazy: --help skips torch
+    from blazefl.pipeline.dvcgen import path_note, write_dvc  # lazy: --help skips torch
 
     path = config or config_path
     cfg = commands.load(path, sets)
@@ -245,7 +245,7 @@ def verify(
     code_from: str,
 ) -> None:
     """Re-execute rounds from their recorded inputs and compare with the manifests."""
-    from blazefl.pipeline.verify import verify_run
+    from blazefl.pipeline.verify import verify_run  # lazy: --help skips torch
 
     ok = verify_run(Path(run_dir), rounds, mode, workers, ipc, click.echo, trust_code, code_from)
     sys.exit(0 if ok else 1)
@@ -257,7 +257,7 @@ def verify(
 @_user_errors
 def diff(run_a: str, run_b: str) -> None:
     """First differing round of two runs: files, tensors, clients."""
-    from blazefl.pipeline.compare import diff_runs
+    from blazefl.pipeline.compare import diff_runs  # lazy: --help skips torch
 
     same = diff_runs(Path(run_a), Path(run_b), echo=click.echo)
     sys.exit(0 if same else 1)
@@ -269,7 +269,7 @@ def diff(run_a: str, run_b: str) -> None:
 @_user_errors
 def pack(run_dir: str, archive: str) -> None:
     """Write one archive of a run (.tar, .tar.gz or .tgz; same run, same bytes)."""
-    from blazefl.pipeline import commands
+    from blazefl.pipeline import commands  # lazy: --help skips torch
 
     got = commands.pack_command(run_dir, archive)
     click.echo(f"packed rounds 0-{got.last_round} of {run_dir} into {archive}", err=True)
@@ -282,7 +282,7 @@ def pack(run_dir: str, archive: str) -> None:
 @_user_errors
 def unpack(archive: str, run_dir: str) -> None:
     """Check an archive of a run file by file, then unpack it into a new folder."""
-    from blazefl.pipeline import commands
+    from blazefl.pipeline import commands  # lazy: --help skips torch
 
     got = commands.unpack_command(archive, run_dir)
     click.echo(
@@ -298,7 +298,7 @@ def unpack(archive: str, run_dir: str) -> None:
 @_user_errors
 def show(run_dir: str) -> None:
     """Rounds, hashes and metrics of a run at a glance."""
-    from blazefl.pipeline.compare import show_run
+    from blazefl.pipeline.compare import show_run  # lazy: --help skips torch
 
     show_run(Path(run_dir), echo=click.echo)
 
@@ -313,7 +313,7 @@ def show(run_dir: str) -> None:
 @_user_errors
 def schema(algorithm: str) -> None:
     """Every config key: default, allowed values, whether it changes result bytes."""
-    from blazefl.pipeline import commands
+    from blazefl.pipeline import commands  # lazy: --help skips torch
 
     click.echo(commands.schema_table(algorithm), nl=False)
 

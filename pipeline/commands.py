@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from blazefl.core import ClientTrainingError, WorkerCrashedError
 from blazefl.core.loop import ExecutionSettings
+from blazefl.pipeline.archive import pack_run, unpack_run
 from blazefl.pipeline.runner import run_experiment
 from blazefl.stages import evaluate, init, partition, prepare, report, round_stage
 from blazefl.stages.artifacts import ArtifactError, RunDir
@@ -125,18 +127,10 @@ def is_client_failure(exc: BaseException) -> bool:
 def pack_command(run_dir: str, archive: str) -> Any:
     """`blazefl pack RUN ARCHIVE`: check the run against its manifests and write one archive
     of it (same run, same bytes). Returns the `RunContents` (its `digest` is quoted)."""
-    from pathlib import Path
-
-    from blazefl.pipeline.archive import pack_run
-
     return pack_run(Path(run_dir), Path(archive))
 
 
 def unpack_command(archive: str, dest: str) -> Any:
     """`blazefl unpack ARCHIVE DIR`: unpack into a new or empty DIR after checking every
     member and every file against the manifests. Returns the `RunContents`."""
-    from pathlib import Path
-
-    from blazefl.pipeline.archive import unpack_run
-
     return unpack_run(Path(archive), Path(dest))

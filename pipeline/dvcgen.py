@@ -53,10 +53,15 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from blazefl.stages.config import byte_keys, dump_yaml
-from blazefl.stages.partition import partition_keys
-from blazefl.stages.prepare import DATA_KEYS
-from blazefl.stages.user_code import CODE_KEYS, config_code
+from blazefl.stages.config import (
+    CODE_KEYS,
+    DATA_KEYS,
+    byte_keys,
+    dump_yaml,
+    partition_keys,
+    to_spec,
+)
+from blazefl.stages.user_code import config_code
 
 __all__ = ["stage_name", "stage_code", "dvc_yaml", "write_dvc", "path_note"]
 
@@ -180,7 +185,7 @@ def dvc_yaml(
         "partition": {
             "cmd": cmd("partition"),
             "deps": [p("dataset"), *code_deps("partition")],
-            "params": _params(partition_keys(config), params),
+            "params": _params(partition_keys(to_spec(config)), params),
             "outs": [p("partitions")],
         },
         stage_name(0, rounds): {

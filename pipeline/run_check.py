@@ -1,25 +1,27 @@
-"""Checking a run directory against its manifests, without re-executing anything.
+"""The one check of a run directory against its manifests, shared by `verify`, `pack` and
+`unpack` (nothing is re-executed here).
 
-`check_run` is what `blazefl pack` runs before writing an archive and `blazefl unpack` runs on
-the unpacked files before they are renamed into place: every store file against its
-manifest's `files`, every round file against its `outputs`, every `inputs` hash, the
-parent-hash chain 0..T, one config hash for all rounds, and the metrics, summary and plot
-data against the manifests. (`blazefl verify` does all that and re-executes the rounds.)
+- `check_layout`: the run's folders: `dataset/`, `partitions/` and `round-0000` ...
+  `round-T` each with its manifest, no gap, no other round folder name, and no symlinked
+  folder (a store, a round, `metrics/`, `plots/`). A layout that fails is refused with one line
+  (`RunCheckError`) by every verb.
+- `store_problems` / `chain_problems`: a store's or a round's files against its manifest
+  (recorded sizes, then sha256; missing, added, linked or special files), its recorded input
+  hashes, and for a round the parent-hash chain and the links to both stores. One line per
+  problem; `verify` prints them (`round 3: ...`), `pack` and `unpack` refuse with the first ones.
+- `check_run`: all of that for every round, one config hash for all rounds, and the metrics,
+  summary and plot data against the manifests: what `pack` runs before writing an archive and
+  `unpack` runs on the unpacked files before they are renamed into place.
 
-Symlinks: an archive publishes the run's own bytes, so nothing is read through a link that
-could bring in bytes from elsewhere, with one exception DVC needs.
+Symlinks follow the one rule of `stages.untrusted`: a symlinked folder is never followed; a
+file of a store or round may be a symlink only if it ends at a regular file inside the run or at
+a file of DVC's content-addressed cache (DVC's `symlink` cache type), and its bytes are still
+checked against the manifest; `summary.json`, `plots/metrics.json` and `metrics/round-NNNN.json`
+must be regular files (git tracks them in a DVC project, so they are never cache links).
 
-- A symlinked folder is always refused: a store (`dataset/`, `partitions/`), a
-  `round-NNNN/`, `metrics/`, `plots/` and any folder below them.
-- `summary.json`, `plots/metrics.json` and `metrics/round-NNNN.json` must be regular files
-  (git tracks them in a DVC project, so they are never cache links).
-- A file inside a store or round folder may be a symlink (DVC's `symlink` cache type checks
-  outputs out as links into its cache) if it resolves to a regular file that is either inside
-  the run or a DVC cache file: its resolved path ends in DVC's content address, a folder of 2
-  and a file of 30 hex digits (`.dvc/cache/files/md5/ab/cdef...`). Any other link is refused.
-  The bytes of an accepted link are still checked against the manifest's sha256.
-
-The run directory itself may be a symlink: it is the path the user chose.
+A round's unchanged files are hard links to the previous round's: a file damaged in place is
+damaged in every round that shares its inode, so its problem line names those rounds (each of
+them fails its own check too) and any links outside the run's rounds (a `cp -al` copy).
 
 Example:
     >>> check_run(Path("artifacts/default")).digest[:12]
@@ -36,17 +38,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blazefl.stages.artifacts import MANIFEST, canonical_json, sha256_file
-from blazefl.stages.manifest_schema import (
-    MAX_MANIFEST_BYTES,
-    parse_manifest_json,
-    validate_round_manifest,
-    validate_store_manifest,
-)
+from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, canonical_json
+from blazefl.stages.provenance import DATASET_REF, PARTITIONS_REF
 from blazefl.stages.report import run_summary
-from blazefl.stages.untrusted import is_safe_relpath
+from blazefl.stages.untrusted import LINK_REFUSED, is_safe_relpath, linked_file_target
 
-__all__ = ["ArchiveError", "RunContents", "check_run", "in_layout"]
+__all__ = [
+    "ArchiveError",
+    "RunCheckError",
+    "RunContents",
+    "check_layout",
+    "store_problems",
+    "chain_problems",
+    "differs",
+    "shared_note",
+    "check_run",
+    "in_layout",
+]
 
 #: Largest metrics / summary / plot-data file read.
 MAX_JSON_BYTES = 64 << 20
@@ -54,10 +62,17 @@ STORES = ("dataset", "partitions")
 DERIVED = ("summary.json", "plots/metrics.json")
 _ROUND = re.compile(r"^round-(\d{4,})$")
 _METRICS = re.compile(r"^metrics/round-(\d{4,})\.json$")
+_LINK_FIX = "replace the link with a copy of what it points to (cp -L)"
+_DIFFERS = "differs from its manifest (modified on disk)"
 
 
-class ArchiveError(ValueError):
-    """A run that cannot be packed, or an archive refused by `unpack_run` (one line)."""
+class RunCheckError(ArtifactError):
+    """A run whose layout cannot be checked (a symlinked folder, a missing manifest, a gap in
+    the rounds), or one `pack` / `unpack` refuses; the message is one line."""
+
+
+class ArchiveError(RunCheckError):
+    """An archive refused by `unpack_run`, or a run `pack_run` cannot pack (one line)."""
 
 
 @dataclass(frozen=True)
@@ -85,31 +100,254 @@ def in_layout(rel: str) -> bool:
     return bool(_METRICS.match(rel)) or rel in DERIVED
 
 
-# -- checking a run directory against its manifests ------------------------------------------
-def _read(path: Path, limit: int, shown: str) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ArchiveError(f"{shown} is larger than {limit} bytes")
-    return data
-
-
-_LINK_FIX = "replace the link with a copy of what it points to (cp -rL), then pack again"
-# DVC's cache names a file by its md5: a folder of the first 2 hex digits, a file of the other 30
-_DVC_CACHE_NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{30}$")
-
-
-def _real_folder(root: Path, top: str) -> bool:
-    """Whether `root/top` exists as a folder; a symlink in its place is refused."""
-    path = root / top
+# -- layout ----------------------------------------------------------------------------------
+def _real_folder(root: Path, rel: str) -> bool:
+    """Whether `root/rel` exists as a folder; a symlink in its place is refused."""
+    path = root / rel
     if path.is_symlink():
-        raise ArchiveError(
-            f"{top} is a symlink to a folder, which pack does not follow (it would publish "
-            f"bytes from outside the run): {_LINK_FIX}"
+        raise RunCheckError(
+            f"{rel} is a symlink to a folder, which blazefl does not follow (it would read "
+            f"bytes from outside the run): {_LINK_FIX.replace('cp -L', 'cp -rL')}"
         )
     return path.is_dir()
 
 
+def check_layout(run: RunDir) -> int:
+    """Refuse a run whose folders cannot be checked; return its last round T.
+
+    Raises:
+        RunCheckError: a symlinked store, round, `metrics/` or `plots/` folder; a store or
+            round without its manifest; a round folder named otherwise than `round-NNNN`; a
+            gap in rounds 0..T.
+    """
+    root = run.root
+    if not root.is_dir():
+        raise RunCheckError(f"{root} is not a folder: pass a run directory")
+    for top in (*STORES, "metrics", "plots"):
+        _real_folder(root, top)
+    rounds = []
+    for entry in sorted(root.iterdir()):
+        m = _ROUND.match(entry.name)
+        if m and _real_folder(root, entry.name):
+            t = int(m.group(1))
+            if entry.name != f"round-{t:04d}":
+                raise RunCheckError(f"{entry.name} is not a round folder name (round-{t:04d})")
+            rounds.append(t)
+    rounds.sort()
+    if not rounds:
+        raise RunCheckError(f"{root} has no round-0000 folder: not a blazefl run directory")
+    gap = next((t for i, t in enumerate(rounds) if t != i), None)
+    if gap is not None:
+        raise RunCheckError(f"round-{gap:04d} is there but round-{rounds.index(gap):04d} is not")
+    for top in [*STORES, *(f"round-{t:04d}" for t in rounds)]:
+        path = root / top / MANIFEST
+        if not (path.exists() or path.is_symlink()):
+            raise RunCheckError(f"{top}/{MANIFEST} is missing: the run is incomplete")
+    return rounds[-1]
+
+
+# -- a store's or a round's files against its manifest ----------------------------------------
+def _files_under(root: Path, top: str) -> dict[str, Path]:
+    """Every entry below `root/top` that is not a folder (manifest excepted), by path relative
+    to `top`; a symlinked folder below it is refused."""
+    out: dict[str, Path] = {}
+    if not _real_folder(root, top):
+        return out
+    for dirpath, dirs, names in os.walk(root / top):  # never descends into a symlinked folder
+        for name in dirs:
+            if (Path(dirpath) / name).is_symlink():
+                _real_folder(root, Path(dirpath, name).relative_to(root).as_posix())
+        for name in names:
+            path = Path(dirpath) / name
+            out[path.relative_to(root / top).as_posix()] = path
+    out.pop(MANIFEST, None)
+    return out
+
+
+def differs(rel: str, note: str = "") -> str:
+    """The problem line of a run file whose bytes are not those its manifest records (the
+    same words whether `verify` finds it on disk or `unpack` in an archive).
+
+    Example:
+        >>> differs("round-0002/global.safetensors")
+        'round 2: global.safetensors differs from its manifest (modified on disk)'
+    """
+    top, _, name = rel.partition("/")
+    m = _ROUND.match(top)
+    shown = f"round {int(m.group(1))}: {name}" if m else rel
+    return f"{shown} {_DIFFERS}{note}"
+
+
+def _file_problem(run: RunDir, rel: str, sha: str, size: Any) -> str | None:
+    """Why the run file `rel` is not the one its manifest records (None: it is); the line
+    names the file by `rel`'s last part relative to its store or round (the caller's prefix).
+    Recorded sizes are compared first, so a damaged large file is not hashed."""
+    path = run.root / rel
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "is missing (listed in its manifest)"
+    if stat.S_ISLNK(mode):
+        if linked_file_target(run.root, rel) is None:
+            return f"{LINK_REFUSED}: {_LINK_FIX}"
+    elif not stat.S_ISREG(mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    if isinstance(size, int) and path.stat().st_size != size:
+        return "differs"
+    try:
+        return None if run.hash_file(rel) == sha else "differs"
+    except ValueError:  # replaced while being checked
+        return "differs"
+
+
+def store_problems(run: RunDir, name: str) -> list[str]:
+    """Files of the dataset/partitions store that differ from the store's manifest, and its
+    recorded inputs that differ from their hashes (one line each, naming `name/...`).
+
+    Raises:
+        RunCheckError / ArtifactError: a symlinked folder in the store, or an unreadable
+            manifest.
+    """
+    manifest = run.store_manifest(name)
+    recorded, sizes = manifest["files"], manifest.get("sizes") or {}
+    on_disk = _files_under(run.root, name)
+    out = []
+    for rel in sorted(set(recorded) | set(on_disk)):
+        if rel not in recorded:
+            out.append(f"{name}/{rel} is not listed in its manifest (added on disk)")
+            continue
+        problem = _file_problem(run, f"{name}/{rel}", recorded[rel], sizes.get(rel))
+        if problem == "differs":
+            out.append(differs(f"{name}/{rel}", _store_links(run.root / name / rel)))
+        elif problem is not None:
+            out.append(f"{name}/{rel} {problem}")
+    for rel, sha in sorted(manifest.get("inputs", {}).items()):
+        if _hash(run, rel) != sha:
+            out.append(f"{name}: input {rel} differs from its hash in {name}/{MANIFEST}")
+    return out
+
+
+def chain_problems(run: RunDir, t: int, m: dict[str, Any]) -> list[str]:
+    """What on disk contradicts round t's (schema-checked) manifest: its files (outputs), the
+    parent hash, the links to both stores and the recorded input hashes (one line each,
+    naming files relative to the round folder).
+
+    Raises:
+        RunCheckError: a symlinked folder in the round.
+    """
+    problems = []
+    top = f"round-{t:04d}"
+    outputs, sizes = m["outputs"], m.get("sizes") or {}
+    on_disk = _files_under(run.root, top)
+    rounds: list[int] | None = None  # listed once, and only when a file differs
+    for name in sorted(set(outputs) | set(on_disk)):
+        if name not in outputs:
+            problems.append(f"{name} is not listed in its manifest (added on disk)")
+            continue
+        problem = _file_problem(run, f"{top}/{name}", outputs[name], sizes.get(name))
+        if problem == "differs":
+            rounds = run.complete_rounds() if rounds is None else rounds
+            note = shared_note(run, t, name, rounds)
+            problems.append(f"{name} {_DIFFERS}{note}")
+        elif problem is not None:
+            problems.append(f"{name} {problem}")
+    parent_rel = f"round-{t - 1:04d}/{MANIFEST}"
+    if t > 0 and _hash(run, parent_rel) != m["parent"]:
+        problems.append(
+            f"parent hash does not match {parent_rel}: the chain is broken (that manifest "
+            "was edited or replaced)"
+        )
+    for ref in (DATASET_REF, PARTITIONS_REF):
+        if ref not in m["inputs"]:
+            problems.append(f"names no {ref} among its inputs: the chain to the stores is cut")
+    for rel, sha in sorted(m["inputs"].items()):
+        if rel == parent_rel:
+            continue  # reported by the parent check
+        got = _hash(run, rel)
+        if got is None:
+            problems.append(f"input {rel} is missing or not a regular file")
+        elif got != sha:
+            problems.append(f"input {rel} differs from its hash in this manifest (modified)")
+    return problems
+
+
+def _hash(run: RunDir, rel: str) -> str | None:
+    try:
+        return run.hash_file(rel)
+    except ValueError:  # missing, a refused link, a device: reported as a mismatch
+        return None
+
+
+# -- hard links --------------------------------------------------------------------------------
+def _inode(path: Path) -> tuple[int, int, int] | None:
+    """(st_dev, st_ino, st_nlink) of a regular file (no symlink followed), else None."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_nlink) if stat.S_ISREG(info.st_mode) else None
+
+
+def _round_span(rounds: list[int]) -> str:
+    """[1, 2, 3, 5] -> "round-0001..0003, round-0005"."""
+    spans: list[list[int]] = []
+    for t in sorted(rounds):
+        if spans and spans[-1][-1] == t - 1:
+            spans[-1].append(t)
+        else:
+            spans.append([t])
+    return ", ".join(
+        f"round-{s[0]:04d}" if len(s) == 1 else f"round-{s[0]:04d}..{s[-1]:04d}" for s in spans
+    )
+
+
+def shared_note(run: RunDir, t: int, name: str, rounds: list[int] | None = None) -> str:
+    """Which other rounds hold round t's file `name` as the same file (a hard link): a
+    damaged shared file damages every one of them.
+
+    Rounds write an unchanged client's file as a hard link to the previous round's, so one
+    in-place write changes the committed bytes of all rounds sharing it.
+
+    Args:
+        run: the run.
+        t: the round whose file differs.
+        name: the file's path inside the round folder (from the manifest).
+        rounds: the run's complete rounds (looked up when None).
+
+    Returns:
+        "" when the file is not shared, else a clause to append to the problem line.
+
+    Example:
+        >>> shared_note(run, 4, "rng/client-00004.safetensors")
+        "; it is the same file (hard link) as round-0001..0003's copy, which fail too"
+    """
+    here = _inode(run.round_dir(t) / name)
+    if here is None or here[2] < 2:
+        return ""
+    others = [
+        u
+        for u in (run.complete_rounds() if rounds is None else rounds)
+        if u != t and (_inode(run.round_dir(u) / name) or (0, 0, 0))[:2] == here[:2]
+    ]
+    outside = here[2] - 1 - len(others)  # links this run's rounds do not account for
+    parts = []
+    if others:
+        copies = "copy, which fails" if len(others) == 1 else "copies, which fail"
+        parts.append(f"the same file (hard link) as {_round_span(others)}'s {copies} too")
+    if outside > 0:
+        parts.append(f"hard-linked {outside} more time(s) outside this run's rounds")
+    return "; it is " + " and ".join(parts) if parts else ""
+
+
+def _store_links(path: Path) -> str:
+    """A store file is never hard-linked by the run itself: other links are copies (cp -al)
+    that share the damage."""
+    info = _inode(path)
+    links = 0 if info is None else info[2] - 1
+    return f"; it is hard-linked {links} more time(s), which share the damage" if links else ""
+
+
+# -- the whole run: what pack and unpack check ------------------------------------------------
 def _plain_file(root: Path, rel: str) -> bool:
     """Whether `root/rel` is a regular file reached through no symlink (False: missing); a
     symlink on the way or at the end is refused."""
@@ -122,109 +360,21 @@ def _plain_file(root: Path, rel: str) -> bool:
             return False
         if stat.S_ISLNK(mode):
             what = "a file" if i == len(parts) else "a folder"
-            raise ArchiveError(
-                f"{sub} is a symlink to {what}, which pack does not follow (it would publish "
-                f"bytes from outside the run): {_LINK_FIX}"
+            raise RunCheckError(
+                f"{sub} is a symlink to {what}, which blazefl does not follow (git tracks it "
+                f"in a DVC project, so it is never a cache link): {_LINK_FIX}"
             )
         if i == len(parts) and not stat.S_ISREG(mode):
-            raise ArchiveError(f"{rel} is not a regular file (a device, FIFO, socket or folder)")
+            raise RunCheckError(f"{rel} is not a regular file (a device, FIFO, socket or folder)")
     return True
 
 
-def _accepted_link(root: Path, path: Path) -> bool:
-    """Whether a symlinked file in a store or round is one pack may read: it resolves to a
-    regular file inside the run, or to a file in DVC's content-addressed cache."""
-    target = Path(os.path.realpath(path))
-    try:
-        if not stat.S_ISREG(target.stat().st_mode):
-            return False
-    except OSError:  # dangling, or a loop
-        return False
-    if target.is_relative_to(os.path.realpath(root)):
-        return True
-    return bool(_DVC_CACHE_NAME.match(f"{target.parent.name}/{target.name}"))
-
-
-def _files_under(root: Path, top: str) -> dict[str, Path]:
-    """Every file below `root/top` by path relative to `root`. A symlinked file counts when
-    `_accepted_link` accepts it (DVC's symlink cache type); a symlinked folder, a link out of
-    the run that is not a DVC cache file, and anything else that is not a file are refused."""
-    out: dict[str, Path] = {}
-    if not _real_folder(root, top):
-        return out
-    for dirpath, dirs, names in os.walk(root / top):
-        for name in sorted(dirs):
-            if (Path(dirpath) / name).is_symlink():
-                _real_folder(root, Path(dirpath, name).relative_to(root).as_posix())
-        for name in names:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink() and not _accepted_link(root, path):
-                raise ArchiveError(
-                    f"{rel} is a symlink that leaves the run and is not a DVC cache file (or "
-                    f"does not end at a regular file): {_LINK_FIX}"
-                )
-            if not path.is_file():
-                raise ArchiveError(f"{rel} is not a regular file (a device, FIFO or socket)")
-            out[rel] = path
-    return out
-
-
-def _manifest(root: Path, rel: str, store: bool) -> dict[str, Any]:
-    path = root / rel
-    _real_folder(root, rel.split("/")[0])
-    if path.is_symlink() and not _accepted_link(root, path):
-        raise ArchiveError(
-            f"{rel} is a symlink that leaves the run and is not a DVC cache file: {_LINK_FIX}"
-        )
-    if not path.is_file():
-        raise ArchiveError(f"{rel} is missing: the run is incomplete")
-    data = parse_manifest_json(_read(path, MAX_MANIFEST_BYTES, rel), rel)
-    if store:
-        return validate_store_manifest(data, rel)
-    return validate_round_manifest(data, rel)
-
-
-def _compare(
-    root: Path, top: str, recorded: dict[str, str], actual: dict[str, Path], problems: list[str]
-) -> None:
-    """Files under `top` (manifest excepted) must be exactly those recorded, hashes equal."""
-    on_disk = {rel.removeprefix(f"{top}/"): p for rel, p in actual.items()}
-    on_disk.pop(MANIFEST, None)
-    for name in sorted(set(recorded) | set(on_disk)):
-        if name not in on_disk:
-            problems.append(f"{top}/{name} is missing (listed in {top}/{MANIFEST})")
-        elif name not in recorded:
-            problems.append(f"{top}/{name} is not listed in {top}/{MANIFEST}")
-        elif sha256_file(on_disk[name]) != recorded[name]:
-            problems.append(f"{top}/{name} does not match its hash in {top}/{MANIFEST}")
-
-
-def _inputs(root: Path, where: str, inputs: dict[str, str], problems: list[str]) -> None:
-    for rel, sha in sorted(inputs.items()):
-        path = root / rel
-        if not path.is_file():
-            problems.append(f"{where}: input {rel} is missing")
-        elif sha256_file(path) != sha:
-            problems.append(f"{where}: input {rel} does not match its hash")
-
-
-def _round_numbers(root: Path) -> list[int]:
-    rounds = []
-    for entry in root.iterdir():
-        m = _ROUND.match(entry.name)
-        if m and _real_folder(root, entry.name):
-            t = int(m.group(1))
-            if entry.name != f"round-{t:04d}":
-                raise ArchiveError(f"{entry.name} is not a round folder name (round-{t:04d})")
-            rounds.append(t)
-    rounds.sort()
-    if not rounds:
-        raise ArchiveError("no round-0000 folder: not a blazefl run directory")
-    gap = next((t for i, t in enumerate(rounds) if t != i), None)
-    if gap is not None:
-        raise ArchiveError(f"round-{gap:04d} is there but round-{rounds.index(gap):04d} is not")
-    return rounds
+def _read(path: Path, limit: int, shown: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise RunCheckError(f"{shown} is larger than {limit} bytes")
+    return data
 
 
 def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -234,8 +384,6 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
     here: round numbers, the train loss the manifests record, and that the summary and plot
     data are made from the metrics files as `blazefl stage report` makes them."""
     files, problems, metrics = [], [], []
-    for folder in ("metrics", "plots"):
-        _real_folder(root, folder)
     for t in range(1, len(manifests)):
         rel = f"metrics/round-{t:04d}.json"
         if not _plain_file(root, rel):
@@ -278,10 +426,10 @@ def _derived(root: Path, manifests: list[dict[str, Any]]) -> tuple[list[str], li
 def check_run(root: Path) -> RunContents:
     """Check every file of a run directory against its manifests (nothing is re-executed).
 
-    Checked: the stores' files against their manifests' `files`, every round's files against
-    its `outputs`, every `inputs` hash, the parent-hash chain 0..T, one config hash for all
-    rounds, and the metrics / summary / plot data against the manifests. Files outside the
-    run layout (timings, the PNG, locks, hidden files) are ignored.
+    Checked: the layout (`check_layout`), the stores (`store_problems`), every round
+    (`chain_problems`), one config hash for all rounds, and the metrics / summary / plot data
+    against the manifests. Files outside the run layout (timings, the PNG, locks, hidden
+    files) are ignored.
 
     Args:
         root: the run directory.
@@ -290,47 +438,35 @@ def check_run(root: Path) -> RunContents:
         What an archive of the run holds, and the run's digest.
 
     Raises:
-        ArchiveError: the first problems found, in one line.
+        RunCheckError: the first problems found, in one line.
 
     Example:
         >>> check_run(Path("artifacts/default")).last_round
         10
     """
-    if not root.is_dir():
-        raise ArchiveError(f"{root} is not a folder: pass a run directory")
+    run = RunDir(root)
+    last = check_layout(run)
     problems: list[str] = []
     files: list[str] = []
     for store in STORES:
-        m = _manifest(root, f"{store}/{MANIFEST}", store=True)
-        if m["kind"] != store:
-            raise ArchiveError(f"{store}/{MANIFEST} is a {m['kind']} manifest")
-        actual = _files_under(root, store)
-        _compare(root, store, m["files"], actual, problems)
-        _inputs(root, f"{store}/{MANIFEST}", m.get("inputs", {}), problems)
-        files += actual
+        problems += store_problems(run, store)
+        listed = run.store_manifest(store)["files"]
+        files += [f"{store}/{rel}" for rel in [*listed, MANIFEST]]
     manifests: list[dict[str, Any]] = []
-    parent: str | None = None
-    for t in _round_numbers(root):
+    for t in range(last + 1):
         top = f"round-{t:04d}"
-        m = _manifest(root, f"{top}/{MANIFEST}", store=False)
-        if m["round"] != t:
-            problems.append(f"{top}/{MANIFEST} says it is round {m['round']}")
-        if m["parent"] != parent:
-            problems.append(f"{top}/{MANIFEST}: parent hash does not match round {t - 1}")
+        m = run.manifest(t)
+        problems += [f"round {t}: {p}" for p in chain_problems(run, t, m)]
         if manifests and m["config_sha256"] != manifests[0]["config_sha256"]:
-            problems.append(f"{top} was made with another config than round-0000")
-        actual = _files_under(root, top)
-        _compare(root, top, m["outputs"], actual, problems)
-        _inputs(root, f"{top}/{MANIFEST}", m["inputs"], problems)
-        files += actual
+            problems.append(f"round {t}: made with another config than round-0000")
+        files += [f"{top}/{name}" for name in [*m["outputs"], MANIFEST]]
         manifests.append(m)
-        parent = sha256_file(root / top / MANIFEST)
         if len(problems) >= 3:
             break
     derived, more = _derived(root, manifests)
     problems += more
     if problems:
         extra = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ArchiveError("; ".join(problems[:3]) + extra)
-    assert parent is not None  # _round_numbers found round 0
-    return RunContents(len(manifests) - 1, parent, tuple(sorted([*files, *derived])))
+        raise RunCheckError("; ".join(problems[:3]) + extra)
+    digest = run.manifest_sha256(run.round_dir(last) / MANIFEST)
+    return RunContents(last, digest, tuple(sorted([*files, *derived])))

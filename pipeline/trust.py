@@ -32,9 +32,9 @@ from typing import Any
 from blazefl.modes import CODE_SOURCES
 from blazefl.registry import is_import_path
 from blazefl.stages.artifacts import RunDir
+from blazefl.stages.config import CODE_KEYS
 from blazefl.stages.snapshot import CODE
 from blazefl.stages.user_code import (
-    CODE_KEYS,
     code_differences,
     config_code,
     materialize_code,

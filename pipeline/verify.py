@@ -3,8 +3,10 @@
 - `verify_run` checks every chosen round against its manifest (files on disk, the parent-hash
   chain, input hashes), then re-executes it from round t-1's *recorded* artifacts in a scratch
   in memory and compares the recomputed outputs and per-client uplink hashes with the manifest.
-  The chain checks (stores, recorded configs, input hashes) live in `pipeline.chain`. The run
-  directory is only read, every file as untrusted.
+  The files and chain are checked by `pipeline.run_check` (the one check `pack` and `unpack`
+  run too, so the three verbs agree on a damaged run); the provenance checks (recorded
+  configs, the re-computed partition) live in `pipeline.chain`. The run directory is only
+  read, every file as untrusted.
 
 Example:
     >>> verify_run(Path("artifacts/default"), "3,5-7", "processes", 2, None, echo=print)
@@ -22,13 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.core.loop import ExecutionSettings
-from blazefl.pipeline.chain import (
-    chain_problems,
-    code_note,
-    provenance_problems,
-    recorded_code,
-    store_problems,
-)
+from blazefl.pipeline.chain import code_note, provenance_problems, recorded_code
+from blazefl.pipeline.run_check import chain_problems, check_layout, store_problems
 from blazefl.pipeline.trust import code_notes, code_root, require_consent
 from blazefl.stages.artifacts import (
     MANIFEST,
@@ -326,8 +323,7 @@ def verify_run(
         ConsentError: the run names user code and `trust_code` is False.
     """
     run = _open_run(Path(os.path.abspath(run_dir)))
-    last = run.last_complete_round()
-    assert last is not None  # _open_run checked round 0
+    last = check_layout(run)  # symlinked folders, gaps, missing manifests: one line
     chosen = parse_rounds(rounds, last) if rounds is not None else list(range(last + 1))
     manifests = {t: run.manifest(t) for t in chosen}
     older = _older_format(run, manifests)

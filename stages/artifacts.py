@@ -40,7 +40,7 @@ from blazefl.stages.manifest_schema import (
     validate_round_manifest,
     validate_store_manifest,
 )
-from blazefl.stages.run_lock import LOCK_NAME
+from blazefl.stages.run_lock import LOCK_NAME, check_writer
 from blazefl.stages.untrusted import (
     check_writable_inside,
     read_bounded,
@@ -162,8 +162,6 @@ def atomic_dir(final: Path, root: Path | None = None) -> Iterator[Path]:
         >>> with atomic_dir(run / "round-0003") as tmp:
         ...     (tmp / "global.safetensors").write_bytes(data)
     """
-    from blazefl.stages.run_lock import check_writer
-
     _check_inside(final, root)
     # a run directory replaced while locked belongs to someone else now: not even the
     # temporary sibling may be made in it, and the rename below is checked again
@@ -209,8 +207,6 @@ def atomic_write(path: Path, data: bytes, root: Path | None = None) -> None:
         data: its bytes.
         root: the run directory `path` lies in: no symlink between them is followed.
     """
-    from blazefl.stages.run_lock import check_writer
-
     _check_inside(path, root)
     check_writer(path)  # as in atomic_dir: never write into a replaced run directory
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,13 @@ Only byte-relevant keys enter the config hash: fields declared with `affects_byt
 (round count, execution mode, workers, IPC) are left out, and so are the sections of
 algorithms that are not selected, so adding an algorithm changes no existing run's hash.
 
-A config travels as a flat dict of dotted keys (`{"train.lr": 0.05, ...}`): the form the
+A config is parsed as a flat dict of dotted keys (`{"train.lr": 0.05, ...}`): the form the
 manifests record and DVC lists as params.
+
+The lists of keys each store depends on live here too, next to the schema they name:
+`DATA_KEYS` (the dataset store), `partition_keys` (the partitions store), `CODE_KEYS` (which
+stages run the user code a key names). The stages that write and check the stores, and the
+DVC generator that lists them as params, all read them from here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from blazefl.algorithms import ALGORITHMS
 from blazefl.hparams import FieldSpec, HParamError
 from blazefl.spec import SECTIONS, ExperimentSpec, FLConfig, algorithm_of
 from blazefl.spec import schema as spec_schema
+from blazefl.stages.manifest_schema import config_digest
 from blazefl.stages.safe_yaml import CONFIG_KEY, YAMLInputError, load_yaml, load_yaml_file
 
 __all__ = [
@@ -39,7 +45,30 @@ __all__ = [
     "dump_yaml",
     "default_config",
     "schema_table",
+    "DATA_KEYS",
+    "PARTITION_KEYS",
+    "partition_keys",
+    "CODE_KEYS",
 ]
+
+#: Keys the dataset store depends on (recorded in its manifest, its DVC params).
+DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
+#: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
+#: its public set (`Algorithm.partition_keys`), see `partition_keys`.
+PARTITION_KEYS = (
+    "seed",
+    "data.clients",
+    "data.partition",
+    "data.alpha",
+    "data.shards_per_client",
+)
+#: Which stages run the user code a config key names: key -> stage kinds.
+CODE_KEYS: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("prepare",),
+    "data.partition": ("partition",),
+    "model.name": ("init", "round"),
+    "fl.algorithm": ("partition", "init", "round"),
+}
 
 
 class ConfigError(ValueError):
@@ -78,6 +107,13 @@ def to_spec(config: dict[str, Any]) -> ExperimentSpec:
         raise ConfigError(str(exc)) from None
 
 
+def partition_keys(spec: ExperimentSpec) -> list[str]:
+    """The config keys the partitions store of `spec` depends on, sorted."""
+    algo = spec.algorithm
+    extra = [f"{algo.name}.{k}" for k in algo.partition_keys]
+    return sorted({*PARTITION_KEYS, "fl.algorithm", *extra})
+
+
 def default_config(algorithm: str = "fedavg") -> dict[str, Any]:
     """The flat config of the default experiment (with `algorithm` selected)."""
     return load_config(None, {"fl.algorithm": algorithm})
@@ -97,8 +133,6 @@ def byte_config(config: dict[str, Any]) -> dict[str, Any]:
 def config_sha256(config: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of the byte-relevant config (the one digest function,
     `manifest_schema.config_digest`, so writers and manifest checks cannot drift apart)."""
-    from blazefl.stages.manifest_schema import config_digest
-
     return config_digest(byte_config(config))
 
 
@@ -228,7 +262,8 @@ def schema_table(algorithm: str = "fedavg") -> str:
             text = "true, false"
         elif spec.type in (int, float):
             low = "" if spec.low is None else f"{'>' if spec.low_open else '>='} {spec.low}"
-            high = "" if spec.high is None else f"<= {spec.type(spec.high):,}"
+            below = "<" if spec.high_open else "<="
+            high = "" if spec.high is None else f"{below} {spec.type(spec.high):,}"
             text = ", ".join(p for p in (low, high) if p) or "any"
         else:
             text = "a path" if key == "data.root" else "text"

@@ -7,29 +7,12 @@ from typing import Any
 
 from blazefl.experiment import build_partition
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json
-from blazefl.stages.config import to_spec
+from blazefl.stages.config import partition_keys, to_spec
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.prepare import store_record
 from blazefl.stages.provenance import check_dataset_store
 from blazefl.stages.stores import load_labels, partition_features
 from blazefl.stages.user_code import config_code
-
-#: Keys every partition depends on; the selected algorithm adds `fl.algorithm` and the keys of
-#: its public set (`Algorithm.partition_keys`), see `partition_keys`.
-PARTITION_KEYS = (
-    "seed",
-    "data.clients",
-    "data.partition",
-    "data.alpha",
-    "data.shards_per_client",
-)
-
-
-def partition_keys(config: dict[str, Any]) -> list[str]:
-    """The config keys the partitions store of `config` depends on, sorted."""
-    algo = to_spec(config).algorithm
-    extra = [f"{algo.name}.{k}" for k in algo.partition_keys]
-    return sorted({*PARTITION_KEYS, "fl.algorithm", *extra})
 
 
 def partition(config: dict[str, Any], run: RunDir) -> Path:
@@ -46,8 +29,9 @@ def partition(config: dict[str, Any], run: RunDir) -> Path:
     import zarr
 
     dataset_sha = check_dataset_store(config, run)  # made with this config's data keys
-    part = build_partition(to_spec(config), load_labels(run), partition_features(config, run))
-    keys = partition_keys(config)
+    spec = to_spec(config)
+    part = build_partition(spec, load_labels(run), partition_features(config, run))
+    keys = partition_keys(spec)
     with atomic_dir(run.partitions, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         group.create_array("indices", data=part.indices.numpy())

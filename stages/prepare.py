@@ -10,13 +10,11 @@ import numpy as np
 from blazefl.data import FeatureDataset, ImageDataset
 from blazefl.experiment import build_data
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
-from blazefl.stages.config import to_spec
+from blazefl.stages.config import DATA_KEYS, to_spec
 from blazefl.stages.data_files import data_file_hashes
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.preflight import check_model_input, check_splits, guarded
 from blazefl.stages.user_code import config_code
-
-DATA_KEYS = ("seed", "data.dataset", "data.root", "data.size", "data.test_size")
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -21,9 +21,9 @@ import re
 from typing import Any
 
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, code_version
-from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.config import DATA_KEYS, byte_config, config_sha256, partition_keys, to_spec
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT, manifest_format
-from blazefl.stages.prepare import DATA_KEYS
+from blazefl.stages.untrusted import resolve_inside
 from blazefl.stages.user_code import code_differences, config_code
 
 __all__ = [
@@ -140,8 +140,6 @@ def _keys(keys: list[str]) -> str:
 def _check_files_listed(run: RunDir, name: str, manifest: dict[str, Any]) -> None:
     """Every file a store lists is a regular file inside the run (zarr reads them without
     such checks, so a symlink to /dev/zero or a system file is refused here first)."""
-    from blazefl.stages.untrusted import resolve_inside
-
     for rel in manifest["files"]:
         resolve_inside(run.root, f"{name}/{rel}")
 
@@ -188,15 +186,13 @@ def check_partitions_store(
         raise ArtifactError(
             f"partitions store {run.partitions} is missing: run the 'partition' stage"
         )
-    from blazefl.stages.partition import partition_keys  # partition imports this module
-
     m = run.store_manifest("partitions")
     check_format(m, f"the partitions store in {run.root}")
     fix = (
         f"rebuild it with `blazefl stage partition --out {run.root}` and this config, or use a "
         "new --out"
     )
-    keys = differing_keys(m["config"], {k: config[k] for k in partition_keys(config)})
+    keys = differing_keys(m["config"], {k: config[k] for k in partition_keys(to_spec(config))})
     if keys:
         raise ProvenanceError(
             f"the partitions store in {run.root} was made with another config (differs in: "

@@ -1,20 +1,29 @@
 """Reading and writing files whose names come from untrusted artifacts (a downloaded run).
 
 A manifest's `inputs` / `outputs` / `files` may name any string. Before a name is opened it
-must be a plain relative path that stays inside the run directory, goes through no symlink,
-and ends at a regular file of bounded size: `/dev/zero`, a FIFO, `/etc/passwd` behind a
+must be a plain relative path that stays inside the run directory, goes through no symlinked
+folder, and ends at a regular file of bounded size: `/dev/zero`, a FIFO, `/etc/passwd` behind a
 symlink or a `../` escape are refused with one line instead of exhausting memory, hanging or
 reading a system file.
 
 Files are opened component by component with `dir_fd` and `O_NOFOLLOW`, so a symlink swapped
 in between the check and the open is refused too, and with `O_NONBLOCK`, so opening a FIFO
 never waits for a writer.
+
+The symlink rule every reader of a run follows (`blazefl run`, the stages, `verify`, `pack`,
+`unpack`, through this module and `pipeline.run_check`): a folder below the run is never
+followed; a file may be a symlink only if it ends at a regular file inside the run or at a file
+of DVC's content-addressed cache (DVC's `symlink` cache type checks outputs out as such links:
+`.dvc/cache/files/md5/ab/cdef...`, a folder of 2 and a file of 30 hex digits). Its bytes are
+still checked against the manifest's sha256 by every reader. Any other link is refused. The run
+directory itself may be a symlink: it is the path the user chose.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,12 +36,20 @@ __all__ = [
     "sha256_inside",
     "check_writable_inside",
     "safe_child_dirs",
+    "linked_file_target",
+    "LINK_REFUSED",
 ]
 
 #: Longest relative path accepted from an artifact (Linux PATH_MAX).
 MAX_RELPATH_CHARS = 4096
 _NOT_REGULAR = "is not a regular file (a device, FIFO, socket or folder)"
 _FIX = "the run directory is damaged or tampered; restore it from its source"
+#: DVC's cache names a file by its md5: a folder of the first 2 hex digits, a file of the other 30
+_DVC_CACHE_NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{30}$")
+#: Why a symlinked file is refused (`linked_file_target` gave None).
+LINK_REFUSED = (
+    "is a symlink that leaves the run and is not a DVC cache file (or ends at no regular file)"
+)
 
 
 class UntrustedArtifactError(ValueError):
@@ -80,7 +97,28 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return False
 
 
-def _check_regular(root: Path, rel: Any, name: str, dir_fd: int) -> None:
+def linked_file_target(root: Path, rel: str) -> Path | None:
+    """Where the symlinked file `root/rel` ends, if a reader of the run may follow it: a regular
+    file inside the run, or a file of DVC's content-addressed cache; else None.
+
+    Example:
+        >>> linked_file_target(Path("runs/a"), "round-0001/global.safetensors")
+        PosixPath('/repo/.dvc/cache/files/md5/3f/0c5d2a9b1e...')
+    """
+    target = Path(os.path.realpath(root / rel))
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            return None
+    except OSError:  # dangling, or a loop
+        return None
+    if target.is_relative_to(os.path.realpath(root)):
+        return target
+    return target if _DVC_CACHE_NAME.match(f"{target.parent.name}/{target.name}") else None
+
+
+def _check_regular(root: Path, rel: Any, name: str, dir_fd: int) -> Path | None:
+    """Check the last component of `rel`: a regular file (None), or a symlinked file that
+    `linked_file_target` accepts (its target)."""
     try:
         mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except FileNotFoundError:
@@ -88,14 +126,19 @@ def _check_regular(root: Path, rel: Any, name: str, dir_fd: int) -> None:
     except OSError as exc:
         raise _error(root, rel, f"cannot be checked ({exc.strerror})") from None
     if stat.S_ISLNK(mode):
-        raise _error(root, rel, "cannot be opened safely (goes through a symlink)")
+        target = linked_file_target(root, rel)
+        if target is None:
+            raise _error(root, rel, LINK_REFUSED)
+        return target
     if not stat.S_ISREG(mode):
         raise _error(root, rel, _NOT_REGULAR)
+    return None
 
 
 def _open_leaf(root: Path, rel: Any) -> int:
-    """Open `root/rel` read-only without following any symlink below `root`; return the fd
-    of a regular file (the caller closes it)."""
+    """Open `root/rel` read-only without following any symlinked folder below `root` (a
+    symlinked file only as `linked_file_target` allows); return the fd of a regular file (the
+    caller closes it)."""
     parts = _parts(root, rel)
     try:
         current = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -104,12 +147,15 @@ def _open_leaf(root: Path, rel: Any) -> int:
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
+            target = None
             if last:  # never open a device at all: opening some has side effects
-                _check_regular(root, rel, part, current)
+                target = _check_regular(root, rel, part, current)
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
             flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
             try:
-                fd = os.open(part, flags, dir_fd=current)
+                # an accepted link is opened at its resolved target, still without following
+                # a link there (and checked a regular file below)
+                fd = os.open(target, flags) if target else os.open(part, flags, dir_fd=current)
             except FileNotFoundError:
                 raise _error(root, rel, "is missing") from None
             except OSError as exc:
@@ -129,7 +175,7 @@ def _open_leaf(root: Path, rel: Any) -> int:
 
 def resolve_inside(root: Path, rel: str) -> Path:
     """`root / rel`, after checking it is a regular file inside `root` reached through no
-    symlink.
+    symlinked folder (a symlinked file only as `linked_file_target` allows).
 
     Args:
         root: the run directory (it may itself be a symlink: the user chose it).

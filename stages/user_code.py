@@ -38,10 +38,10 @@ from typing import Any
 import blazefl
 from blazefl.registry import is_import_path
 from blazefl.stages.artifacts import atomic_write
+from blazefl.stages.config import CODE_KEYS
 from blazefl.stages.untrusted import is_safe_relpath
 
 __all__ = [
-    "CODE_KEYS",
     "MAX_CODE_FILES",
     "MAX_CODE_FILE_BYTES",
     "UserCodeError",
@@ -53,13 +53,6 @@ __all__ = [
     "materialize_code",
 ]
 
-#: Which stages run the user code a config key names: key -> stage kinds.
-CODE_KEYS: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("prepare",),
-    "data.partition": ("partition",),
-    "model.name": ("init", "round"),
-    "fl.algorithm": ("partition", "init", "round"),
-}
 #: Bounds on a closure (and on a record read back from a run): a project past them is almost
 #: certainly an environment or data folder mistaken for code.
 MAX_CODE_FILES = 2000

@@ -17,7 +17,7 @@ from click.testing import Result
 
 from blazefl.pipeline.archive import ROOT, pack_run, unpack_run
 from blazefl.pipeline.archive_limits import manifests_first
-from blazefl.pipeline.run_check import ArchiveError, check_run
+from blazefl.pipeline.run_check import ArchiveError, RunCheckError, check_run
 
 Blazefl = Callable[..., Result]
 
@@ -146,7 +146,10 @@ def _garbage(dst: Path) -> None:
 
 
 TAMPERED: dict[str, tuple[Callable[[Path, Path], None], str]] = {
-    "flipped-byte": (_flip_byte, "round-0002/global.safetensors does not match its hash"),
+    "flipped-byte": (
+        _flip_byte,
+        "round 2: global.safetensors differs from its manifest (modified on disk)",
+    ),
     "dot-dot": (lambda s, d: _append(s, d, _member("../evil"), b"x"), "'../evil'"),
     "nested-dot-dot": (lambda s, d: _append(s, d, _member("run/../../evil"), b"x"), "'run/../"),
     "absolute": (lambda s, d: _append(s, d, _member("/tmp/evil"), b"x"), "'/tmp/evil'"),
@@ -223,9 +226,9 @@ def test_pack_refuses_a_run_that_does_not_match_its_manifests(
     result = blazefl("pack", str(run), str(tmp_path / "run.tar.gz"))
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
-    assert "round-0001/rng.safetensors does not match its hash" in result.output
+    assert "round 1: rng.safetensors differs from its manifest" in result.output
     assert not list(tmp_path.glob("*.tar.gz")) and not list(tmp_path.glob(".*partial"))
-    with pytest.raises(ArchiveError, match="does not match its hash"):
+    with pytest.raises(RunCheckError, match="differs from its manifest"):
         check_run(run)
     with pytest.raises(ArchiveError, match="must end in"):
         pack_run(tiny_run, tmp_path / "run.zip")

@@ -1,6 +1,8 @@
 """`blazefl pack` never follows a symlinked folder or a link out of the run (it would publish
 bytes from elsewhere), except DVC's symlink cache: a file of a store or round linking to a
-regular file in DVC's content-addressed cache (or inside the run) is packed as its bytes."""
+regular file in DVC's content-addressed cache (or inside the run) is packed as its bytes.
+(`pipeline.run_check` holds the rule; `tests/pipeline/test_one_check.py` shows verify and unpack
+agree with pack.)"""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def _dangling(run: Path, outside: Path) -> None:
     shutil.rmtree(outside / "gone")
 
 
+#: damage -> what the one error line says ("*" stands for the run's path)
 CASES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "round-folder": (lambda r, o: _link_folder(r, "round-0003", o), "round-0003 is a symlink"),
     "first-round-folder": (
@@ -66,13 +69,13 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     ),
     "round-file-outside": (
         lambda r, o: _link_file(r, "round-0001/global.safetensors", o / "global.safetensors"),
-        "round-0001/global.safetensors is a symlink that leaves the run",
+        "round 1: global.safetensors is a symlink that leaves the run",
     ),
     "manifest-outside": (
         lambda r, o: _link_file(r, "round-0003/manifest.json", o / "manifest.json"),
-        "round-0003/manifest.json is a symlink that leaves the run",
+        "round-0003/manifest.json in *: is a symlink that leaves the run",
     ),
-    "dangling": (_dangling, "round-0001/rng.safetensors is a symlink"),
+    "dangling": (_dangling, "round 1: rng.safetensors is a symlink"),
 }
 
 
@@ -91,7 +94,7 @@ def test_pack_refuses_links_in_one_line_and_writes_nothing(
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert expected in lines[0], lines[0]
+    assert expected.replace("*", str(run)) in lines[0], lines[0]
     assert list(out.iterdir()) == []  # no archive, no temporary
 
 

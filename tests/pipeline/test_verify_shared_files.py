@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import Result
 
-from blazefl.pipeline.chain import _round_span as spans
+from blazefl.pipeline.run_check import _round_span as spans
 
 
 def _most_shared(run: Path, t: int) -> Path:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from blazefl.stages import user_code
+from blazefl.stages.config import CODE_KEYS
 from blazefl.stages.user_code import (
-    CODE_KEYS,
     UserCodeError,
     build_code_copies,
     code_closure,
