@@ -29,7 +29,6 @@ from blazefl.registry import RegistryError, describe_kind
 __all__ = [
     "IMAGE_KEYWORDS",
     "SHAPE_KEYWORDS",
-    "accepts_input_shape",
     "check_model_fits",
     "factory_kwargs",
     "is_image_input",
@@ -51,12 +50,6 @@ def _parameters(factory: Callable[..., Any]) -> tuple[set[str], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def accepts_input_shape(factory: Callable[..., Any]) -> bool:
-    """Whether `factory` names `input_shape` among its parameters (a `**kwargs` does not
-    count: such a factory may forward its keywords to a constructor that takes no more)."""
-    return "input_shape" in _parameters(factory)[0]
-
-
 def factory_kwargs(factory: Callable[..., Any], **values: Any) -> dict[str, Any]:
     """The keyword arguments to call `factory` with: the image keywords if it accepts them
     (by name or `**kwargs`, as every factory always has been called), `input_shape` and
@@ -68,6 +61,11 @@ def factory_kwargs(factory: Callable[..., Any], **values: Any) -> dict[str, Any]
 
     Returns:
         The subset of `values` to pass.
+
+    Example:
+        >>> factory_kwargs(mlp, num_classes=3, in_channels=0, image_size=0, dropout=0.0,
+        ...                input_shape=(20,), input_dtype=torch.float32)
+        {'num_classes': 3, 'dropout': 0.0, 'input_shape': (20,)}
     """
     named, var_kw = _parameters(factory)
     out = {k: values[k] for k in IMAGE_KEYWORDS if k in named or var_kw}
@@ -111,7 +109,13 @@ def model_factory_hook(obj: Any, path: str) -> Any:
 
 
 def is_image_input(shape: tuple[int, ...], dtype: torch.dtype) -> bool:
-    """Whether samples of `shape`/`dtype` reach a model as images: float `[C, H, W]`."""
+    """Whether samples of `shape`/`dtype` reach a model as images: float `[C, H, W]` (what
+    the built-in models and image-era factories take).
+
+    Example:
+        >>> is_image_input((3, 32, 32), torch.float32), is_image_input((20,), torch.float32)
+        (True, False)
+    """
     return len(shape) == 3 and dtype.is_floating_point
 
 
