@@ -18,7 +18,7 @@ import numpy as np
 from blazefl.experiment import build_partition
 from blazefl.pipeline.run_check import chain_problems, store_problems
 from blazefl.stages.artifacts import MANIFEST, RunDir
-from blazefl.stages.config import DATA_KEYS, partition_keys, to_spec
+from blazefl.stages.config import DATA_KEYS, RunConfig, partition_keys
 from blazefl.stages.provenance import DATASET_REF, differing_keys
 from blazefl.stages.stores import load_labels, load_partition, partition_features
 
@@ -51,7 +51,7 @@ def _hash(run: RunDir, rel: str) -> str | None:
         return None
 
 
-def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
+def provenance_problems(run: RunDir, config: RunConfig) -> list[str]:
     """How the stores contradict a round config: recorded configs, the dataset hash the
     partitions name, and the partition re-computed from the stored labels."""
     out = []
@@ -62,7 +62,7 @@ def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
             f"the dataset store was made with another config (differs in: {', '.join(keys)})"
         )
     parts = run.store_manifest("partitions")
-    keys = differing_keys(parts["config"], {k: config[k] for k in partition_keys(to_spec(config))})
+    keys = differing_keys(parts["config"], {k: config[k] for k in partition_keys(config.spec)})
     if keys:
         out.append(
             f"the partitions store was made with another config (differs in: {', '.join(keys)})"
@@ -71,14 +71,15 @@ def provenance_problems(run: RunDir, config: dict[str, Any]) -> list[str]:
         out.append("the partitions store was made from another dataset store")
     if out:
         return out
-    spec = to_spec(config)
+    spec = config.spec
     labels = load_labels(run)
     private = len(labels) - spec.algorithm.public_size(spec.hparams)
     try:
         stored = load_partition(run, spec.data.clients, max(private, 0))
     except ValueError as exc:
         return [f"the partitions store is unusable: {exc}"]
-    fresh = build_partition(spec, labels, partition_features(config, run))
+    features = partition_features(dict(config), run)  # stores.py takes the flat form
+    fresh = build_partition(spec, labels, features)
     if not (
         np.array_equal(stored.indices.numpy(), fresh.indices.numpy())
         and np.array_equal(stored.offsets.numpy(), fresh.offsets.numpy())

@@ -16,7 +16,7 @@ from blazefl.pipeline.archive import pack_run, unpack_run
 from blazefl.pipeline.runner import run_experiment
 from blazefl.stages import evaluate, init, partition, prepare, report, round_stage
 from blazefl.stages.artifacts import ArtifactError, RunDir
-from blazefl.stages.config import load_config, parse_set, schema_table, to_spec
+from blazefl.stages.config import RunConfig, load_config, parse_set, schema_table
 from blazefl.stages.provenance import refuse_upstream_rewrite
 from blazefl.stages.run_lock import LOCK_NAME, RunLock
 from blazefl.stages.temp_cleanup import clean_stale_pymp_dirs
@@ -33,26 +33,25 @@ __all__ = [
 ]
 
 
-def load(config_path: str, sets: tuple[str, ...]) -> dict[str, Any]:
-    """The validated flat config from a params file and `--set` overrides (a warning line on
-    stderr for sections of the file that the selected algorithm does not use)."""
+def load(config_path: str, sets: tuple[str, ...]) -> RunConfig:
+    """The validated config from a params file and `--set` overrides (a warning line on
+    stderr for sections of the file that the selected algorithm does not use): the one value
+    every stage below the command line takes."""
 
     def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
-    return load_config(config_path, parse_set(sets), warn)
+    return RunConfig.of(load_config(config_path, parse_set(sets), warn))
 
 
 def execution(
-    config: dict[str, Any], mode: str | None, workers: int | None, ipc: str | None
+    config: RunConfig, mode: str | None, workers: int | None, ipc: str | None
 ) -> ExecutionSettings:
     """The execution settings: command-line flags over the config's `runtime` section."""
-    return ExecutionSettings.of(to_spec(config).runtime, mode, workers, ipc)
+    return ExecutionSettings.of(config.spec.runtime, mode, workers, ipc)
 
 
-def run_command(
-    config: dict[str, Any], out: str, how: ExecutionSettings, quiet: bool
-) -> dict[str, Any]:
+def run_command(config: RunConfig, out: str, how: ExecutionSettings, quiet: bool) -> dict[str, Any]:
     """`blazefl run`: every missing stage of the run directory, in one process (holding the
     run's lock: a second writer is refused)."""
     with writing(out) as run:
@@ -89,7 +88,7 @@ def writing(out: str) -> Iterator[RunDir]:
 
 
 def stage_command(
-    name: str, t: int | None, config: dict[str, Any], out: str, how: ExecutionSettings
+    name: str, t: int | None, config: RunConfig, out: str, how: ExecutionSettings
 ) -> None:
     """`blazefl stage NAME`: one stage, from its declared inputs alone (as DVC runs it).
 
@@ -104,7 +103,7 @@ def stage_command(
 
 
 def _stage(
-    name: str, t: int | None, config: dict[str, Any], run: RunDir, how: ExecutionSettings
+    name: str, t: int | None, config: RunConfig, run: RunDir, how: ExecutionSettings
 ) -> None:
     if name in ("prepare", "partition", "init"):
         refuse_upstream_rewrite(run, name)  # later rounds would silently go stale

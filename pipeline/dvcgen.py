@@ -50,16 +50,17 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from blazefl.stages.config import (
     CODE_KEYS,
     DATA_KEYS,
+    RunConfig,
     byte_keys,
     dump_yaml,
     partition_keys,
-    to_spec,
 )
 from blazefl.stages.user_code import config_code
 
@@ -106,7 +107,7 @@ def _params(keys: list[str], params_rel: str) -> list[Any]:
     return [{params_rel: _Flow(keys)}]
 
 
-def stage_code(config: dict[str, Any], base: Path) -> dict[str, list[str]]:
+def stage_code(config: Mapping[str, Any], base: Path) -> dict[str, list[str]]:
     """The user code each stage kind runs, relative to dvc.yaml's folder `base`: editing any
     file of it (the named module, a helper it imports, a parent package's `__init__.py`) must
     make exactly the stages that run it stale.
@@ -117,7 +118,7 @@ def stage_code(config: dict[str, Any], base: Path) -> dict[str, list[str]]:
     recorded in the manifests like torch's version.
 
     Args:
-        config: validated flat config.
+        config: the config, or just its import-path keys (read as text: nothing is imported).
         base: the folder dvc.yaml lies in.
 
     Returns:
@@ -133,7 +134,7 @@ def stage_code(config: dict[str, Any], base: Path) -> dict[str, list[str]]:
 
 
 def dvc_yaml(
-    config: dict[str, Any],
+    config: RunConfig,
     out: str,
     params: str,
     header: str = "",
@@ -142,7 +143,7 @@ def dvc_yaml(
     """The text of dvc.yaml.
 
     Args:
-        config: validated flat config (`fl.rounds` sets the number of round stages).
+        config: the validated `RunConfig` (`fl.rounds` sets the number of round stages).
         out: the run directory, relative to dvc.yaml's directory (posix).
         params: the params file, relative to dvc.yaml's directory (posix).
         header: comment lines put first.
@@ -154,7 +155,7 @@ def dvc_yaml(
     """
     import yaml
 
-    rounds = config["fl.rounds"]
+    rounds = config.spec.fl.rounds
     root = PurePosixPath(out)
 
     def p(*parts: str) -> str:
@@ -185,7 +186,7 @@ def dvc_yaml(
         "partition": {
             "cmd": cmd("partition"),
             "deps": [p("dataset"), *code_deps("partition")],
-            "params": _params(partition_keys(to_spec(config)), params),
+            "params": _params(partition_keys(config.spec), params),
             "outs": [p("partitions")],
         },
         stage_name(0, rounds): {
@@ -244,7 +245,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_dvc(
-    config: dict[str, Any],
+    config: RunConfig,
     out: str | os.PathLike[str],
     dvc_file: Path,
     params_file: Path,
@@ -255,7 +256,7 @@ def write_dvc(
     commands; `out` and `params_file` are taken relative to the working directory.
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         out: the run directory the stages write.
         dvc_file: where dvc.yaml goes.
         params_file: where params.yaml goes (read by DVC and by the stage commands).
@@ -276,10 +277,11 @@ def write_dvc(
         f"# then regenerate, from this directory: {shlex.join(regen)}\n"
     )
     deps = stage_code(config, base)
-    if config["data.root"] is not None:
+    root = config.spec.data.root
+    if root is not None:
         # the files the dataset loader reads: regenerating one must make prepare stale (DVC
         # runs the stage in dvc.yaml's folder, where a relative data.root resolves as here)
-        deps["prepare"] = sorted({*deps.get("prepare", []), Path(config["data.root"]).as_posix()})
+        deps["prepare"] = sorted({*deps.get("prepare", []), Path(root).as_posix()})
     _write(params_file, dump_yaml(config))
     _write(dvc_file, dvc_yaml(config, out_rel, params_rel, header, deps))
     return [params_file, dvc_file]

@@ -14,7 +14,7 @@ from blazefl.data import ImageDataset
 from blazefl.pipeline.background_commit import BackgroundCommits
 from blazefl.stages import init, partition, report
 from blazefl.stages.artifacts import MANIFEST, RunDir
-from blazefl.stages.config import ConfigError, byte_config, config_sha256
+from blazefl.stages.config import ConfigError, RunConfig, byte_config, config_sha256
 from blazefl.stages.data_files import data_differences, data_file_hashes
 from blazefl.stages.evaluate import evaluate
 from blazefl.stages.preflight import preflight
@@ -76,7 +76,7 @@ def _round_line(progress: Progress, out: RoundOutputs, start: float) -> None:
     )
 
 
-def check_run_config(config: dict[str, Any], run: RunDir) -> None:
+def check_run_config(config: RunConfig, run: RunDir) -> None:
     """Refuse a run directory made with another config, another version's manifest format or
     other user code (before anything is written).
 
@@ -103,7 +103,7 @@ def check_run_config(config: dict[str, Any], run: RunDir) -> None:
 
 
 def _ensure_stores(
-    config: dict[str, Any], run: RunDir, progress: Progress
+    config: RunConfig, run: RunDir, progress: Progress
 ) -> tuple[ImageDataset, ImageDataset] | None:
     """Make or check the stores: a store made with another config is rebuilt while no round
     depends on it yet, and refused (one line, the differing keys) once rounds do.
@@ -113,7 +113,7 @@ def _ensure_stores(
     """
     has_rounds = bool(run.complete_rounds())
     data = None
-    data_files = data_file_hashes(config["data.root"])
+    data_files = data_file_hashes(config.spec.data.root)
     rebuild = not (run.dataset / MANIFEST).exists()
     if not rebuild:
         try:
@@ -141,7 +141,7 @@ def _ensure_stores(
             stores = check_stores(config, run)
         rounds = run.complete_rounds()
         for t in sorted({rounds[0], rounds[-1]} if rounds else set()):
-            m = run.manifest(t, max_clients=config["data.clients"])
+            m = run.manifest(t, max_clients=config.spec.data.clients)
             check_round_provenance(config, run, t, m, stores)
     return data
 
@@ -160,7 +160,7 @@ def _check_data_files(run: RunDir, current: dict[str, str]) -> None:
 
 
 def run_experiment(
-    config: dict[str, Any],
+    config: RunConfig,
     run: RunDir,
     execution: ExecutionSettings | None = None,
     quiet: bool = False,
@@ -169,7 +169,7 @@ def run_experiment(
     """Run prepare, partition, init and every missing round, then report.
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         run: run directory (created if needed; resumed if it holds complete rounds).
         execution: mode / workers / IPC (default: the config's; never change bytes).
         quiet: no progress output.
@@ -182,12 +182,12 @@ def run_experiment(
     tune_malloc()
     clean_stale_pymp_dirs()  # what a SIGKILLed earlier run left in the temp folder
     run.clean_partials()
-    progress = Progress(config["fl.rounds"], stream, quiet)
+    total = config.spec.fl.rounds
+    progress = Progress(total, stream, quiet)
     data = _ensure_stores(config, run, progress)
     if not (run.round_dir(0) / MANIFEST).exists():
         init(config, run, data)
     last = run.last_complete_round() or 0
-    total = config["fl.rounds"]
     if last > 0:
         progress.line(f"resuming after round {last} in {run.root}")
     for t in range(1, min(last, total) + 1):  # a crash may have left a round without metrics

@@ -36,7 +36,7 @@ from blazefl.stages.artifacts import (
     environment,
     sha256_bytes,
 )
-from blazefl.stages.config import ConfigError, config_sha256, load_config, to_spec
+from blazefl.stages.config import ConfigError, RunConfig, config_sha256, load_config
 from blazefl.stages.data_files import data_differences, data_file_hashes
 from blazefl.stages.init import init_outputs
 from blazefl.stages.manifest_schema import (
@@ -203,15 +203,15 @@ class _Reexecutor:
         self.session: Any = None
         self.session_key: str | None = None
 
-    def init(self, config: dict[str, Any]) -> dict[str, bytes]:
+    def init(self, config: RunConfig) -> dict[str, bytes]:
         return init_outputs(config, self.run, code_check=self.code_check)[0]
 
-    def round(self, t: int, config: dict[str, Any]) -> Any:
+    def round(self, t: int, config: RunConfig) -> Any:
         """Compute round t from the recorded round t-1 (never from a recomputed one)."""
         key = config_sha256(config)
         if self.session is None or self.session_key != key:
             self.close()
-            runtime = to_spec(config).runtime
+            runtime = config.spec.runtime
             execution = ExecutionSettings.of(runtime, self.mode, self.workers, self.ipc)
             self.session = Session(config, self.run, execution, code_check=self.code_check)
             self.session_key = key
@@ -235,9 +235,9 @@ def _reexecutor(
         r.close()
 
 
-def _config_of(m: dict[str, Any], t: int) -> dict[str, Any]:
+def _config_of(m: dict[str, Any], t: int) -> RunConfig:
     try:
-        return load_config(None, m["config"])
+        return RunConfig.of(load_config(None, m["config"]))
     except ConfigError as exc:
         raise ArtifactError(
             f"round-{t:04d}/{MANIFEST} records an invalid config ({exc}): the run is tampered"
@@ -273,9 +273,9 @@ def _older_format(run: RunDir, manifests: dict[int, dict[str, Any]]) -> dict[str
     return older[0] if older else None
 
 
-def _data_notes(run: RunDir, config: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _data_notes(run: RunDir, config: RunConfig) -> tuple[list[str], list[str]]:
     """The dataset store's recorded data files against data.root here: (notes, problems)."""
-    root = config.get("data.root")
+    root = config.spec.data.root
     recorded = run.store_manifest("dataset").get("data_files", {})
     if root is None or not recorded:
         return [], []
@@ -358,7 +358,7 @@ def _verify(
     mode, workers, ipc = how_args
     configs = {t: _config_of(m, t) for t, m in manifests.items()}
     for t, m in manifests.items():  # client ids below the run's data.clients
-        validate_round_manifest(m, f"round-{t:04d}/{MANIFEST}", configs[t]["data.clients"])
+        validate_round_manifest(m, f"round-{t:04d}/{MANIFEST}", configs[t].spec.data.clients)
 
     seen: list[dict[str, Any]] = []
     for t, m in manifests.items():
@@ -366,9 +366,8 @@ def _verify(
         if rec in seen:
             continue
         seen.append(rec)
-        current = environment(
-            configs[t]["runtime.threads_per_client"], configs[t].get("runtime.device", "cpu")
-        )
+        runtime = configs[t].spec.runtime
+        current = environment(runtime.threads_per_client, runtime.device)
         note = environment_note(rec, current)
         if note:
             echo(note)
@@ -378,11 +377,12 @@ def _verify(
         echo(note)  # type: ignore[arg-type]
 
     cfg0 = configs[chosen[0]]
-    how = mode or cfg0["runtime.mode"]
+    runtime0 = cfg0.spec.runtime
+    how = mode or runtime0.mode
     if how != "sequential":
-        how += f", {workers or cfg0['runtime.workers']} workers"
-    if (mode or cfg0["runtime.mode"]) == "processes":
-        how += f", ipc {ipc or cfg0['runtime.ipc']}"
+        how += f", {workers or runtime0.workers} workers"
+    if (mode or runtime0.mode) == "processes":
+        how += f", ipc {ipc or runtime0.ipc}"
     echo(f"verifying {_rounds(chosen)} of {run.root} ({how})")
 
     ok = True

@@ -10,7 +10,10 @@ Only byte-relevant keys enter the config hash: fields declared with `affects_byt
 algorithms that are not selected, so adding an algorithm changes no existing run's hash.
 
 A config is parsed as a flat dict of dotted keys (`{"train.lr": 0.05, ...}`): the form the
-manifests record and DVC lists as params.
+manifests record and DVC lists as params. Below the command line it travels as one
+`RunConfig`: the typed `ExperimentSpec` every stage reads its values from (`config.spec.data.
+clients`), which also serves, as a read-only mapping, the flat form that manifests, hashes
+and params.yaml record.
 
 The lists of keys each store depends on live here too, next to the schema they name:
 `DATA_KEYS` (the dataset store), `partition_keys` (the partitions store), `CODE_KEYS` (which
@@ -20,7 +23,7 @@ DVC generator that lists them as params, all read them from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ __all__ = [
     "byte_keys",
     "config_sha256",
     "to_spec",
+    "RunConfig",
     "flatten",
     "dump_yaml",
     "default_config",
@@ -95,7 +99,7 @@ def schema(algorithm: str = "fedavg") -> dict[str, FieldSpec]:
         raise ConfigError(str(exc)) from None
 
 
-def to_spec(config: dict[str, Any]) -> ExperimentSpec:
+def to_spec(config: Mapping[str, Any]) -> ExperimentSpec:
     """Build and validate the library's `ExperimentSpec` from a flat config.
 
     Raises:
@@ -114,23 +118,61 @@ def partition_keys(spec: ExperimentSpec) -> list[str]:
     return sorted({*PARTITION_KEYS, "fl.algorithm", *extra})
 
 
+class RunConfig(Mapping[str, Any]):
+    """A validated config as stages and the pipeline take it: `spec`, the typed settings code
+    reads (`config.spec.fl.rounds`), and, as a read-only mapping of dotted keys, their flat
+    serialized form (`spec.to_flat()`: what `byte_config`, the manifests and params.yaml
+    record). One value, so the two can never disagree.
+
+    Example:
+        >>> config = RunConfig.of(load_config("params.yaml"))
+        >>> config.spec.data.clients, config["data.clients"]
+        (20, 20)
+    """
+
+    def __init__(self, spec: ExperimentSpec) -> None:
+        self.spec = spec
+        self._flat = spec.to_flat()
+
+    @classmethod
+    def of(cls, flat: Mapping[str, Any]) -> RunConfig:
+        """Validate a flat config (`load_config`'s) into a `RunConfig`.
+
+        Raises:
+            ConfigError: as `to_spec`.
+        """
+        return cls(to_spec(flat))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._flat[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._flat)
+
+    def __len__(self) -> int:
+        return len(self._flat)
+
+    def __repr__(self) -> str:
+        return f"RunConfig({self._flat!r})"
+
+
 def default_config(algorithm: str = "fedavg") -> dict[str, Any]:
     """The flat config of the default experiment (with `algorithm` selected)."""
     return load_config(None, {"fl.algorithm": algorithm})
 
 
-def byte_keys(config: dict[str, Any]) -> list[str]:
-    """The keys of `config` that change artifact bytes, sorted."""
+def byte_keys(config: Mapping[str, Any]) -> list[str]:
+    """The keys of a flat config that change artifact bytes, sorted."""
     specs = schema(config["fl.algorithm"])
     return sorted(k for k in config if specs[k].affects_bytes)
 
 
-def byte_config(config: dict[str, Any]) -> dict[str, Any]:
+def byte_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The byte-relevant part of a config (what manifests record and the hash covers)."""
     return {k: config[k] for k in byte_keys(config)}
 
 
-def config_sha256(config: dict[str, Any]) -> str:
+def config_sha256(config: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of the byte-relevant config (the one digest function,
     `manifest_schema.config_digest`, so writers and manifest checks cannot drift apart)."""
     return config_digest(byte_config(config))
@@ -230,7 +272,7 @@ def load_config(
     return to_spec(flat).to_flat()
 
 
-def dump_yaml(config: dict[str, Any]) -> str:
+def dump_yaml(config: Mapping[str, Any]) -> str:
     """The config as nested YAML (params.yaml), keys in schema order."""
     import yaml
 

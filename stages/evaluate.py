@@ -19,6 +19,7 @@ from blazefl.stages.artifacts import (
     canonical_json,
     sha256_bytes,
 )
+from blazefl.stages.config import RunConfig
 from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import GLOBAL
 from blazefl.stages.stores import build_from_stores
@@ -83,7 +84,7 @@ def round_metrics(
     return {"round": t, "test_accuracy": test_accuracy, "test_loss": test_loss, **recorded}
 
 
-def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:
+def evaluate(config: RunConfig, run: RunDir, t: int) -> Path:
     """Evaluate round t's global model on the test set and write its metrics file.
 
     The bytes equal the metrics `blazefl run` writes for the same round.
@@ -94,10 +95,10 @@ def evaluate(config: dict[str, Any], run: RunDir, t: int) -> Path:
     if t < 1:
         raise ArtifactError(f"--round must be >= 1, got {t}")
     stores = check_stores(config, run)
-    manifest = run.manifest(t, max_clients=config["data.clients"])
+    manifest = run.manifest(t, max_clients=config.spec.data.clients)
     check_round_provenance(config, run, t, manifest, stores)
-    pin_client_threads(config["runtime.threads_per_client"])
-    exp = build_from_stores(config, run)
+    pin_client_threads(config.spec.runtime.threads_per_client)
+    exp = build_from_stores(dict(config), run)  # stores.py: the flat form
     server = exp.server()
     rel = f"round-{t:04d}/{GLOBAL}"
     data = run.read_file(rel)

@@ -17,7 +17,7 @@ from blazefl.stages.artifacts import (
     manifest_code,
     sha256_bytes,
 )
-from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.provenance import check_stores
 from blazefl.stages.snapshot import CODE, snapshot_files
@@ -28,7 +28,7 @@ __all__ = ["init", "init_outputs"]
 
 
 def init_outputs(
-    config: dict[str, Any],
+    config: RunConfig,
     run: RunDir,
     data: tuple[ImageDataset, ImageDataset] | None = None,
     code_check: bool = True,
@@ -37,7 +37,7 @@ def init_outputs(
     them with the recorded ones).
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         run: the run directory (its stores must have been made with `config`).
         data: the in-memory (train, test) sets equal to the store's, if the caller has them.
         code_check: refuse stores made with other user code (off for `verify --code-from
@@ -50,7 +50,7 @@ def init_outputs(
         ProvenanceError: a store was made with another config.
     """
     stores = check_stores(config, run, code_check)
-    exp = build_from_stores(config, run, data)
+    exp = build_from_stores(dict(config), run, data)  # stores.py: the flat form
     server = exp.server()
     device = rng_device(exp.spec.runtime.device)  # a GPU run's streams carry a CUDA generator
     clients = {
@@ -67,7 +67,9 @@ def init_outputs(
         "code": manifest_code(),
         "config": byte_config(config),
         "config_sha256": config_sha256(config),
-        "environment": environment(config["runtime.threads_per_client"], exp.spec.runtime.device),
+        "environment": environment(
+            config.spec.runtime.threads_per_client, config.spec.runtime.device
+        ),
         "format": MANIFEST_FORMAT,
         "inputs": stores,
         "kind": "init",
@@ -83,14 +85,14 @@ def init_outputs(
 
 
 def init(
-    config: dict[str, Any], run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
+    config: RunConfig, run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
 ) -> Path:
     """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server), rng/ (every client's
     stream derived from (seed, client id)) and the manifest that starts the chain, naming the
     hashes of both store manifests.
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         run: the run directory (dataset and partitions must exist, made with `config`).
         data: the in-memory (train, test) sets equal to the store's, if the caller has them.
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from blazefl.experiment import build_partition
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json
-from blazefl.stages.config import partition_keys, to_spec
+from blazefl.stages.config import RunConfig, partition_keys
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.prepare import store_record
 from blazefl.stages.provenance import check_dataset_store
@@ -15,7 +14,7 @@ from blazefl.stages.stores import load_labels, partition_features
 from blazefl.stages.user_code import config_code
 
 
-def partition(config: dict[str, Any], run: RunDir) -> Path:
+def partition(config: RunConfig, run: RunDir) -> Path:
     """Split the training set among clients and store the index arrays in `RUN/partitions`.
 
     The manifest records `partition_keys(config)` and the dataset manifest's hash.
@@ -29,8 +28,8 @@ def partition(config: dict[str, Any], run: RunDir) -> Path:
     import zarr
 
     dataset_sha = check_dataset_store(config, run)  # made with this config's data keys
-    spec = to_spec(config)
-    part = build_partition(spec, load_labels(run), partition_features(config, run))
+    spec = config.spec
+    part = build_partition(spec, load_labels(run), partition_features(dict(config), run))
     keys = partition_keys(spec)
     with atomic_dir(run.partitions, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")

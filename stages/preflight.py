@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from blazefl.core.devices import run_devices
 from blazefl.data import ImageDataset
 from blazefl.experiment import Experiment, build_partition, model_spec_for
 from blazefl.models.inputs import check_model_fits
-from blazefl.stages.config import to_spec
+from blazefl.stages.config import RunConfig
 
 __all__ = ["UserCodeFailedError", "check_model_input", "check_splits", "guarded", "preflight"]
 
@@ -54,12 +54,12 @@ def guarded(key: str, name: str, build: Callable[[], T]) -> T:
         ) from None
 
 
-def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -> None:
+def preflight(config: RunConfig, train: ImageDataset, test: ImageDataset) -> None:
     """Build the partition, the devices, the initial model, the server and the client work in
     memory, so that an impossible config fails before the first store is written.
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         train / test: the loaded data sets (not yet written).
 
     Raises:
@@ -67,12 +67,12 @@ def preflight(config: dict[str, Any], train: ImageDataset, test: ImageDataset) -
             does not take the dataset's samples, or user code (model factory, algorithm)
             that raises; one line each.
     """
-    spec = to_spec(config)
+    spec = config.spec
     run_devices(spec.runtime.device)  # DeviceUnavailableError: one line
     partition = build_partition(spec, train.labels.numpy(), train.images.numpy())
     model_spec = model_spec_for(spec, train)
-    model = config["model.name"]
-    algorithm = config["fl.algorithm"]
+    model = spec.model.name
+    algorithm = spec.fl.algorithm
     exp = Experiment(spec, train, test, partition, model_spec)
     check_model_input(config, train, guarded("model.name", model, exp.initial_model))
     guarded("fl.algorithm", algorithm, exp.server)
@@ -107,14 +107,14 @@ def check_splits(name: str, train: ImageDataset, test: ImageDataset) -> None:
 
 
 def check_model_input(
-    config: dict[str, Any], train: ImageDataset, model: nn.Module | None = None
+    config: RunConfig, train: ImageDataset, model: nn.Module | None = None
 ) -> None:
     """Check, with one sample on the CPU, that the config's model takes the training set's
     samples and returns `num_classes` logits (`blazefl.models.inputs.check_model_fits`):
     a mismatch is one line here instead of an error inside the first client.
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         train: the training set.
         model: the model to check (default: one built from the config with a throwaway
             generator; nothing the run records is drawn).
@@ -125,8 +125,8 @@ def check_model_input(
     Example:
         >>> check_model_input(config, train)  # raises ValueError, or returns None
     """
-    name = config["model.name"]
+    name = config.spec.model.name
     if model is None:
-        spec = model_spec_for(to_spec(config), train)
+        spec = model_spec_for(config.spec, train)
         model = guarded("model.name", name, lambda: spec.build(torch.Generator()))
-    check_model_fits(model, train, name, config["data.dataset"])
+    check_model_fits(model, train, name, config.spec.data.dataset)

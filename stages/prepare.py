@@ -10,7 +10,7 @@ import numpy as np
 from blazefl.data import FeatureDataset, ImageDataset
 from blazefl.experiment import build_data
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
-from blazefl.stages.config import DATA_KEYS, to_spec
+from blazefl.stages.config import DATA_KEYS, RunConfig
 from blazefl.stages.data_files import data_file_hashes
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.preflight import check_model_input, check_splits, guarded
@@ -32,7 +32,7 @@ def store_record(root: Path) -> dict[str, Any]:
     return {"files": files, "sizes": {rel: (root / rel).stat().st_size for rel in files}}
 
 
-def prepare(config: dict[str, Any], run: RunDir) -> Path:
+def prepare(config: RunConfig, run: RunDir) -> Path:
     """Write the train and test sets of the config into `RUN/dataset` (zarr: uint8 images,
     or a `FeatureDataset`'s float32 / int64 samples).
 
@@ -46,20 +46,20 @@ def prepare(config: dict[str, Any], run: RunDir) -> Path:
     data = build_datasets(config)
     # a model that cannot take these samples fails here, not in the first round's clients
     check_model_input(config, data[0])
-    write_dataset_store(config, run, *data, data_files=data_file_hashes(config["data.root"]))
+    write_dataset_store(config, run, *data, data_files=data_file_hashes(config.spec.data.root))
     return run.dataset
 
 
-def build_datasets(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
+def build_datasets(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
     """The train and test sets the config names (generated or read from data.root)."""
-    spec = to_spec(config)
-    train, test = guarded("data.dataset", config["data.dataset"], lambda: build_data(spec))
-    check_splits(config["data.dataset"], train, test)
+    spec = config.spec
+    train, test = guarded("data.dataset", spec.data.dataset, lambda: build_data(spec))
+    check_splits(spec.data.dataset, train, test)
     return train, test
 
 
 def write_dataset_store(
-    config: dict[str, Any],
+    config: RunConfig,
     run: RunDir,
     train: ImageDataset,
     test: ImageDataset,

@@ -21,7 +21,13 @@ import re
 from typing import Any
 
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, code_version
-from blazefl.stages.config import DATA_KEYS, byte_config, config_sha256, partition_keys, to_spec
+from blazefl.stages.config import (
+    DATA_KEYS,
+    RunConfig,
+    byte_config,
+    config_sha256,
+    partition_keys,
+)
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT, manifest_format
 from blazefl.stages.untrusted import resolve_inside
 from blazefl.stages.user_code import code_differences, config_code
@@ -144,7 +150,7 @@ def _check_files_listed(run: RunDir, name: str, manifest: dict[str, Any]) -> Non
         resolve_inside(run.root, f"{name}/{rel}")
 
 
-def check_dataset_store(config: dict[str, Any], run: RunDir, code_check: bool = True) -> str:
+def check_dataset_store(config: RunConfig, run: RunDir, code_check: bool = True) -> str:
     """Check `RUN/dataset` was made with `config`'s data keys.
 
     Returns:
@@ -172,7 +178,7 @@ def check_dataset_store(config: dict[str, Any], run: RunDir, code_check: bool = 
 
 
 def check_partitions_store(
-    config: dict[str, Any], run: RunDir, dataset_sha: str, code_check: bool = True
+    config: RunConfig, run: RunDir, dataset_sha: str, code_check: bool = True
 ) -> str:
     """Check `RUN/partitions` was made with `config`'s partition keys from this dataset store.
 
@@ -192,7 +198,7 @@ def check_partitions_store(
         f"rebuild it with `blazefl stage partition --out {run.root}` and this config, or use a "
         "new --out"
     )
-    keys = differing_keys(m["config"], {k: config[k] for k in partition_keys(to_spec(config))})
+    keys = differing_keys(m["config"], {k: config[k] for k in partition_keys(config.spec)})
     if keys:
         raise ProvenanceError(
             f"the partitions store in {run.root} was made with another config (differs in: "
@@ -210,7 +216,7 @@ def check_partitions_store(
     return run.manifest_sha256(run.partitions / MANIFEST)
 
 
-def check_stores(config: dict[str, Any], run: RunDir, code_check: bool = True) -> dict[str, str]:
+def check_stores(config: RunConfig, run: RunDir, code_check: bool = True) -> dict[str, str]:
     """Check both stores against `config`; the hashes of their manifests by relative path.
 
     Args:
@@ -226,7 +232,7 @@ def check_stores(config: dict[str, Any], run: RunDir, code_check: bool = True) -
 
 
 def check_round_provenance(
-    config: dict[str, Any],
+    config: RunConfig,
     run: RunDir,
     t: int,
     manifest: dict[str, Any],

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.stages.artifacts import ArtifactError, RunDir, atomic_write, canonical_json
+from blazefl.stages.config import RunConfig
 
 
 def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:
@@ -17,14 +18,14 @@ def collect_metrics(run: RunDir, rounds: int) -> list[dict[str, Any]]:
     return [run.read_json(run.metrics_path(t)) for t in range(1, rounds + 1)]
 
 
-def report(config: dict[str, Any], run: RunDir, plot: bool = True) -> Path:
+def report(config: RunConfig, run: RunDir, plot: bool = True) -> Path:
     """Write `RUN/summary.json`, `RUN/plots/metrics.json` and, if matplotlib is installed,
     `RUN/plots/metrics.png`.
 
     Returns:
         The summary file.
     """
-    rounds = config["fl.rounds"]
+    rounds = config.spec.fl.rounds
     if run.last_complete_round() is None or (run.last_complete_round() or 0) < rounds:
         raise ArtifactError(
             f"report needs rounds 1-{rounds} in {run.root}; run them first (blazefl run)"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from blazefl.core.loop import ExecutionSettings
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
+from blazefl.stages.config import RunConfig
 from blazefl.stages.session import Session
 
 
 def round_stage(
-    config: dict[str, Any],
+    config: RunConfig,
     run: RunDir,
     t: int,
     execution: ExecutionSettings | None = None,
@@ -19,7 +19,7 @@ def round_stage(
     """Compute round `t` from `RUN/round-(t-1)` and commit `RUN/round-t` and its metrics.
 
     Args:
-        config: validated flat config.
+        config: the validated config (`RunConfig`).
         run: run directory.
         t: round number (>= 1); round t-1 must be complete.
         execution: mode / workers / IPC (default: the config's; never changes bytes).

@@ -11,7 +11,6 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -31,7 +30,7 @@ from blazefl.stages.artifacts import (
     manifest_code,
     sha256_bytes,
 )
-from blazefl.stages.config import byte_config, config_sha256
+from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.stages.evaluate import round_metrics, round_summary
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.provenance import check_round_provenance, check_stores
@@ -59,7 +58,7 @@ class Session:
     """Computes rounds of one run from its artifacts; pools stay warm across rounds.
 
     Args:
-        config: validated flat config.
+        config: the validated config.
         run: run directory.
         execution: mode / workers / IPC (default: the config's `runtime`; never change bytes).
         data: the in-memory (train, test) sets equal to the store's, if the caller has them.
@@ -73,7 +72,7 @@ class Session:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: RunConfig,
         run: RunDir,
         execution: ExecutionSettings | None = None,
         data: tuple[ImageDataset, ImageDataset] | None = None,
@@ -86,7 +85,7 @@ class Session:
         self.code_check = code_check
         # the stores must have been made with this config (else: one line, nothing trained)
         self.store_hashes = check_stores(config, run, code_check)
-        self.exp = build_from_stores(config, run, data)
+        self.exp = build_from_stores(dict(config), run, data)  # stores.py: the flat form
         self.execution = execution or ExecutionSettings.of(self.exp.spec.runtime)
         self._temp = contextlib.ExitStack()
         storage_dir = None
@@ -179,7 +178,7 @@ class Session:
         if stateful != (server_file in states):
             raise ArtifactContentError(
                 f"{pre}{server_file} is {'missing' if stateful else 'unexpected'} for "
-                f"{self.config['fl.algorithm']}: the run is tampered or from another algorithm"
+                f"{self.config.spec.fl.algorithm}: the run is tampered or from another algorithm"
             )
         clients: dict[int, dict[str, torch.Tensor]] = {}
         reference: tuple[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]] | None = None
@@ -299,7 +298,7 @@ class Session:
             "config": byte_config(self.config),
             "config_sha256": config_sha256(self.config),
             "environment": environment(
-                self.config["runtime.threads_per_client"], self.exp.spec.runtime.device
+                self.config.spec.runtime.threads_per_client, self.config.spec.runtime.device
             ),
             "format": MANIFEST_FORMAT,
             # the parent manifest's hash covers every file of the parent round, so the

@@ -31,7 +31,7 @@ import hashlib
 import importlib.util
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +295,12 @@ def code_closure(import_paths: Iterable[str], base: Path) -> dict[str, str]:
 
 
 def config_code(
-    config: dict[str, Any], stage: str | None = None, base: Path | None = None
+    config: Mapping[str, Any], stage: str | None = None, base: Path | None = None
 ) -> dict[str, str]:
     """The closure of the user code named by `config` that `stage` runs.
 
     Args:
-        config: flat dotted config (`fl.algorithm`, `model.name`, `data.dataset`).
+        config: a flat dotted config or a `RunConfig` (`fl.algorithm`, `model.name`, ...).
         stage: a stage kind of `CODE_KEYS` (`prepare`, `partition`, `init`, `round`); None:
             every key of `CODE_KEYS`; a stage no key lists (`report`) runs no user code.
         base: the folder the stage runs in (default: the working directory).

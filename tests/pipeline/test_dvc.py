@@ -33,9 +33,14 @@ from dvc_helpers import (
 from dvc_helpers import base_repo as _base_repo
 
 from blazefl.pipeline.dvcgen import path_note, stage_name, write_dvc
-from blazefl.stages.config import byte_keys, dump_yaml, load_config
+from blazefl.stages.config import RunConfig, byte_keys, dump_yaml, load_config
 
 NON_BYTE_KEYS = ("fl.rounds", "runtime.mode", "runtime.workers", "runtime.ipc")
+
+
+def _config(overrides: dict[str, object]) -> RunConfig:
+    """The config `blazefl dvc --set ...` passes on (defaults plus `overrides`)."""
+    return RunConfig.of(load_config(None, overrides))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def repo(base_repo: Path, tmp_path: Path) -> Path:
 
 
 def test_same_config_writes_same_bytes(tmp_path: Path) -> None:
-    config = load_config(None, TINY)
+    config = _config(TINY)
     texts = []
     for name in ("a", "b"):
         d = tmp_path / name
@@ -67,7 +72,7 @@ def test_same_config_writes_same_bytes(tmp_path: Path) -> None:
 
 
 def test_params_yaml_round_trips_and_holds_the_full_config(tmp_path: Path) -> None:
-    config = load_config(None, {**TINY, "train.lr": 0.0125, "data.root": None})
+    config = _config({**TINY, "train.lr": 0.0125, "data.root": None})
     write_dvc(
         config,
         out=tmp_path / OUT,
@@ -79,7 +84,7 @@ def test_params_yaml_round_trips_and_holds_the_full_config(tmp_path: Path) -> No
 
 
 def test_stages_list_only_byte_keys_and_never_persist(tmp_path: Path) -> None:
-    config = load_config(None, TINY)
+    config = _config(TINY)
     write_dvc(
         config,
         out=tmp_path / OUT,
@@ -120,7 +125,7 @@ def test_stages_list_only_byte_keys_and_never_persist(tmp_path: Path) -> None:
 def test_partition_params_follow_the_selected_algorithm(tmp_path: Path) -> None:
     def params(config: dict[str, object]) -> dict[str, list[str]]:
         write_dvc(
-            load_config(None, config),
+            _config(config),
             out=tmp_path / OUT,
             dvc_file=tmp_path / "dvc.yaml",
             params_file=tmp_path / "params.yaml",
@@ -142,7 +147,7 @@ def test_paths_are_relative_to_dvc_yaml_and_params_file_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, {**TINY, "fl.rounds": 1})
+    config = _config({**TINY, "fl.rounds": 1})
     write_dvc(
         config, out="artifacts/x", dvc_file=Path("pipe/dvc.yaml"), params_file=Path("conf/exp.yaml")
     )
@@ -163,7 +168,7 @@ def test_stage_names_have_three_digits_and_widen_past_999() -> None:
 
 def test_zero_rounds_pipeline_reports_from_init(tmp_path: Path) -> None:
     write_dvc(
-        load_config(None, {**TINY, "fl.rounds": 0}),
+        _config({**TINY, "fl.rounds": 0}),
         out=tmp_path / OUT,
         dvc_file=tmp_path / "dvc.yaml",
         params_file=tmp_path / "params.yaml",
