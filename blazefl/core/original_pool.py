@@ -129,6 +129,9 @@ class OriginalPool:
         # the kernel kills a worker when the thread that started it exits: main thread only
         die = threading.current_thread() is threading.main_thread()
         self.pool = ctx.Pool(processes, _init_worker, (threads, die, self.stop))
+        # multiprocessing.Pool replaces a dead worker silently (its task is lost and the round
+        # would wait forever) and forgets it: keep our own references to look at
+        self.procs = list(getattr(self.pool, "_pool", []))
         self._finalizer = weakref.finalize(self, _terminate, self.pool)
 
     def terminate(self) -> None:
@@ -137,8 +140,7 @@ class OriginalPool:
 
     def dead_worker(self) -> tuple[int | None, int] | None:
         """(pid, exit code) of a worker process that died, or None while all live."""
-        # multiprocessing.Pool replaces a dead worker silently and loses its task: look
-        for proc in getattr(self.pool, "_pool", []):
+        for proc in self.procs:
             if proc.exitcode is not None:
                 return proc.pid, proc.exitcode
         return None
