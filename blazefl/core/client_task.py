@@ -142,4 +142,8 @@ def run_client_task(
         # SystemExit too: client code must not end the runner with its own exit code
         raise ClientTrainingError(task.cid, task.round, f"{type(exc).__name__}: {exc}") from exc
     _perturb_if_requested(task, uplink)
-    return ClientResult(task.cid, uplink, rng.state_tensors(), state, package_sha256(uplink))
+    try:
+        sha = package_sha256(uplink)
+    except (TypeError, ValueError) as exc:  # e.g. a metadata value with no canonical bytes
+        raise ClientTrainingError(task.cid, task.round, f"its uplink: {exc}") from exc
+    return ClientResult(task.cid, uplink, rng.state_tensors(), state, sha)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from blazefl.core.package_values import canonical_bytes, extract_tensors, fill_tensors, tensor_at
+
 __all__ = [
     "DownlinkPackage",
     "UplinkPackage",
@@ -72,12 +74,15 @@ class ClientTask:
         cid: client id.
         rng: the client's RNG state tensors (see `RNGSuite.state_tensors`).
         state: the client's persistent algorithm state (stateful algorithms only).
+        settings: this client's own settings for the round (`BaseServerHandler.client_settings`:
+            JSON numbers, strings and booleans by name; empty when the server gives none).
     """
 
     round: int
     cid: int
     rng: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +111,11 @@ class _TensorSlot:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+    path: tuple[Any, ...] = ()  # below the field, for a tensor nested in a container
+
+    def tensor(self, package: Any) -> torch.Tensor:
+        value = getattr(package, self.name)
+        return value if not self.path else tensor_at(value, self.path)
 
 
 @dataclass(frozen=True)
@@ -114,20 +124,24 @@ class PackageLayout:
 
     Attributes:
         cls: the package dataclass.
-        tensors: (field, dtype, shape, byte offset, nbytes) per tensor field, field order.
-        scalars: the non-tensor fields and their values.
+        tensors: (field, dtype, shape, byte offset, nbytes, path) per tensor, field order; a
+            tensor nested in a field (a dict, list, tuple or dataclass) has its `path` there.
+        scalars: the non-tensor fields and their values; a field holding nested tensors is
+            kept as a skeleton with `TensorRef` placeholders.
         nbytes: arena bytes needed.
+        nested: the fields kept as skeletons.
     """
 
     cls: type
     tensors: tuple[_TensorSlot, ...]
     scalars: dict[str, Any] = field(default_factory=dict)
     nbytes: int = 0
+    nested: frozenset[str] = frozenset()
 
     def write(self, package: Any, arena: torch.Tensor) -> None:
         """Copy the package's tensors into `arena` (a 1-D uint8 tensor)."""
         for slot in self.tensors:
-            src = getattr(package, slot.name).detach().reshape(-1)
+            src = slot.tensor(package).detach().reshape(-1)
             dst = arena[slot.offset : slot.offset + slot.nbytes]
             dst.view(slot.dtype).copy_(src)
 
@@ -136,17 +150,22 @@ class PackageLayout:
         with open(path, "wb") as f:
             for slot in self.tensors:
                 f.seek(slot.offset)
-                t = getattr(package, slot.name).detach().contiguous().reshape(-1)
+                t = slot.tensor(package).detach().contiguous().reshape(-1)
                 f.write(t.view(torch.uint8).numpy().data)
             f.truncate(self.nbytes)
 
     def read(self, arena: torch.Tensor, copy: bool = False) -> Any:
         """Rebuild the package from `arena`; tensors are views unless `copy`."""
         values: dict[str, Any] = dict(self.scalars)
+        tensors = []
         for slot in self.tensors:
             raw = arena[slot.offset : slot.offset + slot.nbytes]
             t = raw.view(slot.dtype).view(slot.shape)
-            values[slot.name] = t.clone() if copy else t
+            tensors.append(t.clone() if copy else t)
+            if not slot.path:
+                values[slot.name] = tensors[-1]
+        for name in self.nested:
+            values[name] = fill_tensors(values[name], tensors)
         return self.cls(**values)
 
 
@@ -154,7 +173,8 @@ def package_layout(package: Any) -> PackageLayout:
     """Compute the arena layout of a package dataclass instance.
 
     Args:
-        package: a dataclass instance whose fields are tensors or picklable scalars.
+        package: a dataclass instance whose fields are tensors, picklable scalars, or dicts,
+            lists, tuples and dataclasses holding tensors (e.g. a `state_dict`).
 
     Returns:
         The layout; `layout.nbytes` is the arena size it needs.
@@ -167,29 +187,44 @@ def package_layout(package: Any) -> PackageLayout:
         raise TypeError(f"packages must be dataclass instances, got {type(package).__name__}")
     slots: list[_TensorSlot] = []
     scalars: dict[str, Any] = {}
+    nested: set[str] = set()
     offset = 0
+
+    def add(name: str, value: torch.Tensor, path: tuple[Any, ...]) -> int:
+        nonlocal offset
+        nbytes = value.numel() * value.element_size()
+        slots.append(_TensorSlot(name, value.dtype, tuple(value.shape), offset, nbytes, path))
+        offset += -(-nbytes // _ALIGN) * _ALIGN
+        return len(slots) - 1
+
     for f in dataclasses.fields(package):
         value = getattr(package, f.name)
         if isinstance(value, torch.Tensor):
-            nbytes = value.numel() * value.element_size()
-            slots.append(_TensorSlot(f.name, value.dtype, tuple(value.shape), offset, nbytes))
-            offset += -(-nbytes // _ALIGN) * _ALIGN
-        else:
-            scalars[f.name] = value
-    return PackageLayout(type(package), tuple(slots), scalars, offset)
+            add(f.name, value, ())
+            continue
+        skeleton = extract_tensors(value, f.name, lambda t, p, n=f.name: add(n, t, p))
+        if skeleton is not value:
+            nested.add(f.name)
+        scalars[f.name] = skeleton
+    return PackageLayout(type(package), tuple(slots), scalars, offset, frozenset(nested))
 
 
 def package_sha256(package: Any) -> str:
     """SHA-256 of a package's canonical bytes: every field in declaration order.
 
-    Tensors contribute name, dtype, shape and raw bytes; other fields their canonical JSON.
-    Equal packages give equal hashes on every execution mode.
+    Tensors contribute name, dtype, shape and raw bytes; other fields their canonical JSON, or,
+    for a value JSON cannot encode (tensors in a dict or list, tuples as dict keys, arrays,
+    sets, dataclasses), its `canonical_bytes` (dict order does not matter). Equal packages
+    give equal hashes on every execution mode.
 
     Args:
         package: a dataclass instance.
 
     Returns:
         Hex digest.
+
+    Raises:
+        ValueError: a field holds a value with no canonical bytes (one line naming it).
     """
     h = hashlib.sha256()
     for f in dataclasses.fields(package):
@@ -198,6 +233,11 @@ def package_sha256(package: Any) -> str:
             t = value.detach().contiguous()
             h.update(f"{f.name}:{t.dtype}:{tuple(t.shape)}:".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-        else:
-            h.update(f"{f.name}={json.dumps(value, sort_keys=True)};".encode())
+            continue
+        try:
+            text = json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError):  # not JSON: the canonical encoding, marked apart
+            h.update(f"{f.name}~".encode() + canonical_bytes(value, f.name) + b";")
+        else:  # JSON-encodable values hash exactly as they always have (pinned digests)
+            h.update(f"{f.name}={text};".encode())
     return h.hexdigest()

@@ -32,7 +32,6 @@ __all__ = [
     "map_file",
     "tensors_from_wire",
     "tensors_to_wire",
-    "uplink_from_wire",
     "worker_main",
 ]
 
@@ -102,21 +101,6 @@ def tensors_to_wire(d: dict[str, torch.Tensor] | None) -> dict[str, np.ndarray] 
 
 def tensors_from_wire(d: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
     return None if d is None else {k: torch.from_numpy(v) for k, v in d.items()}
-
-
-def uplink_to_wire(uplink: Any) -> Any:
-    values = {
-        k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-        for k, v in vars(uplink).items()
-    }
-    return type(uplink), values
-
-
-def uplink_from_wire(wire: Any) -> Any:
-    cls, values = wire
-    return cls(
-        **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in values.items()}
-    )
 
 
 @dataclass(frozen=True)
@@ -204,6 +188,7 @@ def worker_main(
             task_wire[1],
             tensors_from_wire(task_wire[2]) or {},
             tensors_from_wire(task_wire[3]),
+            task_wire[4],
         )
         try:
             if cached[0] != ref.version:
@@ -219,7 +204,11 @@ def worker_main(
                 layout.write(result.uplink, up_arena[slot])
                 body = ("layout", layout)
             else:  # larger than a slot: slow path by value; the pool grows its slots next round
-                body = ("value", uplink_to_wire(result.uplink), layout.nbytes)
+                arena = torch.empty(layout.nbytes, dtype=torch.uint8)
+                layout.write(result.uplink, arena)
+                # a numpy array pickles by value: a freed tensor's shared-memory handle would
+                # not outlive this message
+                body = ("value", layout, arena.numpy())
             reply: Any = (
                 "done",
                 task.cid,

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +60,6 @@ from blazefl.core.pool_worker import (
     map_file,
     tensors_from_wire,
     tensors_to_wire,
-    uplink_from_wire,
     worker_main,
 )
 from blazefl.core.protocols import ClientWorkload
@@ -154,7 +153,11 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
 
     # -- the original BlazeFL's contract (a subclass overriding the static `worker`) ---------
     def train_round(
-        self, payload: DownlinkT, cid_list: Sequence[int], round: int | None = None
+        self,
+        payload: DownlinkT,
+        cid_list: Sequence[int],
+        round: int | None = None,
+        settings: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> Iterator[ClientResult]:
         """See `BaseClientTrainer.train_round` (workload API only).
 
@@ -167,7 +170,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
                 "stop_event, *, shm_buffer): drive it with local_process / uplink_package, "
                 "not train_round"
             )
-        return super().train_round(payload, cid_list, round)
+        return super().train_round(payload, cid_list, round, settings)
 
     def local_process(self, payload: DownlinkT, cid_list: Sequence[int]) -> None:
         """Train the clients and cache their uplinks: sorted by client id for a workload, in
@@ -357,6 +360,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
                         task.cid,
                         tensors_to_wire(task.rng),
                         tensors_to_wire(task.state),
+                        task.settings,  # JSON scalars by name: pickled with the message
                     )
                     try:
                         self._conns[w].send(("task", wire, ref, slot))
@@ -402,8 +406,8 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
     def _receive(self, msg: Any, slot: tuple[int, Any]) -> ClientResult:
         _, cid, body, rng, state, sha = msg
         if body[0] == "value":
-            uplink = uplink_from_wire(body[1])
-            self._slot_nbytes = max(self._slot_nbytes, body[2])  # grow slots next round
+            uplink = body[1].read(torch.from_numpy(body[2]))
+            self._slot_nbytes = max(self._slot_nbytes, body[1].nbytes)  # grow slots next round
             self._down_arena = None
         elif self.ipc_mode == "storage":
             path = Path(slot[1])
