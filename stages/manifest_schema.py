@@ -167,13 +167,27 @@ LEGACY_ROUND_FIELDS: dict[str, Field] = {
     ),
 }
 
+def _client_settings(v: Any) -> bool:
+    """{5-digit client id: {identifier: JSON scalar}} (`BaseServerHandler.client_settings`)."""
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and len(k) >= 5 and k.isdecimal() and _mapping(_is_name, _is_scalar)(x)
+        for k, x in v.items()
+    )
+
+
 #: Round manifests of the current format.
 ROUND_FIELDS: dict[str, Field] = {
     **LEGACY_ROUND_FIELDS,
     "format": _FORMAT,
     "sizes": _SIZES,
     "user_code": _CODE,
+    "client_settings": Field(
+        "an object of 5-digit client ids -> objects of names -> scalars", _client_settings
+    ),
 }
+#: Fields a round manifest of the current format may leave out (none given: none written, so
+#: a run without per-client settings has the bytes it had before they existed).
+_ROUND_OPTIONAL = frozenset({"client_settings"})
 
 #: Store manifests of format 1, by kind.
 LEGACY_STORE_FIELDS: dict[str, dict[str, Field]] = {
@@ -241,6 +255,12 @@ def _rule_config_sha(m: dict[str, Any], _: int | None) -> str | None:
     return None
 
 
+def _rule_client_settings(m: dict[str, Any], _: int | None) -> str | None:
+    if not set(m.get("client_settings", {})) <= set(m["uplinks"]):
+        return "client_settings may name only clients of the round"
+    return None
+
+
 def _rule_sizes(m: dict[str, Any], _: int | None) -> str | None:
     if "sizes" in m and m["sizes"].keys() != m["outputs"].keys():
         return "the keys of sizes must be exactly those of outputs"
@@ -254,6 +274,7 @@ ROUND_RULES: tuple[Rule, ...] = (
     _rule_snapshot,
     _rule_config_sha,
     _rule_sizes,
+    _rule_client_settings,
 )
 
 
@@ -321,7 +342,7 @@ def validate_round_manifest(m: Any, where: str, max_clients: int | None = None) 
     if _format_of(m, where) == 1:
         _check(m, where, LEGACY_ROUND_FIELDS, _LEGACY_OPTIONAL)
     else:
-        _check(m, where, ROUND_FIELDS)
+        _check(m, where, ROUND_FIELDS, _ROUND_OPTIONAL)
     for rule in ROUND_RULES:
         problem = rule(m, max_clients)
         if problem:

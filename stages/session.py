@@ -313,6 +313,10 @@ class Session:
             "uplinks": {f"{c:05d}": h for c, h in sorted(result.uplink_sha256.items())},
             "user_code": self.user_code,
         }
+        if result.client_settings:  # only when a server gives some: other runs keep their bytes
+            manifest["client_settings"] = {
+                f"{c:05d}": s for c, s in sorted(result.client_settings.items())
+            }
         metrics = round_metrics(
             t, summary.get("test_accuracy"), summary.get("test_loss"), manifest["summary"]
         )

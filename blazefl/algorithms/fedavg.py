@@ -29,6 +29,8 @@ __all__ = [
     "FedAvgClientWorkload",
     "FedAvgWorker",
     "FedAvgServerHandler",
+    "LOCAL_WORK_SETTINGS",
+    "local_work",
     "ModelSpec",
     "FedAvg",
 ]
@@ -99,6 +101,32 @@ class ModelSpec:
         return self.build(torch.Generator())
 
 
+#: Per-client settings the built-in workers honour (`BaseServerHandler.client_settings`), as
+#: `LocalSGD.run` arguments.
+LOCAL_WORK_SETTINGS = {"local_epochs": "epochs", "max_steps": "max_steps"}
+
+
+def local_work(settings: dict[str, Any]) -> dict[str, int]:
+    """`LocalSGD.run` arguments from a client's settings (`local_epochs`, `max_steps`); other
+    settings are the algorithm's own and ignored here.
+
+    Raises:
+        ValueError: a work setting that is not a positive integer.
+
+    Example:
+        >>> local_work({"local_epochs": 3, "mu": 0.1})
+        {'epochs': 3}
+    """
+    out = {}
+    for name, arg in LOCAL_WORK_SETTINGS.items():
+        if name in settings:
+            value = settings[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"client setting {name} must be an integer >= 1, got {value!r}")
+            out[arg] = value
+    return out
+
+
 class FedAvgWorker:
     """One worker's model/optimizer/buffers; trains any client from the downlink.
 
@@ -131,7 +159,7 @@ class FedAvgWorker:
         if hasattr(self.model, "generator"):  # generator-driven dropout, on the model's device
             cast(Any, self.model).generator = model_generator(rng, self.device)
         indices = self.workload.partition.client(task.cid)
-        loss = self.sgd.run(indices, rng.torch)
+        loss = self.sgd.run(indices, rng.torch, **local_work(task.settings))
         model = self.flat.to("cpu", copy=True)  # the pipeline hashes and saves CPU tensors
         model = self.uplink_model(payload.model, model)
         uplink = FedAvgUplink(task.cid, model, int(indices.numel()), loss)

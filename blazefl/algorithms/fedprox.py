@@ -22,6 +22,7 @@ from blazefl.algorithms.fedavg import (
     FedAvgDownlink,
     FedAvgUplink,
     FedAvgWorker,
+    local_work,
 )
 from blazefl.core.packages import ClientTask
 from blazefl.hparams import param, validate
@@ -78,7 +79,8 @@ class FedProxWorker(FedAvgWorker):
         if hasattr(self.model, "generator"):
             cast(Any, self.model).generator = rng.torch  # generator-driven dropout
         indices = self.workload.partition.client(task.cid)
-        loss = self.sgd.run(indices, rng.torch, grad_hook=self._proximal_gradient)
+        work = local_work(task.settings)
+        loss = self.sgd.run(indices, rng.torch, grad_hook=self._proximal_gradient, **work)
         uplink = FedAvgUplink(task.cid, self.flat.clone(), int(indices.numel()), loss)
         return uplink, None
 

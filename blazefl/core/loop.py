@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from blazefl.modes import EXECUTION_MODES
 
 @dataclass
 class RoundResult:
-    """What one round did: the clients, their uplink hashes, the server summary."""
+    """What one round did: the clients, their settings, their uplink hashes, the summary."""
 
     round: int
     clients: list[int]
     uplink_sha256: dict[int, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    client_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class SamplingError(ValueError):
@@ -63,6 +65,51 @@ def checked_sample(clients: Any, num_clients: int | None) -> list[int]:
     return ids  # type: ignore[return-value]
 
 
+#: What a client setting may be: JSON scalars (recorded in the manifest as they are).
+_SETTING_TYPES = (bool, int, float, str)
+
+
+def checked_settings(settings: Any, clients: list[int]) -> dict[int, dict[str, Any]]:
+    """A server's per-client settings, checked: `{cid: {name: value}}` for sampled clients
+    only, names identifiers, values finite JSON numbers, strings (at most 200 characters) or
+    booleans; what passes is recorded in the round's manifest and reaches the clients.
+
+    Raises:
+        SamplingError: what is wrong, naming the client and the setting.
+
+    Example:
+        >>> checked_settings({3: {"local_epochs": 2}}, [1, 3])
+        {3: {'local_epochs': 2}}
+    """
+    if not isinstance(settings, dict):
+        raise SamplingError(
+            f"client_settings() returned {type(settings).__name__}: it must return a dict "
+            "{client id: {name: value}}"
+        )
+    sampled = set(clients)
+    out: dict[int, dict[str, Any]] = {}
+    for cid in sorted(settings, key=lambda c: (not isinstance(c, int), str(c))):
+        values = settings[cid]
+        where = f"client_settings()[{cid!r}]"
+        if not isinstance(cid, int) or isinstance(cid, bool) or cid not in sampled:
+            raise SamplingError(f"{where}: {cid!r} is not a client sampled this round")
+        if not isinstance(values, dict):
+            raise SamplingError(f"{where} must be a dict of settings, got {type(values).__name__}")
+        for name, value in values.items():
+            ok = isinstance(value, _SETTING_TYPES) and (
+                not isinstance(value, float) or math.isfinite(value)
+            )
+            ok = ok and (not isinstance(value, str) or len(value) <= 200)
+            if not (isinstance(name, str) and name.isidentifier()) or not ok:
+                raise SamplingError(
+                    f"{where}[{name!r}] = {value!r:.60}: a setting is an identifier naming a "
+                    "finite number, a string of at most 200 characters or a boolean"
+                )
+        if values:
+            out[cid] = dict(values)
+    return out
+
+
 def run_round(
     server: ServerHandler[Any, Any],
     trainer: BaseClientTrainer[Any, Any],
@@ -87,9 +134,17 @@ def run_round(
         ...     print(run_round(server, trainer, t).summary)
     """
     clients = checked_sample(server.sample_clients(), getattr(server, "num_clients", None))
+    give = getattr(server, "client_settings", None)  # original-style servers have none
+    settings = checked_settings(give(clients), clients) if callable(give) else {}
     payload = server.downlink_package()
-    result = RoundResult(round, clients)
-    for i, client in enumerate(trainer.train_round(payload, clients, round), 1):
+    result = RoundResult(round, clients, client_settings=settings)
+    # a trainer of the original's API takes no settings: they are passed only when given
+    rounds = (
+        trainer.train_round(payload, clients, round, settings)
+        if settings
+        else trainer.train_round(payload, clients, round)
+    )
+    for i, client in enumerate(rounds, 1):
         server.load(client.uplink)
         result.uplink_sha256[client.cid] = client.sha256
         if on_client is not None:

@@ -9,7 +9,7 @@ your own constructor (`class MyData(PartitionedDataset[MySplit]): ...`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -68,7 +68,11 @@ class ClientTrainer(Protocol[UpT_co, DownT_contra]):
     def uplink_package(self) -> Sequence[UpT_co]: ...
 
     def train_round(
-        self, payload: DownT_contra, cid_list: Sequence[int], round: int = ...
+        self,
+        payload: DownT_contra,
+        cid_list: Sequence[int],
+        round: int = ...,
+        settings: Mapping[int, Mapping[str, Any]] | None = ...,
     ) -> Iterator[ClientResult]: ...
 
 

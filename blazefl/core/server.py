@@ -159,6 +159,28 @@ class BaseServerHandler(ABC, Generic[UplinkT, DownlinkT]):
         perm = torch.randperm(self.num_clients, generator=self.generator)
         return sorted(perm[: self.clients_per_round].tolist())
 
+    def client_settings(self, clients: list[int]) -> dict[int, dict[str, Any]]:
+        """This round's settings of each sampled client (override for heterogeneous clients:
+        a local epoch count, a step budget or a learning rate per client).
+
+        Called once per round, after `sample_clients` and before `downlink_package`; draw only
+        from `self.generator` (it is snapshotted with the round). Each client gets its dict as
+        `ClientTask.settings` in every execution mode, and the round's manifest records them.
+
+        Args:
+            clients: this round's sample, sorted.
+
+        Returns:
+            `{cid: {name: value}}` for some or all of `clients`; values are JSON numbers,
+            strings or booleans. Default: none (every client runs the algorithm's settings).
+
+        Example:
+            >>> def client_settings(self, clients):
+            ...     epochs = torch.randint(1, 4, (len(clients),), generator=self.generator)
+            ...     return {c: {"local_epochs": int(e)} for c, e in zip(clients, epochs)}
+        """
+        return {}
+
     @abstractmethod
     def downlink_package(self) -> DownlinkT:
         """The package broadcast to this round's clients."""

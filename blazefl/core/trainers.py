@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic
 
@@ -140,19 +140,35 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
             self.rng_states[cid] = state
         return state
 
-    def make_tasks(self, cid_list: Sequence[int], round: int) -> list[ClientTask]:
-        """Tasks for this round in ascending client-id order."""
+    def make_tasks(
+        self,
+        cid_list: Sequence[int],
+        round: int,
+        settings: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> list[ClientTask]:
+        """Tasks for this round in ascending client-id order (with each client's settings)."""
         cids = sorted(set(int(c) for c in cid_list))
         if len(cids) != len(cid_list):
             raise ValueError("cid_list contains duplicate client ids")
+        given = settings or {}
         return [
-            ClientTask(round, cid, self.client_rng_state(cid), self.client_states.get(cid))
+            ClientTask(
+                round,
+                cid,
+                self.client_rng_state(cid),
+                self.client_states.get(cid),
+                dict(given.get(cid, {})),
+            )
             for cid in cids
         ]
 
     # -- the round ------------------------------------------------------------------------
     def train_round(
-        self, payload: DownlinkT, cid_list: Sequence[int], round: int | None = None
+        self,
+        payload: DownlinkT,
+        cid_list: Sequence[int],
+        round: int | None = None,
+        settings: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> Iterator[ClientResult]:
         """Train the given clients; yield their results in ascending client-id order.
 
@@ -160,13 +176,14 @@ class BaseClientTrainer(Generic[UplinkT, DownlinkT]):
             payload: the downlink package (not modified).
             cid_list: clients to train.
             round: round number recorded in tasks (defaults to an internal counter).
+            settings: per-client settings by client id (`ClientTask.settings`).
 
         Returns:
             An iterator of `ClientResult`; each client's new RNG/persistent state is kept
             as its result is yielded.
         """
         self._round = self._round + 1 if round is None else round
-        tasks = self.make_tasks(cid_list, self._round)
+        tasks = self.make_tasks(cid_list, self._round, settings)
         for result in self._execute(payload, tasks):
             self.rng_states[result.cid] = result.rng
             if result.state is not None:
@@ -356,7 +373,11 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
 
     # -- the workload API -----------------------------------------------------------------
     def train_round(
-        self, payload: DownlinkT, cid_list: Sequence[int], round: int | None = None
+        self,
+        payload: DownlinkT,
+        cid_list: Sequence[int],
+        round: int | None = None,
+        settings: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> Iterator[ClientResult]:
         """See `BaseClientTrainer.train_round` (workload API only).
 
@@ -368,7 +389,7 @@ class ThreadPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 "this trainer implements the original worker(cid, device, payload, stop_event): "
                 "drive it with local_process / uplink_package, not train_round"
             )
-        return super().train_round(payload, cid_list, round)
+        return super().train_round(payload, cid_list, round, settings)
 
     def _start(self) -> DaemonThreadPool:
         if self._executor is None:
