@@ -162,6 +162,10 @@ def _recomputed_diffs(
             f"sampled clients {_ids(new.get('clients', []))} instead of recorded "
             f"{_ids(m.get('clients', []))}"
         )
+    got, recorded = new.get("client_settings", {}), m.get("client_settings", {})
+    if got != recorded:
+        which = sorted(int(c) for c in set(got) | set(recorded) if got.get(c) != recorded.get(c))
+        out.append(f"per-client settings of clients {_ids(which)} instead of the recorded ones")
     cids = differing_uplinks(m, new)
     if cids:
         out.append(f"uplinks of clients {_ids(cids)}")

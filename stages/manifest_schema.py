@@ -167,6 +167,7 @@ LEGACY_ROUND_FIELDS: dict[str, Field] = {
     ),
 }
 
+
 def _client_settings(v: Any) -> bool:
     """{5-digit client id: {identifier: JSON scalar}} (`BaseServerHandler.client_settings`)."""
     return isinstance(v, dict) and all(

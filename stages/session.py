@@ -16,6 +16,7 @@ import torch
 
 from blazefl.core.loop import ExecutionSettings, run_round
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
+from blazefl.core.server import StatefulServer
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import RNGSuite, pin_client_threads
 from blazefl.stages.artifacts import (
@@ -174,7 +175,7 @@ class Session:
     def _load_state(self, states: dict[str, dict[str, torch.Tensor]], t: int) -> None:
         server_file = SERVER_STATE
         pre = f"round-{t:04d}/"
-        stateful = hasattr(self.server, "load_state_tensors")
+        stateful = isinstance(self.server, StatefulServer)
         if stateful != (server_file in states):
             raise ArtifactContentError(
                 f"{pre}{server_file} is {'missing' if stateful else 'unexpected'} for "

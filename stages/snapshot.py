@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from blazefl.core.serialization import model_state_dict
+from blazefl.core.server import StatefulServer
 from blazefl.stages.artifacts import safetensors_bytes
 
 __all__ = [
@@ -95,7 +96,7 @@ def snapshot_files(
         GLOBAL: safetensors_bytes(model_state_dict(server.model)),
         RNG: safetensors_bytes(server.rng.state_tensors()),
     }
-    if hasattr(server, "state_tensors"):
+    if isinstance(server, StatefulServer):  # declared: state_tensors + load_state_tensors
         files[SERVER_STATE] = safetensors_bytes(server.state_tensors())
     cache = {} if cache is None else cache
     for folder, per_client in ((CLIENT_RNG, rng_states), (STATE, client_states)):

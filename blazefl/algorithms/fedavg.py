@@ -159,7 +159,10 @@ class FedAvgWorker:
         if hasattr(self.model, "generator"):  # generator-driven dropout, on the model's device
             cast(Any, self.model).generator = model_generator(rng, self.device)
         indices = self.workload.partition.client(task.cid)
-        loss = self.sgd.run(indices, rng.torch, **local_work(task.settings))
+        work = local_work(task.settings)
+        loss = self.sgd.run(
+            indices, rng.torch, epochs=work.get("epochs"), max_steps=work.get("max_steps")
+        )
         model = self.flat.to("cpu", copy=True)  # the pipeline hashes and saves CPU tensors
         model = self.uplink_model(payload.model, model)
         uplink = FedAvgUplink(task.cid, model, int(indices.numel()), loss)

@@ -80,7 +80,13 @@ class FedProxWorker(FedAvgWorker):
             cast(Any, self.model).generator = rng.torch  # generator-driven dropout
         indices = self.workload.partition.client(task.cid)
         work = local_work(task.settings)
-        loss = self.sgd.run(indices, rng.torch, grad_hook=self._proximal_gradient, **work)
+        loss = self.sgd.run(
+            indices,
+            rng.torch,
+            grad_hook=self._proximal_gradient,
+            epochs=work.get("epochs"),
+            max_steps=work.get("max_steps"),
+        )
         uplink = FedAvgUplink(task.cid, self.flat.clone(), int(indices.numel()), loss)
         return uplink, None
 

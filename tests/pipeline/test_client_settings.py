@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from blazefl.algorithms.fedavg import local_work
 from blazefl.core.loop import SamplingError, checked_settings
 from tests.pipeline.integrity_helpers import cli, one_line_error, sets
+from tests.pipeline.rechain import rechain
 
 PLUGIN = """
 import torch
@@ -64,6 +66,18 @@ def test_settings_reach_every_mode_are_recorded_and_verify(
     for mode in ("threads", "processes"):
         assert cli("diff", str(runs["sequential"]), str(runs[mode])).exit_code == 0
     assert cli("verify", str(runs["processes"]), "--trust-code").exit_code == 0
+
+    # a record whose settings were changed (and the chain re-sealed) is caught by re-execution
+    first = sorted(settings)[0]
+
+    def tamper(rel: str, manifest: dict[str, Any]) -> None:
+        if rel == "round-0001/manifest.json":
+            manifest["client_settings"][first]["local_epochs"] = 9
+
+    rechain(runs["threads"], tamper)
+    result = cli("verify", str(runs["threads"]), "--trust-code")
+    assert result.exit_code == 1, result.output
+    assert f"per-client settings of clients {int(first)}" in result.output
 
     # the settings change the work: the same draws with every client at one epoch differ
     flat = _plugin(tmp_path, "hetero_one", "{c: {'local_epochs': 1} for c in clients}")
