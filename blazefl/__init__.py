@@ -94,6 +94,7 @@ _EXPORTS: dict[str, str] = {
             "DATASETS",
             "PARTITIONERS",
             "FilteredDataset",
+            "FeatureDataset",
             "ImageDataset",
             "PartitionedDataset",
             "load_dataset",
@@ -216,6 +217,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from blazefl.data import (  # noqa: F401
         DATASETS,
         PARTITIONERS,
+        FeatureDataset,
         FilteredDataset,
         ImageDataset,
         PartitionedDataset,

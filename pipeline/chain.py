@@ -78,7 +78,7 @@ def provenance_problems(run: RunDir, config: RunConfig) -> list[str]:
         stored = load_partition(run, spec.data.clients, max(private, 0))
     except ValueError as exc:
         return [f"the partitions store is unusable: {exc}"]
-    features = partition_features(dict(config), run)  # stores.py takes the flat form
+    features = partition_features(config, run)
     fresh = build_partition(spec, labels, features)
     if not (
         np.array_equal(stored.indices.numpy(), fresh.indices.numpy())

@@ -98,7 +98,7 @@ def evaluate(config: RunConfig, run: RunDir, t: int) -> Path:
     manifest = run.manifest(t, max_clients=config.spec.data.clients)
     check_round_provenance(config, run, t, manifest, stores)
     pin_client_threads(config.spec.runtime.threads_per_client)
-    exp = build_from_stores(dict(config), run)  # stores.py: the flat form
+    exp = build_from_stores(config, run)
     server = exp.server()
     rel = f"round-{t:04d}/{GLOBAL}"
     data = run.read_file(rel)

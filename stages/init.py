@@ -19,6 +19,7 @@ from blazefl.stages.artifacts import (
 )
 from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
+from blazefl.stages.preflight import check_model_input
 from blazefl.stages.provenance import check_stores
 from blazefl.stages.snapshot import CODE, snapshot_files
 from blazefl.stages.stores import build_from_stores
@@ -50,7 +51,9 @@ def init_outputs(
         ProvenanceError: a store was made with another config.
     """
     stores = check_stores(config, run, code_check)
-    exp = build_from_stores(dict(config), run, data)  # stores.py: the flat form
+    exp = build_from_stores(config, run, data)
+    # under DVC the model may change after prepare checked it: a mismatch is one line here too
+    check_model_input(config, exp.train)
     server = exp.server()
     device = rng_device(exp.spec.runtime.device)  # a GPU run's streams carry a CUDA generator
     clients = {

@@ -29,7 +29,7 @@ def partition(config: RunConfig, run: RunDir) -> Path:
 
     dataset_sha = check_dataset_store(config, run)  # made with this config's data keys
     spec = config.spec
-    part = build_partition(spec, load_labels(run), partition_features(dict(config), run))
+    part = build_partition(spec, load_labels(run), partition_features(config, run))
     keys = partition_keys(spec)
     with atomic_dir(run.partitions, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")

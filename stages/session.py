@@ -86,7 +86,7 @@ class Session:
         self.code_check = code_check
         # the stores must have been made with this config (else: one line, nothing trained)
         self.store_hashes = check_stores(config, run, code_check)
-        self.exp = build_from_stores(dict(config), run, data)  # stores.py: the flat form
+        self.exp = build_from_stores(config, run, data)
         self.execution = execution or ExecutionSettings.of(self.exp.spec.runtime)
         self._temp = contextlib.ExitStack()
         storage_dir = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from blazefl.data import FEATURE_DTYPES, FeatureDataset, ImageDataset
 from blazefl.data.partitioners import wants_features
 from blazefl.experiment import Experiment, model_spec_for
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
-from blazefl.stages.config import to_spec
+from blazefl.stages.config import RunConfig
 from blazefl.stages.tensor_checks import check_partition_arrays, check_zarr_array_meta
 
 #: Most elements a stored image array may declare (16 Gi): a bound before anything else.
@@ -65,7 +66,11 @@ def _stored_bytes(folder: Path) -> int:
     for dirpath, _, files in os.walk(folder):  # os.walk does not follow symlinked folders
         for f in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
+                # a chunk may be a link into DVC's cache (its `symlink` cache type; the run
+                # checker accepts only such links): count what it points to if that is a
+                # regular file, never a device or FIFO
+                st = os.stat(os.path.join(dirpath, f))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     return total
 
 
@@ -201,28 +206,28 @@ def load_partition(run: RunDir, num_clients: int, num_samples: int) -> ClientPar
 
 
 def build_from_stores(
-    config: dict[str, Any],
+    config: RunConfig,
     run: RunDir,
     data: tuple[ImageDataset, ImageDataset] | None = None,
 ) -> Experiment:
     """The experiment with data and partition read from the run's stores.
 
     Args:
-        config: validated flat config.
+        config: the validated config.
         run: the run directory.
         data: the (train, test) sets already in memory, equal to the store's (the runner
             passes what `prepare` just wrote, instead of reading it back).
     """
-    spec = to_spec(config)
+    spec = config.spec
     train, test = data if data is not None else load_dataset_store(run)
     private = len(train) - spec.algorithm.public_size(spec.hparams)
     part = load_partition(run, spec.data.clients, max(private, 0))
     return Experiment(spec, train, test, part, model_spec_for(spec, train))
 
 
-def partition_features(config: dict[str, Any], run: RunDir) -> np.ndarray | None:
+def partition_features(config: RunConfig, run: RunDir) -> np.ndarray | None:
     """The stored training samples (images, or a `FeatureDataset`'s features), for a user
     partitioner that declares `features`; else None (nothing is read)."""
-    if not wants_features(config["data.partition"]):
+    if not wants_features(config.spec.data.partition):
         return None
     return load_dataset_store(run)[0].images.numpy()

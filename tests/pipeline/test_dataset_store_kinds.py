@@ -13,7 +13,7 @@ import torch
 
 from blazefl.data import FeatureDataset, ImageDataset, synthetic_dataset
 from blazefl.stages.artifacts import ArtifactError, RunDir
-from blazefl.stages.config import default_config
+from blazefl.stages.config import RunConfig, default_config
 from blazefl.stages.prepare import tree_hashes, write_dataset_store
 from blazefl.stages.stores import load_dataset_store, load_labels, partition_features
 
@@ -75,7 +75,7 @@ def test_feature_datasets_round_trip(features: torch.Tensor, tmp_path: Path) -> 
         assert torch.equal(got.labels, ref.labels)
     assert load_labels(run).tolist() == labels.tolist()
     config = _config(**{"data.partition": "tests.pipeline.test_dataset_store_kinds:with_features"})
-    stored = partition_features(config, run)
+    stored = partition_features(RunConfig.of(config), run)
     assert stored is not None and stored.dtype == features.numpy().dtype
 
 

@@ -194,3 +194,16 @@ def test_stage_prepare_checks_the_model_too(project: Path) -> None:
     line = one_line_error(cli("stage", "prepare", "--out", str(out), *extra))
     assert "does not fit data.dataset 'usernets:table'" in line, line
     assert not (out / "dataset").exists()
+
+
+def test_stage_init_checks_the_model_after_prepare(project: Path) -> None:
+    """Under DVC the model may change after `prepare` checked it (model.name is no dataset
+    key): `init` checks again, in one line, before round 0 is written."""
+    out = project / "run"
+    for stage in ("prepare", "partition"):
+        result = cli("stage", stage, "--out", str(out), *sets(*KINDS["table"]))
+        assert result.exit_code == 0, result.output
+    extra = sets(*KINDS["table"], "model.name=usernets:mlp_wrong_width")
+    line = one_line_error(cli("stage", "init", "--out", str(out), *extra))
+    assert "does not fit data.dataset 'usernets:table'" in line, line
+    assert not (out / "round-0000").exists()
