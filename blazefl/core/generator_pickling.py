@@ -13,6 +13,7 @@ equal generator. Importing this module registers it (idempotent).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 
 import torch
@@ -27,7 +28,9 @@ def rebuild_generator(device: str, state: bytes) -> torch.Generator:
     return generator
 
 
-def reduce_generator(generator: torch.Generator) -> tuple[object, tuple[str, bytes]]:
+def reduce_generator(
+    generator: torch.Generator,
+) -> tuple[Callable[[str, bytes], torch.Generator], tuple[str, bytes]]:
     """Pickle `generator` by value: its device and the bytes of its state."""
     state = generator.get_state().contiguous()
     return rebuild_generator, (str(generator.device), bytes(state.numpy().tobytes()))

@@ -14,12 +14,15 @@ A subclass that implements the original's static `worker(config, payload, device
   together with the buffer (`reconstruct_from_shared_memory`).
 
 Uplinks are cached in `cid_list` order, whatever order workers finish in, and
-`progress_fn(jobs)` sees the `ApplyResult` jobs in that order. `stop_event` is cleared when a
+`progress_fn(jobs)` sees the jobs in that order. `stop_event` is cleared when a
 round starts and set when it ends, fails or is interrupted.
 
 Differences from the original, none of which changes what `worker` sees:
 
-- The pool is started once (spawn, never fork) and reused for every round until `close()`.
+- The pool is started once (spawn, never fork) and reused for every round until `close()`;
+  each worker receives a given shared-memory tensor (the dataset in a config, the payload) once
+  per round instead of once per client (`blazefl.core.original_workers`). The jobs
+  `progress_fn` sees have `ApplyResult`'s methods (`ready`, `wait`, `get`, `successful`).
 - A worker process pins its intra-op threads to `threads_per_client` when the trainer sets it,
   else to its share of the CPUs (`cpus // num_parallels`, at least 1), so that
   `num_parallels` processes do not each start one thread per CPU.
@@ -31,21 +34,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from multiprocessing.managers import BaseProxy
-from multiprocessing.pool import ApplyResult, Pool
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.multiprocessing as torch_mp
 
 import blazefl.core.generator_pickling  # noqa: F401  (generators in configs: by value)
-from blazefl.core.pool_worker import WorkerCrashedError, ask_kernel_to_kill_with_parent
+from blazefl.core.original_workers import Job, OriginalPool
+from blazefl.core.pool_worker import WorkerCrashedError
 from blazefl.core.shared_memory import process_tensors_in_object, reconstruct_from_shared_memory
 
 __all__ = [
@@ -56,8 +56,6 @@ __all__ = [
     "close_original_pool",
     "run_original_round",
 ]
-
-_POLL_S = 0.5  # how often a waiting round checks that no worker process died
 
 
 class IPCMode(StrEnum):
@@ -77,75 +75,7 @@ class IPCMode(StrEnum):
         return None
 
 
-# -- the worker process side ------------------------------------------------------------------
-_STOP: Any = None  # this process's copy of the pool's own stop event
-
-
-def _init_worker(threads: int, die_with_parent: bool, stop: Any) -> None:
-    global _STOP
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
-    if die_with_parent:
-        ask_kernel_to_kill_with_parent()
-    torch.set_num_threads(threads)
-    _STOP = stop
-
-
-def _call_worker(
-    worker: Callable[..., Any],
-    config: Any,
-    payload: Any,
-    device: str,
-    stop: Any,
-    shm: tuple[Any] | None,
-) -> Any:
-    event = _STOP if stop is None else stop
-    if shm is None:
-        return worker(config, payload, device, event)
-    return worker(config, payload, device, event, shm_buffer=shm[0])
-
-
 # -- the main process side ----------------------------------------------------------------------
-def _terminate(pool: Pool) -> None:
-    with contextlib.suppress(Exception):  # already gone, or the interpreter is shutting down
-        pool.terminate()
-        pool.join()
-
-
-class OriginalPool:
-    """A persistent spawn pool for one original-style trainer.
-
-    Args:
-        processes: worker processes.
-        threads: intra-op threads pinned in every worker.
-    """
-
-    def __init__(self, processes: int, threads: int) -> None:
-        ctx = torch_mp.get_context("spawn")
-        self.processes = processes
-        self.threads = threads
-        # handed to workers at start (inheritance is the only way an mp.Event travels): stands
-        # in for a stop_event that cannot be pickled (a threading.Event)
-        self.stop = ctx.Event()
-        # the kernel kills a worker when the thread that started it exits: main thread only
-        die = threading.current_thread() is threading.main_thread()
-        self.pool = ctx.Pool(processes, _init_worker, (threads, die, self.stop))
-        # multiprocessing.Pool replaces a dead worker silently (its task is lost and the round
-        # would wait forever) and forgets it: keep our own references to look at
-        self.procs = list(getattr(self.pool, "_pool", []))
-        self._finalizer = weakref.finalize(self, _terminate, self.pool)
-
-    def terminate(self) -> None:
-        """Kill the workers now (idempotent)."""
-        self._finalizer()
-
-    def dead_worker(self) -> tuple[int | None, int] | None:
-        """(pid, exit code) of a worker process that died, or None while all live."""
-        for proc in self.procs:
-            if proc.exitcode is not None:
-                return proc.pid, proc.exitcode
-        return None
-
-
 def _default_threads(num_parallels: int) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cpus or 1) // num_parallels)
@@ -170,15 +100,12 @@ def close_original_pool(trainer: Any) -> None:
         pool.terminate()
 
 
-def _wait(pool: OriginalPool, job: ApplyResult[Any], cid: int) -> Any:
-    while not job.ready():
-        job.wait(_POLL_S)
-        if not job.ready() and (dead := pool.dead_worker()) is not None:
-            raise WorkerCrashedError(cid, None, *dead)
+def _wait(job: Any, cid: int) -> Any:
     try:
         return job.get()
     except Exception as exc:
-        exc.add_note(f"raised by worker(...) for client {cid}")
+        if not isinstance(exc, WorkerCrashedError):
+            exc.add_note(f"raised by worker(...) for client {cid}")
         raise
 
 
@@ -225,7 +152,7 @@ def run_original_round(trainer: Any, payload: Any, cid_list: Sequence[int]) -> N
         results = []
         for job in trainer.progress_fn([job for _, job, _ in jobs]):
             index, cid, finish = by_job[id(job)]
-            results.append((index, finish(_wait(pool, job, cid))))
+            results.append((index, finish(_wait(job, cid))))
         trainer.cache.extend(package for _, package in sorted(results, key=lambda r: r[0]))
     except BaseException:
         # Ctrl-C, a failing client, a crash: the round is over, nobody waits for the rest
@@ -236,6 +163,7 @@ def run_original_round(trainer: Any, payload: Any, cid_list: Sequence[int]) -> N
         raise
     pool.stop.set()
     user_stop.set()
+    pool.end_round()
 
 
 def _ipc_mode(trainer: Any) -> IPCMode:
@@ -248,9 +176,17 @@ def _ipc_mode(trainer: Any) -> IPCMode:
         ) from None
 
 
+def _submit(
+    pool: OriginalPool, trainer: Any, cid: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Job:
+    job = pool.submit(trainer.worker, args, kwargs)
+    job.cid = cid
+    return job
+
+
 def _storage_jobs(
     trainer: Any, pool: OriginalPool, payload: Any, cid_list: Sequence[int], stop: Any
-) -> list[tuple[int, ApplyResult[Any], Callable[[Any], Any]]]:
+) -> list[tuple[int, Job, Callable[[Any], Any]]]:
     share_dir = getattr(trainer, "share_dir", None)
     if share_dir is None:
         raise ValueError("IPCMode.STORAGE needs self.share_dir (a folder) set in __init__")
@@ -267,20 +203,20 @@ def _storage_jobs(
             )
         return torch.load(result, weights_only=False)
 
-    jobs = []
+    jobs: list[tuple[int, Job, Callable[[Any], Any]]] = []
     for cid in cid_list:
         config_path = share_dir / f"{cid}.pkl"
         torch.save(trainer.get_client_config(cid), config_path)
-        args = (trainer.worker, config_path, payload_path, trainer.get_client_device(cid), stop)
-        jobs.append((cid, pool.pool.apply_async(_call_worker, (*args, None)), finish))
+        args = (config_path, payload_path, trainer.get_client_device(cid))
+        jobs.append((cid, _submit(pool, trainer, cid, args, {"stop_event": stop}), finish))
     return jobs
 
 
 def _shared_memory_jobs(
     trainer: Any, pool: OriginalPool, payload: Any, cid_list: Sequence[int], stop: Any
-) -> list[tuple[int, ApplyResult[Any], Callable[[Any], Any]]]:
+) -> list[tuple[int, Job, Callable[[Any], Any]]]:
     process_tensors_in_object(payload, mode="move")
-    jobs = []
+    jobs: list[tuple[int, Job, Callable[[Any], Any]]] = []
     for cid in cid_list:
         buffer = process_tensors_in_object(trainer.prepare_uplink_package_buffer(), mode="move")
 
@@ -288,8 +224,9 @@ def _shared_memory_jobs(
             return reconstruct_from_shared_memory(result, buffer)
 
         config = trainer.get_client_config(cid)
-        args = (trainer.worker, config, payload, trainer.get_client_device(cid), stop)
-        jobs.append((cid, pool.pool.apply_async(_call_worker, (*args, (buffer,))), finish))
+        args = (config, payload, trainer.get_client_device(cid))
+        kwargs = {"stop_event": stop, "shm_buffer": buffer}
+        jobs.append((cid, _submit(pool, trainer, cid, args, kwargs), finish))
     return jobs
 
 
@@ -356,7 +293,7 @@ class OriginalProcessContract:
             "uplink-shaped package whose tensors have the result's shapes"
         )
 
-    def progress_fn(self, it: list[ApplyResult[Any]]) -> Any:
+    def progress_fn(self, it: list[Job]) -> Any:
         """Original BlazeFL hook: wrap the round's jobs (e.g. in `tqdm`); no-op by default."""
         return it
 

@@ -9,6 +9,7 @@ hash names exactly the bytes a client sent.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -202,7 +203,7 @@ def package_layout(package: Any) -> PackageLayout:
         if isinstance(value, torch.Tensor):
             add(f.name, value, ())
             continue
-        skeleton = extract_tensors(value, f.name, lambda t, p, n=f.name: add(n, t, p))
+        skeleton = extract_tensors(value, f.name, functools.partial(add, f.name))
         if skeleton is not value:
             nested.add(f.name)
         scalars[f.name] = skeleton

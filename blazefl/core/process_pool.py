@@ -185,7 +185,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
         """Return (and clear) the cached uplinks (see `local_process` for their order)."""
         if self._uses_original_api():
             packages: list[UplinkT] = getattr(self, "cache", [])
-            self.cache = []
+            self.cache: list[UplinkT] = []
             return packages
         return super().uplink_package()
 

@@ -1,0 +1,276 @@
+"""The process pool behind the original BlazeFL's contract (`blazefl.core.original_pool`).
+
+A small persistent pool of spawned processes, one pipe each, that runs `fn(*args, **kwargs)`
+tasks and hands back `Job`s that behave like `multiprocessing.pool.ApplyResult` (`ready`,
+`wait`, `get`, `successful`), so a `progress_fn` written for the original keeps working.
+
+Why not `multiprocessing.Pool`: the original's worker gets its whole client config (dataset
+and model selector included) and the payload pickled with every task, and every tensor in
+shared memory then crosses the process edge as a file descriptor, fetched by the worker from
+the parent over a socket: a few milliseconds per tensor per client. Here each worker is sent a
+given shared-memory tensor once per round and keeps it until the round ends; later tasks name
+it. `multiprocessing.Pool` also loses the task of a worker that dies and waits forever; here
+the job fails with `WorkerCrashedError` naming the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing.connection as mpc
+import pickle
+import signal
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+import torch
+import torch.multiprocessing as torch_mp
+
+import blazefl.core.generator_pickling  # noqa: F401  (generators in configs: by value)
+from blazefl.core.memory import tune_malloc
+from blazefl.core.pool_worker import (
+    WorkerCrashedError,
+    ask_kernel_to_kill_with_parent,
+    exit_now,
+)
+
+__all__ = ["Job", "OriginalPool"]
+
+_NEW, _SEEN = "blazefl-storage-new", "blazefl-storage-seen"
+
+
+class _TaskPickler(ForkingPickler):
+    """Sends each shared-memory storage once per worker and round, then names it."""
+
+    def __init__(self, file: io.BytesIO, sent: set[Any], keep: dict[Any, Any]) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.sent, self.keep = sent, keep
+        self.passthrough: int | None = None
+
+    def persistent_id(self, obj: Any) -> Any:
+        if type(obj) is not torch.UntypedStorage or id(obj) == self.passthrough:
+            return None
+        if obj.device.type != "cpu" or not obj.is_shared():
+            return None  # the usual reduction (which moves it to shared memory first)
+        key = (obj.data_ptr(), obj.nbytes())
+        if key in self.sent:
+            return (_SEEN, key)
+        self.sent.add(key)
+        self.keep[key] = obj  # alive until the round ends: its address cannot be reused
+        self.passthrough = id(obj)  # the storage inside the returned id pickles as usual
+        return (_NEW, key, obj)
+
+
+class _TaskUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, cache: dict[Any, Any]) -> None:
+        super().__init__(file)
+        self.cache = cache
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid[0] == _NEW:
+            self.cache[pid[1]] = pid[2]
+            return pid[2]
+        return self.cache[pid[1]]
+
+
+def _serve(conn: mpc.Connection, threads: int, die_with_parent: bool, stop: Any) -> None:
+    """Worker process loop: run tasks until told to stop or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
+    if die_with_parent:
+        ask_kernel_to_kill_with_parent()
+    torch.set_num_threads(threads)
+    tune_malloc()  # as in the package's own workers: no page faults per training step
+    cache: dict[Any, Any] = {}
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            exit_now()
+        if data == b"stop":
+            exit_now()
+        if data == b"forget":  # the round is over: drop the storages it sent
+            cache.clear()
+            continue
+        try:
+            fn, args, kwargs = _TaskUnpickler(io.BytesIO(data), cache).load()
+            if kwargs.get("stop_event") is None:  # the trainer's event could not travel
+                kwargs["stop_event"] = stop
+            reply: tuple[Any, ...] = ("ok", fn(*args, **kwargs))
+        except BaseException as exc:  # reported to the parent, which re-raises it
+            reply = ("error", exc, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except OSError:
+            exit_now(1)
+        except Exception as exc:  # the value or the exception does not pickle
+            conn.send(("error", RuntimeError(f"the worker's reply could not be sent: {exc}"), ""))
+
+
+class Job:
+    """One task's result, with the methods of `multiprocessing.pool.ApplyResult`."""
+
+    def __init__(self, pool: OriginalPool, task: tuple[Any, ...]) -> None:
+        self._pool = pool
+        self.task = task
+        self.cid: int | None = None  # set by the trainer: a crash names the client it lost
+        self._done = False
+        self._ok = False
+        self._value: Any = None
+
+    def _finish(self, ok: bool, value: Any) -> None:
+        self._done, self._ok, self._value = True, ok, value
+
+    def ready(self) -> bool:
+        """Whether the task finished (or failed)."""
+        if not self._done:
+            self._pool.pump(0.0)
+        return self._done
+
+    def successful(self) -> bool:
+        """Whether the task returned (ValueError while it runs, as in multiprocessing)."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._ok
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the task finishes, or `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self._pool.pump(left)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The task's return value; re-raises its exception.
+
+        Raises:
+            TimeoutError: not finished within `timeout` seconds.
+        """
+        self.wait(timeout)
+        if not self._done:
+            raise TimeoutError("the task did not finish in time")
+        if not self._ok:
+            raise self._value
+        return self._value
+
+
+def _kill(procs: list[Any]) -> None:
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5)
+
+
+class OriginalPool:
+    """A persistent spawn pool running `fn(*args, **kwargs)` tasks; a task whose
+    `stop_event` keyword is None gets the pool's own event (`self.stop`).
+
+    Args:
+        processes: worker processes.
+        threads: intra-op threads pinned in every worker.
+    """
+
+    def __init__(self, processes: int, threads: int) -> None:
+        ctx = torch_mp.get_context("spawn")
+        self.processes, self.threads = processes, threads
+        # handed to workers at start (inheritance is the only way an mp.Event travels)
+        self.stop = ctx.Event()
+        # the kernel kills a worker when the thread that started it exits: main thread only
+        die = threading.current_thread() is threading.main_thread()
+        self.procs: list[Any] = []
+        self.conns: list[mpc.Connection] = []
+        self._finalizer = weakref.finalize(self, _kill, self.procs)
+        for _ in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_serve,
+                args=(child, threads, die, self.stop),
+                daemon=True,
+                name="blazefl-worker",
+            )
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        self.idle = list(range(processes))
+        self.queue: deque[Job] = deque()
+        self.inflight: dict[int, Job] = {}
+        self.sent: list[set[Any]] = [set() for _ in range(processes)]
+        self.keep: dict[Any, Any] = {}
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
+        """Queue `fn(*args, **kwargs)`; returns its job."""
+        job = Job(self, (fn, args, kwargs))
+        self.queue.append(job)
+        self._dispatch()
+        return job
+
+    def _dispatch(self) -> None:
+        while self.idle and self.queue:
+            w, job = self.idle.pop(), self.queue.popleft()
+            buffer = io.BytesIO()
+            _TaskPickler(buffer, self.sent[w], self.keep).dump(job.task)
+            try:
+                self.conns[w].send_bytes(buffer.getbuffer())
+            except OSError:
+                job._finish(False, self._crashed(w, job))
+                continue
+            self.inflight[w] = job
+
+    def _crashed(self, w: int, job: Job) -> WorkerCrashedError:
+        proc = self.procs[w]
+        proc.join(timeout=5)
+        return WorkerCrashedError(job.cid, None, proc.pid, proc.exitcode)
+
+    def pump(self, timeout: float | None) -> None:
+        """Wait up to `timeout` seconds for finished tasks, collect them, dispatch more."""
+        if not self.inflight:
+            self._dispatch()
+            if not self.inflight:
+                return
+        busy = list(self.inflight)
+        waitables: list[Any] = [self.conns[w] for w in busy] + [
+            self.procs[w].sentinel for w in busy
+        ]
+        ready = mpc.wait(waitables, timeout)
+        for w in busy:
+            conn, proc = self.conns[w], self.procs[w]
+            if conn not in ready and proc.sentinel not in ready:
+                continue
+            job = self.inflight.pop(w)
+            try:
+                status, *rest = conn.recv()
+            except (EOFError, OSError):
+                job._finish(False, self._crashed(w, job))
+                continue  # a dead worker takes no more tasks
+            if status == "ok":
+                job._finish(True, rest[0])
+            else:
+                error: BaseException = rest[0]
+                if rest[1]:
+                    error.add_note(f"worker traceback:\n{rest[1]}")
+                job._finish(False, error)
+            self.idle.append(w)
+        self._dispatch()
+
+    def end_round(self) -> None:
+        """Workers drop the storages sent this round; so does the parent."""
+        for w, conn in enumerate(self.conns):
+            if self.sent[w]:
+                with contextlib.suppress(OSError):
+                    conn.send_bytes(b"forget")
+            self.sent[w] = set()
+        self.keep.clear()
+
+    def terminate(self) -> None:
+        """Kill the workers now (idempotent)."""
+        self._finalizer()
