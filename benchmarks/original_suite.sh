@@ -41,11 +41,10 @@ cd "$suite"
 set +e
 "$PYTHON" -m pytest -q -p no:cacheprovider -rfEs tests 2>&1 | tee "$work/pytest.log"
 set -e
-passed="$(grep -Eo '[0-9]+ passed' "$work/pytest.log" | tail -1 | grep -Eo '[0-9]+' || echo 0)"
-total="$(grep -Eo 'collected [0-9]+ items?' "$work/pytest.log" | grep -Eo '[0-9]+' || true)"
-if [[ -z "$total" ]]; then
-    total="$(grep -Eo '[0-9]+ (passed|failed|skipped|errors?)' "$work/pytest.log" | tail -4 \
-        | grep -Eo '[0-9]+' | paste -sd+ | bc)"
-fi
+# the summary line, e.g. "40 passed, 2 failed, 1 skipped in 55.87s"
+summary="$(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|errors?)' "$work/pytest.log" | tail -1)"
+count() { grep -Eo "[0-9]+ $1" <<<"$summary" | grep -Eo '[0-9]+' || echo 0; }
+passed="$(count passed)"
+total=$(( passed + $(count failed) + $(count skipped) + $(count 'errors?') ))
 echo "original BlazeFL $VERSION suite against this package: $passed of $total passed"
 [[ "$passed" -ge "$MIN_PASSED" ]]
