@@ -254,12 +254,30 @@ def verify(
 @main.command()
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
+@click.option(
+    "--plot",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw how the runs drift apart per round (global model max abs and relative L2 "
+    "difference, which clients' uplinks differ) into FILE: .png, .pdf or .svg (needs "
+    "matplotlib: pip install 'blazefl[plot]').",
+)
 @_user_errors
-def diff(run_a: str, run_b: str) -> None:
+def diff(run_a: str, run_b: str, plot: str | None) -> None:
     """First differing round of two runs: files, tensors, clients."""
     from blazefl.pipeline.compare import diff_runs  # lazy: --help skips torch
 
+    if plot is not None:
+        from blazefl.pipeline.diff_plot import check_plot_target  # lazy: --help skips matplotlib
+
+        check_plot_target(Path(plot))  # a bad suffix or folder: one line before any work
     same = diff_runs(Path(run_a), Path(run_b), echo=click.echo)
+    if plot is not None:
+        from blazefl.pipeline.diff_plot import plot_divergence
+
+        plot_divergence(Path(run_a), Path(run_b), Path(plot))
+        click.echo(f"plot: {plot}")
     sys.exit(0 if same else 1)
 
 
