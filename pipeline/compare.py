@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.pipeline.chain import files_of, recorded_code
+from blazefl.pipeline.divergence import first_step_difference, manifest_causes, read_trace
 from blazefl.pipeline.verify import (
     Echo,
     _fmt_rounds,
@@ -22,6 +23,7 @@ from blazefl.pipeline.verify import (
 )
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
 from blazefl.stages.manifest_schema import manifest_format
+from blazefl.stages.snapshot import CLIENT_RNG, GLOBAL, TRACE
 
 _files = files_of
 
@@ -145,6 +147,7 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
         echo(f"code differs: {_dict_diffs(ka, kb)}")
         same = False
         reported.add("code")
+    stores_differ: list[str] = []
     for store in ("dataset", "partitions"):
         ha = {rel: _hash(a, p) for rel, p in _files(a.root / store).items()}
         hb = {rel: _hash(b, p) for rel, p in _files(b.root / store).items()}
@@ -155,6 +158,7 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
         if bad:
             echo(f"{store} differs: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
             same = False
+            stores_differ.append(store)
     ra, rb = set(a.complete_rounds()), set(b.complete_rounds())
     common = sorted(ra & rb)
     differing = []
@@ -168,6 +172,8 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
             echo(f"first difference: round {t}{before}")
             for line in lines:
                 echo(f"  {line}")
+            for line in explain_round(a, b, t, stores_differ):
+                echo(f"  {line}")
     if len(differing) > 1:
         echo(f"later rounds that differ too: {_fmt_rounds(differing[1:])}")
     for name, only in (("A", ra - rb), ("B", rb - ra)):
@@ -180,6 +186,46 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
     elif not differing:
         echo(f"common {_rounds(common)}: identical artifacts")
     return same
+
+
+def explain_round(a: RunDir, b: RunDir, t: int, stores_differ: list[str]) -> list[str]:
+    """`where:` and `cause:` lines for the first differing round of two runs: the run-level
+    classes from the manifests, then the first differing step from the rounds' step traces
+    (`blazefl.pipeline.divergence`)."""
+    ma, mb = a.manifest(t), b.manifest(t)
+    out = [f"cause: {line}" for line in manifest_causes(ma, mb, stores_differ)]
+    if t == 0:
+        return out
+    ta = read_trace(_bytes(a, a.round_dir(t) / TRACE)) if TRACE in ma.get("outputs", {}) else None
+    tb = read_trace(_bytes(b, b.round_dir(t) / TRACE)) if TRACE in mb.get("outputs", {}) else None
+    if ta is None or tb is None:
+        return [*out, "where: no step trace in both runs (a run of an earlier format)"]
+    step = first_step_difference(ta, tb)
+    if step is not None:
+        evidence = step.evidence
+        made = [c.split(":")[1].strip() for c in out if not c.startswith("cause: environment")]
+        if step.kind == "numerics" and made:
+            # the same inputs compute differently because the runs were made differently
+            evidence = evidence.replace("the kernels differ", f"the {made[0]} differs (above)")
+        return [*out, f"where: {step.where(t)}", f"cause: {step.kind}: {evidence}"]
+    oa, ob = ma.get("outputs", {}), mb.get("outputs", {})
+    rng = sorted(
+        k for k in set(oa) | set(ob) if k.startswith(f"{CLIENT_RNG}/") and oa.get(k) != ob.get(k)
+    )
+    if rng:
+        return [
+            *out,
+            f"where: round {t}, {rng[0]} (every client step identical)",
+            "cause: random stream: a client's generator state after identical steps differs: "
+            "its RNG file was tampered or mis-restored",
+        ]
+    if oa.get(GLOBAL) != ob.get(GLOBAL):
+        return [
+            *out,
+            f"where: round {t}, the server (every client step identical)",
+            "cause: server: the clients' steps are equal, the aggregation or server update is not",
+        ]
+    return out
 
 
 # -- show ----------------------------------------------------------------------------------

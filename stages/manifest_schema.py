@@ -59,7 +59,9 @@ _SHOW.maxlevel = 2
 #:      modules a stage executes: path -> sha256); the dataset store's `data_files` (every
 #:      file under data.root); `environment` names oneDNN/MKL versions, the CPU model and the
 #:      bit-relevant environment variables.
-MANIFEST_FORMAT = 2
+#:   3  blazefl 0.3.0: rounds hold `trace.safetensors`, the step trace of every sampled client
+#:      (`blazefl.core.step_trace`); rounds may record `client_settings`.
+MANIFEST_FORMAT = 3
 #: Fields a format-1 manifest may lack (it is read, never re-executed).
 _LEGACY_OPTIONAL = frozenset({"code"})
 
@@ -138,7 +140,12 @@ def _sizes(v: Any) -> bool:
 
 
 _SIZES = Field("an object of relative paths -> sizes in bytes", _sizes)
-_FORMAT = Field(f"the integer {MANIFEST_FORMAT}", lambda v: v == MANIFEST_FORMAT)
+#: Formats that share the current fields (3 added round files, the step trace, not fields).
+FIELD_FORMATS = range(2, MANIFEST_FORMAT + 1)
+_FORMAT = Field(
+    f"an integer in [{FIELD_FORMATS[0]}, {MANIFEST_FORMAT}]",
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and v in FIELD_FORMATS,
+)
 _CODE = Field("an object of relative source paths -> 64-hex sha256", _FILES.ok)
 
 

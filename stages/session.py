@@ -17,6 +17,7 @@ import torch
 from blazefl.core.loop import ExecutionSettings, run_round
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.core.server import StatefulServer
+from blazefl.core.step_trace import combine_traces
 from blazefl.data import ImageDataset
 from blazefl.reproducibility import RNGSuite, pin_client_threads
 from blazefl.stages.artifacts import (
@@ -29,6 +30,7 @@ from blazefl.stages.artifacts import (
     code_version,
     environment,
     manifest_code,
+    safetensors_bytes,
     sha256_bytes,
 )
 from blazefl.stages.config import RunConfig, byte_config, config_sha256
@@ -42,6 +44,7 @@ from blazefl.stages.snapshot import (
     RNG,
     SERVER_STATE,
     STATE,
+    TRACE,
     RoundOutputs,
     client_file,
     client_of,
@@ -138,7 +141,7 @@ class Session:
                     f"{pre}{name} does not match the hash in its manifest (changed after it "
                     f"was written): restore it, or delete {self.run.round_dir(t)} and run again"
                 )
-        known = (GLOBAL, RNG, SERVER_STATE)
+        known = (GLOBAL, RNG, SERVER_STATE, TRACE)  # the trace is evidence, not state
         unknown = [
             n
             for n in files
@@ -282,6 +285,8 @@ class Session:
             self._file_cache,
             changed=set(result.clients),
         )
+        if result.traces:  # where each client's steps went: the auditor's evidence
+            files[TRACE] = safetensors_bytes(combine_traces(result.traces))
         summary = result.summary
         # a reused per-client file is the very bytes object of the previous round: its hash
         # is known and the commit can link it instead of writing it again

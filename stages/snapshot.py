@@ -49,6 +49,8 @@ CLIENT_RNG = "rng"
 STATE = "state"
 SERVER_STATE = f"{STATE}/server.safetensors"
 CODE = "code"
+#: The round's step trace: every sampled client's local steps (`blazefl.core.step_trace`).
+TRACE = "trace.safetensors"
 
 
 def client_key(cid: int) -> str:

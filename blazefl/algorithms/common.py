@@ -13,6 +13,7 @@ from torch import nn
 
 from blazefl.core.cancellation import raise_if_cancelled
 from blazefl.core.optim import FlatSGD
+from blazefl.core.step_trace import active_trace
 from blazefl.data import ImageDataset
 from blazefl.hparams import param, validate
 
@@ -134,6 +135,7 @@ class LocalSGD:
         self, model: nn.Module, flat: torch.Tensor, data: ImageDataset, hp: TrainHParams
     ) -> None:
         self.model = model
+        self.flat = flat  # the model's float state: fingerprinted after every step (trace)
         self.device = flat.device
         self.data = dataset_on(data, self.device)
         self.hp = hp
@@ -187,10 +189,12 @@ class LocalSGD:
         # device sync per step
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = 0
-        for _ in range(epochs):
+        trace = active_trace()  # the running client task's step trace (None outside one)
+        for epoch in range(epochs):
             if max_steps is not None and steps >= max_steps:
                 break
-            order = indices[torch.randperm(n, generator=generator)].to(self.device)
+            order_cpu = indices[torch.randperm(n, generator=generator)]
+            order = order_cpu.to(self.device)
             for start in range(0, n, self.hp.batch_size):
                 if max_steps is not None and steps >= max_steps:
                     break
@@ -211,6 +215,9 @@ class LocalSGD:
                 self.optimizer.step()
                 total.add_(loss.detach())
                 steps += 1
+                if trace is not None:  # the batch's indices as drawn, on the CPU: no sync
+                    batch_cpu = order_cpu[start : start + self.hp.batch_size]
+                    trace.add(batch_cpu, generator, self.flat, epoch)
         return float(total) / max(steps, 1)
 
 

@@ -15,6 +15,7 @@ from blazefl.core.cancellation import ClientCancelledError, bound_stop_event, ra
 from blazefl.core.devices import build_worker, worker_scope
 from blazefl.core.packages import ClientResult, ClientTask, package_sha256
 from blazefl.core.protocols import ClientWorker, ClientWorkload
+from blazefl.core.step_trace import tracing
 from blazefl.reproducibility import RNGSuite
 
 __all__ = [
@@ -131,7 +132,8 @@ def run_client_task(
             # deferred: the session validated every state when it loaded the round
             rng = RNGSuite.from_state_tensors(task.rng, deferred=True)
             raise_if_cancelled()  # a queued client of a cancelled round does not start
-            uplink, state = worker.train(task, payload, rng)
+            with tracing(rng.torch) as trace:  # the steps the client's loop records
+                uplink, state = worker.train(task, payload, rng)
     except ClientCancelledError:
         raise  # a cancellation, not a client failure
     except KeyboardInterrupt as exc:
@@ -146,4 +148,4 @@ def run_client_task(
         sha = package_sha256(uplink)
     except (TypeError, ValueError) as exc:  # e.g. a metadata value with no canonical bytes
         raise ClientTrainingError(task.cid, task.round, f"its uplink: {exc}") from exc
-    return ClientResult(task.cid, uplink, rng.state_tensors(), state, sha)
+    return ClientResult(task.cid, uplink, rng.state_tensors(), state, sha, trace.tensors())

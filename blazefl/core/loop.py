@@ -26,6 +26,8 @@ class RoundResult:
     uplink_sha256: dict[int, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     client_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: every client's step trace (`blazefl.core.step_trace`), by client id
+    traces: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class SamplingError(ValueError):
@@ -147,6 +149,8 @@ def run_round(
     for i, client in enumerate(rounds, 1):
         server.load(client.uplink)
         result.uplink_sha256[client.cid] = client.sha256
+        if client.trace is not None:
+            result.traces[client.cid] = client.trace
         if on_client is not None:
             on_client(i, len(clients))
     server.global_update()

@@ -96,6 +96,7 @@ class ClientResult:
         rng: the client's RNG state after its work (next round starts from it).
         state: the client's new persistent state, or None.
         sha256: hash of the uplink's canonical bytes (see `package_sha256`).
+        trace: the client's step trace (`blazefl.core.step_trace`), or None.
     """
 
     cid: int
@@ -103,6 +104,7 @@ class ClientResult:
     rng: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor] | None = None
     sha256: str = ""
+    trace: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,7 @@ def worker_main(
                 tensors_to_wire(result.rng),
                 tensors_to_wire(result.state),
                 result.sha256,
+                tensors_to_wire(result.trace),
             )
         except ClientTrainingError as exc:  # the main process re-raises it, naming the client
             reply = ("error", task.cid, exc.detail, traceback.format_exc())

@@ -404,7 +404,7 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
             done[index] = (msg, slot)
 
     def _receive(self, msg: Any, slot: tuple[int, Any]) -> ClientResult:
-        _, cid, body, rng, state, sha = msg
+        _, cid, body, rng, state, sha, trace = msg
         if body[0] == "value":
             uplink = body[1].read(torch.from_numpy(body[2]))
             self._slot_nbytes = max(self._slot_nbytes, body[1].nbytes)  # grow slots next round
@@ -420,5 +420,10 @@ class ProcessPoolClientTrainer(BaseClientTrainer[UplinkT, DownlinkT], OriginalPr
             assert self._up_arena is not None
             uplink = body[1].read(self._up_arena[slot[0]], copy=True)
         return ClientResult(
-            cid, uplink, tensors_from_wire(rng) or {}, tensors_from_wire(state), sha
+            cid,
+            uplink,
+            tensors_from_wire(rng) or {},
+            tensors_from_wire(state),
+            sha,
+            tensors_from_wire(trace),
         )

@@ -1,0 +1,216 @@
+"""Why two runs (or a run and its re-execution) differ: the first difference located at
+(round, client, epoch, step) and classified, with its evidence in a line or two.
+
+Classes, as `blazefl diff` and `blazefl verify` name them:
+
+- ``config``: byte-relevant config keys differ (which ones);
+- ``user code``: the user's recorded modules differ (which files);
+- ``package version``: another blazefl version (or commit) made one of them;
+- ``environment``: the recorded environment differs (which fields: torch build, CPU kernels,
+  bit-relevant variables);
+- ``data``: the dataset or partition stores differ, or a step trained on other samples from
+  the same generator state;
+- ``random stream``: a client starts from another generator state (its RNG file differs: a
+  tampered or mis-restored file), or draws differently during a step;
+- ``numerics``: the same batch from the same generator state and the same parameters before
+  the step give different parameters after it: the kernels differ;
+- ``server``: every client step is the same, the server's aggregation is not;
+- ``sampling``: a client is sampled in one run only.
+
+The step-level classes come from the rounds' step traces (`blazefl.core.step_trace`); the
+others from the manifests. Nothing here imports code a run names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from blazefl.core.step_trace import TRACE_COLUMNS, split_traces
+
+__all__ = ["StepDifference", "first_step_difference", "manifest_causes", "read_trace"]
+
+#: Per-step columns compared, in the order a difference is explained.
+_COLUMNS = tuple(TRACE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class StepDifference:
+    """Where two traces of one round first differ, and why.
+
+    Attributes:
+        cid: the first (lowest) client whose steps differ.
+        epoch / step: the local epoch and the step within it (None: the client as a whole).
+        index: the step's position among the client's steps (None as above).
+        kind: the class (``data``, ``random stream``, ``numerics``, ``sampling``, ``steps``).
+        evidence: one line of evidence.
+    """
+
+    cid: int
+    epoch: int | None
+    step: int | None
+    index: int | None
+    kind: str
+    evidence: str
+
+    def where(self, round: int) -> str:
+        """`round R, client C, epoch E, step S` (as far as known)."""
+        text = f"round {round}, client {self.cid}"
+        if self.epoch is not None:
+            text += f", epoch {self.epoch}, step {self.step}"
+        return text
+
+
+def read_trace(data: bytes | None) -> dict[int, dict[str, torch.Tensor]] | None:
+    """A round's `trace.safetensors` bytes as per-client traces (None: absent or unreadable:
+    a run of an earlier format, or a damaged file the file checks report)."""
+    if data is None:
+        return None
+    from safetensors.torch import load
+
+    try:
+        return split_traces(load(data))
+    except Exception:  # damaged bytes: the file comparison names the file; no step analysis
+        return None
+
+
+def _row(trace: dict[str, torch.Tensor], i: int) -> tuple[Any, ...]:
+    return tuple(trace[c][i].item() for c in _COLUMNS)
+
+
+def _step_in_epoch(epochs: torch.Tensor, i: int) -> int:
+    return i - int((epochs[:i] != epochs[i]).sum()) if i else 0
+
+
+def _client_difference(
+    cid: int, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
+) -> StepDifference | None:
+    """The first differing step of one client's two traces (None: identical)."""
+    if int(a["start_rng"][0]) != int(b["start_rng"][0]):
+        same_batch = len(a["batch"]) and len(b["batch"]) and a["batch"][0] == b["batch"][0]
+        then = "same first batch" if same_batch else "so its batches are drawn differently"
+        return StepDifference(
+            cid,
+            int(a["epoch"][0]) if len(a["epoch"]) else None,
+            0 if len(a["epoch"]) else None,
+            0 if len(a["epoch"]) else None,
+            "random stream",
+            f"client {cid} starts the round from another generator state ({then}): its RNG "
+            "file of the previous round differs (tampered or mis-restored)",
+        )
+    n = min(len(a["epoch"]), len(b["epoch"]))
+    for i in range(n):
+        ra, rb = _row(a, i), _row(b, i)
+        if ra == rb:
+            continue
+        epoch, step = int(a["epoch"][i]), _step_in_epoch(a["epoch"], i)
+        before = "the same generator state and the same parameters before it (" + (
+            "every earlier step is equal)" if i else "the round's global model)"
+        )
+        if ra[0] != rb[0]:
+            kind, text = "steps", f"step {i} belongs to epoch {ra[0]} in A, {rb[0]} in B"
+        elif ra[1] != rb[1]:
+            kind = "data"
+            text = (
+                f"the step trained on other samples from {before}: the partition or the "
+                "dataset differs"
+            )
+        elif ra[3] != rb[3] or ra[4] != rb[4]:
+            kind = "numerics"
+            text = (
+                f"same batch, {before}, different parameters after the step: the kernels "
+                "differ (float64 sum of the parameters "
+                f"{ra[4]!r} in A vs {rb[4]!r} in B)"
+            )
+        else:
+            kind = "random stream"
+            text = (
+                "same batch and parameters, but the generator advanced differently during the "
+                "step: the code draws differently"
+            )
+        return StepDifference(cid, epoch, step, i, kind, text)
+    if len(a["epoch"]) != len(b["epoch"]):
+        return StepDifference(
+            cid,
+            None,
+            None,
+            None,
+            "steps",
+            f"client {cid} ran {len(a['epoch'])} local steps in A, {len(b['epoch'])} in B "
+            "(every common step equal): its local work differs (config or code)",
+        )
+    return None
+
+
+def first_step_difference(
+    a: dict[int, dict[str, torch.Tensor]], b: dict[int, dict[str, torch.Tensor]]
+) -> StepDifference | None:
+    """The first client (ascending id) whose steps differ between two traces of a round,
+    with its first differing step and class.
+
+    Returns:
+        None when every client's steps are identical.
+
+    Example:
+        >>> diff = first_step_difference(read_trace(bytes_a), read_trace(bytes_b))
+        >>> diff.where(3), diff.kind
+        ('round 3, client 1, epoch 0, step 4', 'numerics')
+    """
+    for cid in sorted(set(a) | set(b)):
+        if cid not in a or cid not in b:
+            return StepDifference(
+                cid,
+                None,
+                None,
+                None,
+                "sampling",
+                f"client {cid} trained in {'A' if cid in a else 'B'} only",
+            )
+        found = _client_difference(cid, a[cid], b[cid])
+        if found is not None:
+            return found
+    return None
+
+
+def _keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def manifest_causes(
+    ma: dict[str, Any], mb: dict[str, Any], stores_differ: list[str] | None = None
+) -> list[str]:
+    """The run-level classes two round manifests show, one line each (`class: evidence`).
+
+    Args:
+        ma / mb: the manifests of the first differing round (A and B).
+        stores_differ: names of the stores whose files differ (`dataset`, `partitions`).
+
+    Example:
+        >>> manifest_causes({"config": {"train.lr": 0.1}}, {"config": {"train.lr": 0.2}})
+        ['config: train.lr: 0.1 (A) vs 0.2 (B)']
+    """
+    out = []
+    ca, cb = ma.get("config", {}), mb.get("config", {})
+    if keys := _keys(ca, cb):
+        shown = "; ".join(
+            f"{k}: {ca.get(k, '(absent)')!r} (A) vs {cb.get(k, '(absent)')!r} (B)" for k in keys[:4]
+        )
+        out.append(f"config: {shown}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else ""))
+    ua, ub = ma.get("user_code", {}), mb.get("user_code", {})
+    if files := _keys(ua, ub):
+        out.append(f"user code: {', '.join(files[:6])} differ" + (" ..." if len(files) > 6 else ""))
+    va, vb = ma.get("code", {}), mb.get("code", {})
+    if keys := _keys(va, vb):
+        shown = "; ".join(f"{k}: {va.get(k)!r} (A) vs {vb.get(k)!r} (B)" for k in keys)
+        out.append(f"package version: {shown}")
+    ea, eb = ma.get("environment", {}), mb.get("environment", {})
+    if keys := _keys(ea, eb):
+        shown = "; ".join(
+            f"{k}: {ea.get(k, '(absent)')!r} (A) vs {eb.get(k, '(absent)')!r} (B)" for k in keys[:4]
+        )
+        out.append(f"environment: {shown}")
+    if stores_differ:
+        out.append(f"data: the {' and '.join(stores_differ)} store(s) differ")
+    return out
