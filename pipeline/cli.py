@@ -265,7 +265,11 @@ def verify(
 )
 @_user_errors
 def diff(run_a: str, run_b: str, plot: str | None) -> None:
-    """First differing round of two runs: files, tensors, clients."""
+    """First differing round of two runs: files, tensors, clients.
+
+    With --plot FILE it also draws, per round, how far the global models are apart (log
+    scale) and which sampled clients' uplinks differ, the first differing round marked.
+    """
     from blazefl.pipeline.compare import diff_runs  # lazy: --help skips torch
 
     if plot is not None:
