@@ -158,22 +158,30 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
         if bad:
             echo(f"{store} differs: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
             same = False
+        # data differ when the stored samples or partitions do, or the dataset's source files
+        # (a store manifest alone also records the user code that made it)
+        recorded = a.read_json(ma).get("data_files") != b.read_json(mb).get("data_files")
+        if any(k != MANIFEST for k in bad) or (store == "dataset" and bad and recorded):
             stores_differ.append(store)
     ra, rb = set(a.complete_rounds()), set(b.complete_rounds())
     common = sorted(ra & rb)
-    differing = []
+    differing: list[int] = []
+    first_lines: list[str] = []
     for t in common:
         lines = _round_diffs(a, b, t, reported)
-        if not lines:
-            continue
-        differing.append(t)
-        if len(differing) == 1:
-            before = f" ({_rounds(list(range(t)))} identical)" if t > 0 else ""
-            echo(f"first difference: round {t}{before}")
-            for line in lines:
-                echo(f"  {line}")
-            for line in explain_round(a, b, t, stores_differ):
-                echo(f"  {line}")
+        if lines:
+            differing.append(t)
+            first_lines = first_lines or lines
+    if differing:
+        t = differing[0]
+        before = f" ({_rounds(list(range(t)))} identical)" if t > 0 else ""
+        echo(f"first difference: round {t}{before}")
+        for line in first_lines:
+            echo(f"  {line}")
+        # the first round whose training differs: round 0 may differ in its records only
+        trained = next((r for r in differing if r > 0 and _outputs_differ(a, b, r)), None)
+        for line in explain_round(a, b, t, stores_differ, trained):
+            echo(f"  {line}")
     if len(differing) > 1:
         echo(f"later rounds that differ too: {_fmt_rounds(differing[1:])}")
     for name, only in (("A", ra - rb), ("B", rb - ra)):
@@ -188,14 +196,26 @@ def diff_runs(run_a: Path, run_b: Path, echo: Echo) -> bool:
     return same
 
 
-def explain_round(a: RunDir, b: RunDir, t: int, stores_differ: list[str]) -> list[str]:
-    """`where:` and `cause:` lines for the first differing round of two runs: the run-level
-    classes from the manifests, then the first differing step from the rounds' step traces
+def _outputs_differ(a: RunDir, b: RunDir, t: int) -> bool:
+    """Whether round t's trained outputs differ (not only its records, such as code copies)."""
+    oa, ob = a.manifest(t).get("outputs", {}), b.manifest(t).get("outputs", {})
+    keys = {k for k in set(oa) | set(ob) if not k.startswith("code/")}
+    return any(oa.get(k) != ob.get(k) for k in keys)
+
+
+def explain_round(
+    a: RunDir, b: RunDir, first: int, stores_differ: list[str], trained: int | None = None
+) -> list[str]:
+    """`where:` and `cause:` lines for two runs: the run-level classes from the manifests of
+    the first differing round, then the first differing step of the first round whose
+    training differs (`trained`, default `first`), from the rounds' step traces
     (`blazefl.pipeline.divergence`)."""
-    ma, mb = a.manifest(t), b.manifest(t)
+    ma, mb = a.manifest(first), b.manifest(first)
     out = [f"cause: {line}" for line in manifest_causes(ma, mb, stores_differ)]
+    t = first if trained is None else trained
     if t == 0:
         return out
+    ma, mb = a.manifest(t), b.manifest(t)
     ta = read_trace(_bytes(a, a.round_dir(t) / TRACE)) if TRACE in ma.get("outputs", {}) else None
     tb = read_trace(_bytes(b, b.round_dir(t) / TRACE)) if TRACE in mb.get("outputs", {}) else None
     if ta is None or tb is None:

@@ -29,8 +29,16 @@ from typing import Any
 import torch
 
 from blazefl.core.step_trace import TRACE_COLUMNS, split_traces
+from blazefl.stages.artifacts import sha256_bytes
+from blazefl.stages.snapshot import CLIENT_RNG, GLOBAL, TRACE
 
-__all__ = ["StepDifference", "first_step_difference", "manifest_causes", "read_trace"]
+__all__ = [
+    "StepDifference",
+    "first_step_difference",
+    "manifest_causes",
+    "read_trace",
+    "reexecution_notes",
+]
 
 #: Per-step columns compared, in the order a difference is explained.
 _COLUMNS = tuple(TRACE_COLUMNS)
@@ -214,3 +222,39 @@ def manifest_causes(
     if stores_differ:
         out.append(f"data: the {' and '.join(stores_differ)} store(s) differ")
     return out
+
+
+def reexecution_notes(
+    t: int, outputs: dict[str, str], recorded_trace: bytes | None, files: dict[str, bytes]
+) -> list[str]:
+    """Where a re-executed round first left its record, and the class (`verify`).
+
+    Args:
+        t: the round.
+        outputs: the recorded manifest's file hashes.
+        recorded_trace: the recorded `trace.safetensors` bytes (None: none recorded).
+        files: the re-executed round's files.
+
+    Returns:
+        At most one line (A: recorded, B: re-executed).
+    """
+    recorded, again = read_trace(recorded_trace), read_trace(files.get(TRACE))
+    if recorded is None or again is None:
+        return []
+    step = first_step_difference(recorded, again)
+    if step is not None:
+        where = f"first differing step: {step.where(t)}"
+        return [f"{where}: {step.kind}: {step.evidence} (A: recorded, B: re-executed)"]
+    rng = sorted(
+        n
+        for n in files
+        if n.startswith(f"{CLIENT_RNG}/") and outputs.get(n) != sha256_bytes(files[n])
+    )
+    if rng:
+        return [
+            f"every client step equals the record, but {rng[0]} differs: random stream (the "
+            "recorded RNG file was tampered or mis-restored)"
+        ]
+    if GLOBAL in files and outputs.get(GLOBAL) != sha256_bytes(files[GLOBAL]):
+        return ["every client step equals the record: the server's aggregation differs"]
+    return []
