@@ -1,7 +1,11 @@
 """The `blazefl` command line. Heavy imports (torch) happen inside commands, so `--help`
 is instant.
 
-Exit codes: 0 ok; 1 verify/diff found a difference (or client work failed); 2 bad input.
+Exit codes: 0 ok; 1 verify/diff found a difference (or client work failed); 2 bad input
+(the command itself: a missing run folder, a bad flag or `--rounds`, a run whose files cannot
+be read as a run); 125 `verify` only: the user code here cannot be judged, it cannot be parsed
+or imported or it raised while re-executing a round (`git bisect run` skips such a commit,
+docs/auditing.md). 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from blazefl.modes import CODE_SOURCES, EXECUTION_MODES, IPC_MODES
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_OUT = "artifacts/default"
+
+#: `blazefl verify`'s exit code when the user code here cannot re-execute the run: the value
+#: `git bisect run` reads as "this commit cannot be tested, skip it" (any other code from 1 to
+#: 127 marks the commit bad, so a failure of the code must not exit 1 or 2).
+EXIT_CANNOT_JUDGE = 125
 
 #: The stages `blazefl stage NAME` runs (dispatched in `blazefl.pipeline.commands`).
 STAGE_NAMES = ("prepare", "partition", "init", "round", "evaluate", "report")
@@ -244,10 +253,26 @@ def verify(
     trust_code: bool,
     code_from: str,
 ) -> None:
-    """Re-execute rounds from their recorded inputs and compare with the manifests."""
-    from blazefl.pipeline.verify import verify_run  # lazy: --help skips torch
+    """Re-execute rounds from their recorded inputs and compare with the manifests.
 
-    ok = verify_run(Path(run_dir), rounds, mode, workers, ipc, click.echo, trust_code, code_from)
+    \b
+    Exit codes (fit for `git bisect run blazefl verify ...`, see docs/auditing.md):
+      0    every chosen round re-executes identically
+      1    a round differs, or a file of the run does not match its manifest
+      2    the command or the run cannot be used: no such run folder, a bad --rounds
+           or flag, --trust-code missing, a manifest or config that cannot be read
+      125  the user code here cannot be judged: it cannot be parsed or imported, or
+           it raised while re-executing a round (a server, a client); bisect skips it
+    """
+    from blazefl.pipeline.verify import CodeCannotRunError, verify_run  # lazy: skips torch
+
+    try:
+        ok = verify_run(
+            Path(run_dir), rounds, mode, workers, ipc, click.echo, trust_code, code_from
+        )
+    except CodeCannotRunError as exc:  # the code's failure, not the run's nor the command's
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CANNOT_JUDGE)
     sys.exit(0 if ok else 1)
 
 
