@@ -23,6 +23,7 @@ import torch
 
 from blazefl.core import IPCMode, ProcessPoolClientTrainer, WorkerCrashedError
 from tests.compat.original_process import Downlink, OriginalTrainer
+from tests.core.nested_workloads import NestedWorkload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,3 +166,10 @@ def test_the_thread_compat_event_is_a_threading_event_stand_in(tmp_path: Path) -
     assert event.is_set()
     assert len(trainer.uplink_package()) == 1
     trainer.close()
+
+
+def test_the_workload_trainer_takes_the_original_ipc_names() -> None:
+    for mode, name in ((IPCMode.STORAGE, "storage"), (IPCMode.SHARED_MEMORY, "shared_memory")):
+        trainer = ProcessPoolClientTrainer(NestedWorkload(), seed=0, num_workers=1, ipc_mode=mode)
+        assert trainer.ipc_mode == name  # no process starts before the first round
+        trainer.close()
