@@ -7,11 +7,11 @@
   run too, so the three verbs agree on a damaged run); the provenance checks (recorded
   configs, the re-computed partition) live in `pipeline.chain`. The run directory is only
   read, every file as untrusted.
-- What the re-execution raises is sorted in two (`_code_must_run`): the run's own files being
-  damaged (a round that "cannot re-execute": verify's finding, like a difference) and the user
-  code here failing (`CodeCannotRunError`: it cannot be imported, parsed, or it raised while
-  re-executing). The second tells nothing about the run, so the CLI exits 125, which
-  `git bisect run` reads as "skip this commit" (docs/auditing.md).
+- What the re-execution raises is sorted in two (`pipeline.code_failures`): the run's own
+  files being damaged (a round that "cannot re-execute": verify's finding, like a difference)
+  and the user code here failing (`CodeCannotRunError`: it cannot be imported, parsed, or it
+  raised while re-executing). The second tells nothing about the run, so the CLI exits 125,
+  which `git bisect run` reads as "skip this commit" (docs/auditing.md).
 
 Example:
     >>> verify_run(Path("artifacts/default"), "3,5-7", "processes", 2, None, echo=print)
@@ -24,19 +24,20 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from blazefl.core.devices import DeviceUnavailableError
 from blazefl.core.loop import ExecutionSettings
-from blazefl.data import DatasetNotFoundError, MissingDependencyError
 from blazefl.pipeline.chain import code_note, provenance_problems, recorded_code
+from blazefl.pipeline.code_failures import (
+    CodeCannotRunError,
+    code_must_run,
+    import_algorithms,
+    listed_code_notes,
+)
 from blazefl.pipeline.run_check import chain_problems, check_layout, store_problems
-from blazefl.pipeline.trust import code_notes, code_root, require_consent
-from blazefl.registry import is_import_path
-from blazefl.spec import algorithm_of
+from blazefl.pipeline.trust import code_root, require_consent
 from blazefl.stages.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -47,47 +48,20 @@ from blazefl.stages.artifacts import (
     sha256_bytes,
 )
 from blazefl.stages.config import ConfigError, RunConfig, config_sha256, load_config
-from blazefl.stages.data_files import DataFilesError, data_differences, data_file_hashes
+from blazefl.stages.data_files import data_differences, data_file_hashes
 from blazefl.stages.init import init_outputs
 from blazefl.stages.manifest_schema import (
     MANIFEST_FORMAT,
-    ManifestError,
     manifest_format,
     validate_round_manifest,
 )
 from blazefl.stages.provenance import OlderFormatError, older_format_message
 from blazefl.stages.session import Session
-from blazefl.stages.tensor_checks import ArtifactContentError
-from blazefl.stages.untrusted import UntrustedArtifactError
-from blazefl.stages.user_code import UserCodeError
 
 __all__ = ["CodeCannotRunError", "verify_run", "parse_rounds", "environment_note"]
 
 Echo = Callable[[str], None]
 _RANGE_RE = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
-
-
-class CodeCannotRunError(ValueError):
-    """The user code here cannot re-execute the run: it cannot be listed, parsed or imported,
-    or it raised while re-executing a round. Nothing is known about the run then (neither
-    identical nor different), so the CLI exits 125: `git bisect run` skips the commit."""
-
-
-#: What a damaged run, or a machine that cannot re-execute it, raises while a round is
-#: re-executed: these keep their old meaning (a round that "cannot re-execute", exit 1).
-#: Anything else raised then is the user code's doing (`_code_must_run`).
-_RUN_ERRORS: tuple[type[Exception], ...] = (
-    ArtifactError,  # ProvenanceError, RunCheckError: the files, the chain, the stores
-    ArtifactContentError,
-    UntrustedArtifactError,
-    ManifestError,
-    ConfigError,
-    UserCodeError,  # the run's own copy of its code is missing or altered
-    DataFilesError,
-    DeviceUnavailableError,  # a GPU run on a machine without that GPU
-    DatasetNotFoundError,
-    MissingDependencyError,
-)
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -276,50 +250,6 @@ def _reexecutor(
         r.close()
 
 
-def _raised(exc: BaseException) -> str:
-    """One line for an exception: the package's own carry a one-line message already
-    ("client 3 failed in round 1: ..."); anything else is its type, its first line and the
-    line of code that raised it, relative to the folder the code runs in."""
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    if type(exc).__module__.startswith("blazefl.") and text:
-        return text
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = frames[-1].filename.removeprefix(os.getcwd() + os.sep) if frames else ""
-    at = f" (at {where}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}{': ' + text if text else ''}{at}"
-
-
-@contextlib.contextmanager
-def _code_must_run(t: int) -> Iterator[None]:
-    """Re-execute round t: what the block raises that is not about the run (`_RUN_ERRORS`)
-    comes from the code here (a server, a client, a model, a partitioner that raises, a
-    module imported only now) and becomes a `CodeCannotRunError` naming round t."""
-    try:
-        yield
-    except _RUN_ERRORS:
-        raise
-    except Exception as exc:  # any type: user code may raise anything
-        raise CodeCannotRunError(
-            f"round {t} cannot be re-executed with this code: {_raised(exc)}"
-        ) from exc
-
-
-def _import_algorithms(manifests: dict[int, dict[str, Any]]) -> None:
-    """Import the algorithms the rounds name by import path before their configs are read:
-    reading a config imports its algorithm, and code here that cannot be imported (a module
-    that raises, a missing name, a missing module) must not pass for a tampered config.
-
-    Raises:
-        CodeCannotRunError: the registry's one line ("importing myplug raised ...").
-    """
-    names = {m.get("config", {}).get("fl.algorithm") for m in manifests.values()}
-    for name in sorted(n for n in names if isinstance(n, str) and is_import_path(n)):
-        try:
-            algorithm_of(name)
-        except ValueError as exc:
-            raise CodeCannotRunError(str(exc)) from exc
-
-
 def _config_of(m: dict[str, Any], t: int) -> RunConfig:
     try:
         return RunConfig.of(load_config(None, m["config"]))
@@ -423,10 +353,7 @@ def verify_run(
     require_consent(run, manifests, trust_code)  # before anything a run names is imported
     m0 = manifests[0] if 0 in manifests else run.manifest(0)
     record = m0["user_code"]
-    try:
-        notes = code_notes(record, m0["config"])  # lists this folder's code: parses it
-    except UserCodeError as exc:  # "myplug.py:12: cannot be parsed": the code's, not the run's
-        raise CodeCannotRunError(str(exc)) from exc
+    notes = listed_code_notes(record, m0["config"])  # parses this folder's code
     if code_from == "auto":
         code_from = "run" if notes or not record else "here"
     with code_root(run, m0, code_from):
@@ -446,7 +373,7 @@ def _verify(
     echo: Echo,
 ) -> bool:
     mode, workers, ipc = how_args
-    _import_algorithms(manifests)
+    import_algorithms(manifests)
     configs = {t: _config_of(m, t) for t, m in manifests.items()}
     for t, m in manifests.items():  # client ids below the run's data.clients
         validate_round_manifest(m, f"round-{t:04d}/{MANIFEST}", configs[t].spec.data.clients)
@@ -495,14 +422,14 @@ def _verify(
             m, config = manifests[t], configs[t]
             key = m["config_sha256"]
             if key not in seen_configs:  # the stores against each config rounds were made with
-                with _code_must_run(t):  # re-computes the partition: a user partitioner runs
+                with code_must_run(t):  # re-computes the partition: a user partitioner runs
                     seen_configs[key] = provenance_problems(run, config)
             problems = seen_configs[key] + chain_problems(run, t, m)
             for problem in problems:
                 echo(f"round {t}: {problem}")
             reexecuted = True
             try:
-                with _code_must_run(t):  # only the re-execution runs user code
+                with code_must_run(t):  # only the re-execution runs user code
                     out: Any = scratch.init(config) if t == 0 else scratch.round(t, config)
                 if t == 0:
                     diffs = _recomputed_diffs(run, t, m, out)
