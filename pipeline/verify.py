@@ -36,6 +36,7 @@ from blazefl.pipeline.code_failures import (
     import_algorithms,
     listed_code_notes,
 )
+from blazefl.pipeline.divergence import reexecution_notes
 from blazefl.pipeline.run_check import chain_problems, check_layout, store_problems
 from blazefl.pipeline.trust import code_root, require_consent
 from blazefl.stages.artifacts import (
@@ -57,6 +58,7 @@ from blazefl.stages.manifest_schema import (
 )
 from blazefl.stages.provenance import OlderFormatError, older_format_message
 from blazefl.stages.session import Session
+from blazefl.stages.snapshot import TRACE
 
 __all__ = ["CodeCannotRunError", "verify_run", "parse_rounds", "environment_note"]
 
@@ -180,6 +182,8 @@ def _recomputed_diffs(
     cids = differing_uplinks(m, new)
     if cids:
         out.append(f"uplinks of clients {_ids(cids)}")
+    recorded_trace = _read(run, run.round_dir(t) / TRACE) if TRACE in outputs else None
+    out.extend(reexecution_notes(t, outputs, recorded_trace, files, cids))
     return out
 
 

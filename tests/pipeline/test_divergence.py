@@ -223,7 +223,8 @@ def test_onednn_isa_cap_is_numerics_and_environment(tmp_path: Path) -> None:
     assert "the kernels differ" in _line(lines, "cause: numerics")
     # verify of A under the capped ISA re-executes and names the first differing step
     proc = subprocess.run(
-        [sys.executable, "-m", "blazefl.pipeline.cli", "verify", str(tmp_path / "a"), "--rounds", "1"],
+        [sys.executable, "-m", "blazefl.pipeline.cli", "verify", str(tmp_path / "a")]
+        + ["--rounds", "1"],
         capture_output=True,
         text=True,
         env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
@@ -242,8 +243,7 @@ def _trace(steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
         "epoch": torch.tensor([i // 2 for i in range(steps)]),
         "batch": torch.randint(-(2**62), 2**62, (steps,), generator=g),
         "rng": torch.randint(-(2**62), 2**62, (steps,), generator=g),
-        "bits": torch.randint(-(2**62), 2**62, (steps,), generator=g),
-        "value": torch.randn(steps, generator=g, dtype=torch.float64),
+        "params": torch.randint(-(2**62), 2**62, (steps,), generator=g),
         "start_rng": torch.tensor([7]),
     }
 
@@ -256,7 +256,7 @@ def _changed(trace: dict[str, torch.Tensor], column: str, i: int) -> dict[str, t
 
 @pytest.mark.parametrize(
     ("column", "kind"),
-    [("batch", "data"), ("bits", "numerics"), ("value", "numerics"), ("rng", "random stream")],
+    [("batch", "data"), ("params", "numerics"), ("rng", "random stream")],
 )
 def test_the_first_differing_column_names_the_class(column: str, kind: str) -> None:
     a = {2: _trace(6), 5: _trace(6, 1)}

@@ -64,7 +64,10 @@ def test_perturbed_client_update_is_named_with_its_round(tiny_run, blazefl, monk
     lines = result.output.splitlines()
     differs = [line for line in lines if line.startswith("round 2: DIFFERS")]
     assert len(differs) == 1, result.output
-    assert differs[0].endswith(f"uplinks of clients {cid}")
+    assert f"uplinks of clients {cid};" in differs[0]
+    # the step trace shows the steps were the record's: the upload differs
+    note = f"every step of client {cid} equals the record, but its uplink differs"
+    assert differs[0].endswith(f"{note}: the code between its last step and its upload")
     assert "global.safetensors" in differs[0]
     for line in ok_lines(range(0, 2)) + ["round 3: OK"]:  # each round starts from the record
         assert line in lines
