@@ -104,3 +104,22 @@ def test_every_public_name_resolves_and_is_listed_for_type_checkers() -> None:
     for name in blazefl.__all__:
         assert getattr(blazefl, name) is not None, name
         assert re.search(rf"\b{name}\b", eager), f"{name} missing from the TYPE_CHECKING imports"
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """A subpackage missing from pyproject's list works in an editable install and is absent
+    from the wheel users install."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        "blazefl." + ".".join(p.parent.relative_to(root / "blazefl").parts)
+        if p.parent != root / "blazefl"
+        else "blazefl"
+        for p in (root / "blazefl").rglob("__init__.py")
+    }
+    found |= {"blazefl.stages", "blazefl.pipeline"}
+    assert found <= listed, sorted(found - listed)
