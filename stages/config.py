@@ -241,8 +241,9 @@ def load_config(
 
     A params file may keep the section of an algorithm that is not selected (a built-in's, or
     a plugin's left by `blazefl dvc` before a switch): it is ignored (neither hashed nor a DVC
-    param) with a warning, a built-in's still validated. An unknown section given by
-    `--set` is an error: it was typed just now.
+    param) with a warning, a built-in's still validated. A `--set` key of a built-in
+    algorithm that is not selected is validated and ignored with a warning; an unknown section
+    given by `--set` is an error: it was typed just now.
 
     Args:
         path: the YAML file; None means defaults only.
@@ -267,6 +268,13 @@ def load_config(
             "`blazefl dvc` rewrites the file without it"
         )
     builtins = {_algorithm_section(name) for name in ALGORITHMS}
+    idle = sorted(k for k in overrides if _section(k) in builtins - used)
+    if idle and warn is not None:  # typed just now for an algorithm that will not run
+        section = _section(idle[0])
+        warn(
+            f"--set {idle[0]}: {section} is not the selected algorithm (fl.algorithm="
+            f"{algorithm}), so the value is ignored; add --set fl.algorithm={section} to use it"
+        )
     flat = {k: v for k, v in from_file.items() if _section(k) in used | builtins}
     flat.update(overrides)
     return to_spec(flat).to_flat()

@@ -100,3 +100,22 @@ def test_a_builtin_leftover_is_still_validated_and_set_typos_stay_errors(plugins
     assert result.exit_code == 2 and "fedprox.mu" in result.output
     result = _cli("run", "--out", "d", "-q", *_sets("trian.lr=0.1"))
     assert result.exit_code == 2 and "unknown config section 'trian'" in result.output
+
+
+def test_a_set_key_of_an_algorithm_not_selected_warns_and_changes_nothing(plugins: Path) -> None:
+    """`--set fedprox.mu=0.1` with FedAvg selected used to run plain FedAvg without a word."""
+    clean = plugins / "clean.yaml"
+    clean.write_text("fl:\n  algorithm: fedavg\n")
+    a = _cli("run", "--config", str(clean), "--out", "a", "-q", *_sets())
+    b = _cli("run", "--config", str(clean), "--out", "b", "-q", *_sets("fedprox.mu=0.1"))
+    assert a.exit_code == 0 and b.exit_code == 0, b.output
+    warnings = [line for line in b.output.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: --set fedprox.mu: fedprox is not the selected algorithm (fl.algorithm=fedavg), "
+        "so the value is ignored; add --set fl.algorithm=fedprox to use it"
+    ]
+    assert (plugins / "a" / "round-0001" / "manifest.json").read_bytes() == (
+        plugins / "b" / "round-0001" / "manifest.json"
+    ).read_bytes()
+    bad = _cli("run", "--config", str(clean), "--out", "c", "-q", *_sets("fedprox.mu=-1"))
+    assert bad.exit_code == 2 and "fedprox.mu" in bad.output  # still validated
