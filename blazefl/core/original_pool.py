@@ -9,7 +9,8 @@ A subclass that implements the original's static `worker(config, payload, device
   ``share_dir/<cid>.pkl`` (`torch.save`); `worker` gets the two paths and returns the path of
   the file holding its uplink, which is loaded with `torch.load`.
 - ``IPCMode.SHARED_MEMORY``: the payload's tensors are moved to shared memory, each client gets
-  a buffer from `prepare_uplink_package_buffer()` (moved too), `worker` gets the objects and
+  a buffer from `prepare_uplink_package_buffer()` (moved too: the round's buffers share one
+  shared-memory segment, as creating one costs milliseconds), `worker` gets the objects and
   `shm_buffer=`, and returns a receipt (tensors replaced by `SHMHandle`) that is put back
   together with the buffer (`reconstruct_from_shared_memory`).
 
@@ -46,7 +47,11 @@ import torch
 import blazefl.core.generator_pickling  # noqa: F401  (generators in configs: by value)
 from blazefl.core.original_workers import Job, OriginalPool
 from blazefl.core.pool_worker import WorkerCrashedError
-from blazefl.core.shared_memory import process_tensors_in_object, reconstruct_from_shared_memory
+from blazefl.core.shared_memory import (
+    process_tensors_in_object,
+    reconstruct_from_shared_memory,
+    share_in_one_segment,
+)
 
 __all__ = [
     "IPCMode",
@@ -216,9 +221,10 @@ def _shared_memory_jobs(
     trainer: Any, pool: OriginalPool, payload: Any, cid_list: Sequence[int], stop: Any
 ) -> list[tuple[int, Job, Callable[[Any], Any]]]:
     process_tensors_in_object(payload, mode="move")
+    buffers = [trainer.prepare_uplink_package_buffer() for _ in cid_list]
+    share_in_one_segment(buffers)  # one shared-memory segment per round, not one per client
     jobs: list[tuple[int, Job, Callable[[Any], Any]]] = []
-    for cid in cid_list:
-        buffer = process_tensors_in_object(trainer.prepare_uplink_package_buffer(), mode="move")
+    for cid, buffer in zip(cid_list, buffers, strict=True):
 
         def finish(result: Any, buffer: Any = buffer) -> Any:
             return reconstruct_from_shared_memory(result, buffer)

@@ -19,6 +19,7 @@ import contextlib
 import io
 import multiprocessing.connection as mpc
 import pickle
+import queue
 import signal
 import threading
 import time
@@ -43,6 +44,7 @@ from blazefl.core.pool_worker import (
 __all__ = ["Job", "OriginalPool"]
 
 _NEW, _SEEN = "blazefl-storage-new", "blazefl-storage-seen"
+_DEPTH = 2  # tasks held by a worker at once: the one it runs and the next
 
 
 class _TaskPickler(ForkingPickler):
@@ -161,6 +163,16 @@ class Job:
         return self._value
 
 
+def _send_loop(conn: mpc.Connection, outbox: queue.SimpleQueue[bytes | None]) -> None:
+    """Sender thread of one worker: writes queued messages until None (or the worker dies;
+    the pool then sees its process sentinel)."""
+    while (data := outbox.get()) is not None:
+        try:
+            conn.send_bytes(data)
+        except OSError:
+            return
+
+
 def _kill(procs: list[Any]) -> None:
     for proc in procs:
         with contextlib.suppress(Exception):
@@ -201,9 +213,16 @@ class OriginalPool:
             child.close()
             self.procs.append(proc)
             self.conns.append(parent)
-        self.idle = list(range(processes))
+        # each worker holds up to _DEPTH tasks: the next one is already in its pipe when it
+        # finishes, so it never waits for this process to wake up and pickle the next
+        self.inflight: list[deque[Job]] = [deque() for _ in range(processes)]
+        self.outboxes: list[queue.SimpleQueue[bytes | None]] = []
+        for conn in self.conns:
+            outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+            threading.Thread(target=_send_loop, args=(conn, outbox), daemon=True).start()
+            self.outboxes.append(outbox)
+        self.dead: set[int] = set()
         self.queue: deque[Job] = deque()
-        self.inflight: dict[int, Job] = {}
         self.sent: list[set[Any]] = [set() for _ in range(processes)]
         self.keep: dict[Any, Any] = {}
 
@@ -211,66 +230,81 @@ class OriginalPool:
         """Queue `fn(*args, **kwargs)`; returns its job."""
         job = Job(self, (fn, args, kwargs))
         self.queue.append(job)
-        self._dispatch()
+        # collect finished tasks too: a caller that submits for a while (building configs)
+        # must not leave workers idle until it starts waiting
+        self.pump(0.0)
         return job
 
     def _dispatch(self) -> None:
-        while self.idle and self.queue:
-            w, job = self.idle.pop(), self.queue.popleft()
-            buffer = io.BytesIO()
-            _TaskPickler(buffer, self.sent[w], self.keep).dump(job.task)
-            try:
-                self.conns[w].send_bytes(buffer.getbuffer())
-            except OSError:
-                job._finish(False, self._crashed(w, job))
-                continue
-            self.inflight[w] = job
+        for depth in range(1, _DEPTH + 1):  # first one task for every worker, then a second
+            for w, held in enumerate(self.inflight):
+                if not self.queue:
+                    return
+                if w in self.dead or len(held) >= depth:
+                    continue
+                job = self.queue.popleft()
+                buffer = io.BytesIO()
+                _TaskPickler(buffer, self.sent[w], self.keep).dump(job.task)
+                held.append(job)
+                # written by the worker's sender thread: a message larger than the pipe's
+                # buffer blocks until the worker reads it, i.e. until it finishes its current
+                # task, and this thread must keep feeding the other workers meanwhile
+                self.outboxes[w].put(buffer.getvalue())
 
-    def _crashed(self, w: int, job: Job) -> WorkerCrashedError:
+    def _fail_worker(self, w: int, first: Job | None = None) -> None:
+        """Worker `w` died: its tasks fail, the first naming the client it was training."""
+        self.dead.add(w)
         proc = self.procs[w]
         proc.join(timeout=5)
-        return WorkerCrashedError(job.cid, None, proc.pid, proc.exitcode)
+        lost = ([first] if first is not None else []) + list(self.inflight[w])
+        self.inflight[w].clear()
+        for job in lost:
+            job._finish(False, WorkerCrashedError(job.cid, None, proc.pid, proc.exitcode))
 
     def pump(self, timeout: float | None) -> None:
         """Wait up to `timeout` seconds for finished tasks, collect them, dispatch more."""
-        if not self.inflight:
-            self._dispatch()
-            if not self.inflight:
-                return
-        busy = list(self.inflight)
-        waitables: list[Any] = [self.conns[w] for w in busy] + [
-            self.procs[w].sentinel for w in busy
-        ]
-        ready = mpc.wait(waitables, timeout)
+        self._dispatch()
+        busy = [w for w, held in enumerate(self.inflight) if held]
+        if not busy:
+            return
+        waitables: list[Any] = [self.conns[w] for w in busy]
+        ready = mpc.wait(waitables + [self.procs[w].sentinel for w in busy], timeout)
         for w in busy:
             conn, proc = self.conns[w], self.procs[w]
             if conn not in ready and proc.sentinel not in ready:
                 continue
-            job = self.inflight.pop(w)
             try:
-                status, *rest = conn.recv()
-            except (EOFError, OSError):
-                job._finish(False, self._crashed(w, job))
-                continue  # a dead worker takes no more tasks
-            if status == "ok":
-                job._finish(True, rest[0])
-            else:
-                error: BaseException = rest[0]
-                if rest[1]:
-                    error.add_note(f"worker traceback:\n{rest[1]}")
-                job._finish(False, error)
-            self.idle.append(w)
+                while self.inflight[w] and conn.poll():  # every reply waiting, oldest first
+                    reply = conn.recv()
+                    self._collect(self.inflight[w].popleft(), reply)
+            except (EOFError, OSError):  # the worker died: its pipe is at its end
+                self._fail_worker(w)
+                continue
+            if proc.sentinel in ready and self.inflight[w]:  # died with tasks left
+                self._fail_worker(w)
         self._dispatch()
+
+    @staticmethod
+    def _collect(job: Job, reply: tuple[Any, ...]) -> None:
+        status, *rest = reply
+        if status == "ok":
+            job._finish(True, rest[0])
+            return
+        error: BaseException = rest[0]
+        if rest[1]:
+            error.add_note(f"worker traceback:\n{rest[1]}")
+        job._finish(False, error)
 
     def end_round(self) -> None:
         """Workers drop the storages sent this round; so does the parent."""
-        for w, conn in enumerate(self.conns):
+        for w, outbox in enumerate(self.outboxes):
             if self.sent[w]:
-                with contextlib.suppress(OSError):
-                    conn.send_bytes(b"forget")
+                outbox.put(b"forget")
             self.sent[w] = set()
         self.keep.clear()
 
     def terminate(self) -> None:
         """Kill the workers now (idempotent)."""
         self._finalizer()
+        for outbox in self.outboxes:
+            outbox.put(None)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from blazefl.core import SHMHandle, process_tensors_in_object, reconstruct_from_shared_memory
+from blazefl.core.shared_memory import share_in_one_segment
 
 Point = namedtuple("Point", ["x", "y"])
 
@@ -122,3 +123,18 @@ def test_bad_input_is_one_line() -> None:
     with pytest.raises(ValueError, match="prepare_uplink_package_buffer"):
         reconstruct_from_shared_memory(receipt, Tree(torch.ones(1), {}, Leaf(torch.ones(1), 0)))
     assert SHMHandle() == SHMHandle()
+
+
+def test_share_in_one_segment_keeps_objects_and_values() -> None:
+    buffers = [tree() for _ in range(3)]
+    buffers[0].weights = torch.randn(5, 3).t()  # non-contiguous
+    before = [[t.clone() for t in tensors_of(b)] for b in buffers]
+    ids = [[id(t) for t in tensors_of(b)] for b in buffers]
+    share_in_one_segment(buffers)
+    storages = {t.untyped_storage().data_ptr() for b in buffers for t in tensors_of(b)}
+    assert len(storages) == 1  # one segment for all of them
+    for b, values, identities in zip(buffers, before, ids, strict=True):
+        assert [id(t) for t in tensors_of(b)] == identities
+        assert all(t.is_shared() for t in tensors_of(b))
+        assert all(map(torch.equal, tensors_of(b), values))
+    share_in_one_segment([])  # nothing to do
