@@ -1,13 +1,13 @@
-"""init: round 0 = the initial global model and every RNG stream's starting state."""
+"""init: round 0 = the initial global model, the server's streams and state, and the client
+index with no client stored (every client starts from streams derived from (seed, client id),
+which are never written: round 0 writes no per-client file)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from blazefl.core.devices import rng_device
 from blazefl.data import ImageDataset
-from blazefl.reproducibility import create_rng_suite
 from blazefl.stages.artifacts import (
     MANIFEST,
     RunDir,
@@ -17,6 +17,7 @@ from blazefl.stages.artifacts import (
     manifest_code,
     sha256_bytes,
 )
+from blazefl.stages.client_index import initial_index
 from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.preflight import check_model_input
@@ -55,12 +56,7 @@ def init_outputs(
     # under DVC the model may change after prepare checked it: a mismatch is one line here too
     check_model_input(config, exp.train)
     server = exp.server()
-    device = rng_device(exp.spec.runtime.device)  # a GPU run's streams carry a CUDA generator
-    clients = {
-        cid: create_rng_suite(exp.spec.seed, cid, device=device).state_tensors()
-        for cid in range(exp.spec.data.clients)
-    }
-    files = snapshot_files(server, clients, {})
+    files = snapshot_files(server, {}, {}, [], initial_index(exp.spec.data.clients))
     user_code = config_code(config)
     # the run carries its user code (content-addressed: a file shared by paths is kept once)
     for name, source in build_code_copies(Path.cwd(), user_code).items():
@@ -90,9 +86,10 @@ def init_outputs(
 def init(
     config: RunConfig, run: RunDir, data: tuple[ImageDataset, ImageDataset] | None = None
 ) -> Path:
-    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server), rng/ (every client's
-    stream derived from (seed, client id)) and the manifest that starts the chain, naming the
-    hashes of both store manifests.
+    """Write `RUN/round-0000`: global.safetensors, rng.safetensors (server), the client index
+    (index/chunk-NNNN.safetensors, every entry -1: each client's streams are derived from
+    (seed, client id) when it is first sampled) and the manifest that starts the chain, naming
+    the hashes of both store manifests.
 
     Args:
         config: the validated config (`RunConfig`).

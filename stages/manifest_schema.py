@@ -60,7 +60,11 @@ _SHOW.maxlevel = 2
 #:      file under data.root); `environment` names oneDNN/MKL versions, the CPU model and the
 #:      bit-relevant environment variables.
 #:   3  blazefl 0.3.0: rounds hold `trace.safetensors`, the step trace of every sampled client
-#:      (`blazefl.core.step_trace`); rounds may record `client_settings`.
+#:      (`blazefl.core.step_trace`); rounds may record `client_settings`. Per-client data: one
+#:      `clients.safetensors` per round with the sampled clients' RNG streams and state, and a
+#:      chunked client index (`index/chunk-NNNN.safetensors`: the round holding each client's
+#:      latest data) instead of `rng/client-NNNNN` and `state/client-NNNNN` files for every
+#:      client; round 0 stores no client's streams (`blazefl.stages.snapshot`).
 MANIFEST_FORMAT = 3
 #: Fields a format-1 manifest may lack (it is read, never re-executed).
 _LEGACY_OPTIONAL = frozenset({"code"})
@@ -140,7 +144,7 @@ def _sizes(v: Any) -> bool:
 
 
 _SIZES = Field("an object of relative paths -> sizes in bytes", _sizes)
-#: Formats that share the current fields (3 added round files, the step trace, not fields).
+#: Formats that share the current fields (3 changed round files, not fields).
 FIELD_FORMATS = range(2, MANIFEST_FORMAT + 1)
 _FORMAT = Field(
     f"an integer in [{FIELD_FORMATS[0]}, {MANIFEST_FORMAT}]",

@@ -33,12 +33,19 @@ from blazefl.stages.artifacts import (
     safetensors_bytes,
     sha256_bytes,
 )
+from blazefl.stages.client_index import (
+    CLIENTS,
+    chunk_of,
+    initial_index,
+    load_tensors,
+    parse_index,
+)
+from blazefl.stages.client_load import ManifestChain, load_clients
 from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.stages.evaluate import round_metrics, round_summary
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import (
-    CLIENT_RNG,
     CODE,
     GLOBAL,
     RNG,
@@ -46,8 +53,6 @@ from blazefl.stages.snapshot import (
     STATE,
     TRACE,
     RoundOutputs,
-    client_file,
-    client_of,
     snapshot_files,
 )
 from blazefl.stages.stores import build_from_stores
@@ -113,16 +118,21 @@ class Session:
             raise
         self.loaded: int | None = None
         self.parent: dict[str, str] = {}
-        self._file_cache: dict[str, bytes] = {}  # per-client files, reused while unchanged
+        #: the client index as of the loaded (or last computed) round, and its chunk files
+        self.index = initial_index(self.exp.spec.data.clients)
+        self._chunks: dict[str, bytes] = {}
+        self._chain = ManifestChain(run, self.exp.spec.data.clients)
 
     # -- state in and out ----------------------------------------------------------------
     def load(self, t: int) -> None:
-        """Load round t's snapshot (global model, RNG streams, algorithm state) as the
-        starting point of round t+1.
+        """Load round t's snapshot (global model, RNG streams, algorithm state, every client's
+        latest data) as the starting point of round t+1.
 
         Round t's manifest must match its schema and have been made with this config from
         these stores; every file is read inside the run (bounded, no symlink), must match the
         hash in the manifest and hold the tensor names, dtypes and shapes this run expects.
+        Clients' data come from the clients files of the rounds round t's index names, each
+        checked against its round's manifest, reached from round t's through `parent`.
         """
         clients = self.exp.spec.data.clients
         manifest = self.run.manifest(t, max_clients=clients)
@@ -130,10 +140,19 @@ class Session:
         check_round_provenance(self.config, self.run, t, manifest, self.store_hashes, code)
         pre = f"round-{t:04d}/"
         recorded: dict[str, str] = manifest["outputs"]
+        known = (GLOBAL, RNG, SERVER_STATE, TRACE, CLIENTS)  # the trace is evidence, not state
+        unknown = [
+            n
+            for n in sorted(recorded)
+            if n not in known and chunk_of(n) is None and not n.startswith(f"{CODE}/")
+        ]
+        if unknown:
+            raise ArtifactContentError(f"{pre}{unknown[0]} is not a snapshot file: tampered run")
         files = {
             name: self.run.read_file(pre + name)
             for name in sorted(recorded)
-            if not name.startswith(f"{CODE}/")  # checked by verify; nothing here runs it
+            # code is checked by verify (nothing here runs it); clients files by load_clients
+            if not name.startswith(f"{CODE}/") and name not in (CLIENTS, TRACE)
         }
         for name, data in files.items():
             if recorded[name] != sha256_bytes(data):
@@ -141,68 +160,49 @@ class Session:
                     f"{pre}{name} does not match the hash in its manifest (changed after it "
                     f"was written): restore it, or delete {self.run.round_dir(t)} and run again"
                 )
-        known = (GLOBAL, RNG, SERVER_STATE, TRACE)  # the trace is evidence, not state
-        unknown = [
-            n
-            for n in files
-            if n not in known and client_of(n, CLIENT_RNG) is None and client_of(n, STATE) is None
-        ]
-        if unknown:
-            raise ArtifactContentError(f"{pre}{unknown[0]} is not a snapshot file: tampered run")
-        states = {n: self._tensors(pre + n, b) for n, b in files.items() if n.startswith(STATE)}
-        model = self._tensors(pre + GLOBAL, files[GLOBAL])
+        chunks = {n: b for n, b in files.items() if chunk_of(n) is not None}
+        index = parse_index(chunks, clients, t)
+        data = load_clients(self.run, t, manifest, index, self._chain)
+        model = load_tensors(pre + GLOBAL, files[GLOBAL])
         own = model_state_dict(self.server.model)
         check_tensors(model, {k: (v.dtype, tuple(v.shape)) for k, v in own.items()}, pre + GLOBAL)
-        self._load_rng(files, t)
+        self._load_rng(files, {c: rng for c, (rng, _) in data.items()}, index, t)
         load_model_state_dict(self.server.model, model)
-        self._load_state(states, t)
-        # per-client files, reused (not serialized again) for clients a round does not sample
-        self._file_cache = {n: b for n, b in files.items() if "/client-" in n}
+        states = {c: state for c, (_, state) in data.items() if state}
+        self._load_state(files, states, index, t)
+        self.index = index
+        self._chunks = chunks  # reused (and linked) for chunks a round does not change
         self.server.round = t
         self.loaded = t
         self.parent = {pre + MANIFEST: self.run.manifest_sha256(self.run.round_dir(t) / MANIFEST)}
         self.parent.update({pre + name: sha for name, sha in recorded.items()})
 
-    @staticmethod
-    def _tensors(where: str, data: bytes) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load
-
-        try:
-            return load(data)
-        except Exception as exc:  # safetensors raises several types on damaged bytes
-            raise ArtifactError(
-                f"{where} is corrupt ({str(exc).splitlines()[0][:100]}): delete its round and "
-                "run again"
-            ) from None
-
-    def _load_state(self, states: dict[str, dict[str, torch.Tensor]], t: int) -> None:
+    def _load_state(
+        self,
+        files: dict[str, bytes],
+        clients: dict[int, dict[str, torch.Tensor]],
+        index: torch.Tensor,
+        t: int,
+    ) -> None:
+        """The server's state (stateful algorithms) and the clients' persistent states, all
+        of one layout (a client whose state differs was tampered with)."""
         server_file = SERVER_STATE
         pre = f"round-{t:04d}/"
         stateful = isinstance(self.server, StatefulServer)
-        if stateful != (server_file in states):
+        if stateful != (server_file in files):
             raise ArtifactContentError(
                 f"{pre}{server_file} is {'missing' if stateful else 'unexpected'} for "
                 f"{self.config.spec.fl.algorithm}: the run is tampered or from another algorithm"
             )
-        clients: dict[int, dict[str, torch.Tensor]] = {}
-        reference: tuple[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]] | None = None
-        for name, tensors in sorted(states.items()):
-            if name == server_file:
-                continue
-            cid = client_of(name, STATE)
-            if cid is None or not 0 <= cid < self.exp.spec.data.clients:
-                raise ArtifactContentError(
-                    f"{pre}{name} is not the state of a client of this run (data.clients is "
-                    f"{self.exp.spec.data.clients}): the run is tampered"
-                )
-            # every client's state has one layout: a file that differs was tampered with
+        reference: tuple[int, dict[str, tuple[torch.dtype, tuple[int, ...]]]] | None = None
+        for cid, tensors in sorted(clients.items()):
             layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
             if reference is None:
-                reference = (name, layout)
-            check_tensors(tensors, reference[1], f"{pre}{name} (unlike {reference[0]})")
-            clients[cid] = tensors
+                reference = (cid, layout)
+            where = f"round-{int(index[cid]):04d}/{CLIENTS}: client {cid}'s state"
+            check_tensors(tensors, reference[1], f"{where} (unlike client {reference[0]}'s)")
         if stateful:
-            got = states[server_file]
+            got = self._tensors(pre + server_file, files[server_file])
             for k, v in self.server.state_tensors().items():  # names and dtypes are fixed
                 if k in got and got[k].dtype != v.dtype:
                     raise ArtifactContentError(
@@ -218,53 +218,61 @@ class Session:
                 ) from None
         self.trainer.client_states = clients
 
+    @staticmethod
+    def _tensors(where: str, data: bytes) -> dict[str, torch.Tensor]:
+        return load_tensors(where, data)
+
     def _client_rng_keys(self) -> tuple[str, ...]:
         """A client stream's keys: a GPU run's streams also carry `torch_cuda`."""
         cuda = self.exp.spec.runtime.device != "cpu"
         return ("python", "numpy", "torch", "torch_cuda") if cuda else ("python", "numpy", "torch")
 
-    def _load_rng(self, files: dict[str, bytes], t: int) -> None:
-        """The server's streams and every client's, each exactly the streams this run has
-        (1-D uint8 states; `load_state_tensors` validates their contents)."""
+    def _load_rng(
+        self,
+        files: dict[str, bytes],
+        clients: dict[int, dict[str, torch.Tensor]],
+        index: torch.Tensor,
+        t: int,
+    ) -> None:
+        """The server's streams and the stored clients', each exactly the streams this run has
+        (1-D uint8 states; `load_state_tensors` validates their contents). Clients without
+        stored streams start from their initial ones (the trainer derives them)."""
         assert self.server.rng is not None
         pre = f"round-{t:04d}/"
         server_keys = tuple(self.server.rng.state_tensors())
         client_keys = self._client_rng_keys()
 
-        def streams(name: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-            if name not in files:
-                raise ArtifactError(
-                    f"{pre}{name} is missing from the round: delete the round and run again"
-                )
-            tensors = self._tensors(pre + name, files[name])
+        def streams(
+            where: str, tensors: dict[str, torch.Tensor], keys: tuple[str, ...]
+        ) -> dict[str, torch.Tensor]:
             expected = {k: (torch.uint8, tuple(tensors[k].shape)) for k in keys if k in tensors}
-            check_tensors(
-                tensors, {**dict.fromkeys(keys, (torch.uint8, (0,))), **expected}, pre + name
-            )
+            check_tensors(tensors, {**dict.fromkeys(keys, (torch.uint8, (0,))), **expected}, where)
             for k, v in tensors.items():
                 if v.dim() != 1:
                     raise ArtifactContentError(
-                        f"{pre}{name}: tensor {k} has {v.dim()} dims, expected 1: tampered run"
+                        f"{where}: tensor {k} has {v.dim()} dims, expected 1: tampered run"
                     )
             return tensors
 
-        clients = self.exp.spec.data.clients
-        extra = [n for n in files if (c := client_of(n, CLIENT_RNG)) is not None and c >= clients]
-        if extra:
-            raise ArtifactContentError(
-                f"{pre}{extra[0]} is not a client of this run (data.clients is {clients}): "
-                "the run is tampered"
+        if RNG not in files:
+            raise ArtifactError(
+                f"{pre}{RNG} is missing from the round: delete the round and run again"
             )
+        where = pre + RNG
         try:
-            self.server.rng.load_state_tensors(streams(RNG, server_keys))
-            states = {c: streams(client_file(CLIENT_RNG, c), client_keys) for c in range(clients)}
-            for state in states.values():  # a state that does not unpack is corrupt
-                RNGSuite.from_state_tensors(state)
+            self.server.rng.load_state_tensors(
+                streams(where, self._tensors(where, files[RNG]), server_keys)
+            )
+            states = {}
+            for cid, tensors in sorted(clients.items()):
+                where = f"round-{int(index[cid]):04d}/{CLIENTS}: client {cid}'s RNG streams"
+                states[cid] = streams(where, tensors, client_keys)
+                RNGSuite.from_state_tensors(states[cid])  # a state that does not unpack is corrupt
         except (KeyError, ValueError) as exc:
-            if isinstance(exc, ArtifactError):
+            if isinstance(exc, ArtifactError | ArtifactContentError):
                 raise
             raise ArtifactError(
-                f"{pre}rng is corrupt or from another config ({str(exc)[:100]}): delete the "
+                f"{where} is corrupt or from another config ({str(exc)[:100]}): delete the "
                 "round and run again"
             ) from None
         self.trainer.rng_states = states
@@ -277,23 +285,28 @@ class Session:
         start = time.perf_counter()
         result = run_round(self.server, self.trainer, t, on_client=on_client)
         seconds = time.perf_counter() - start
-        previous = dict(self._file_cache)
+        sampled = list(result.clients)
+        self.index[sampled] = t
         files = snapshot_files(
             self.server,
             self.trainer.rng_states,
             self.trainer.client_states,
-            self._file_cache,
-            changed=set(result.clients),
+            sampled,
+            self.index,
+            self._chunks,
         )
         if result.traces:  # where each client's steps went: the auditor's evidence
             files[TRACE] = safetensors_bytes(combine_traces(result.traces))
         summary = result.summary
-        # a reused per-client file is the very bytes object of the previous round: its hash
-        # is known and the commit can link it instead of writing it again
+        # a reused index chunk is the very bytes object of the previous round: its hash is
+        # known and the commit can link it instead of writing it again
         parent = f"round-{t - 1:04d}/"
         unchanged = frozenset(
-            n for n, data in files.items() if previous.get(n) is data and parent + n in self.parent
+            n
+            for n, data in files.items()
+            if self._chunks.get(n) is data and parent + n in self.parent
         )
+        self._chunks = {n: data for n, data in files.items() if chunk_of(n) is not None}
         outputs = {
             n: self.parent[parent + n] if n in unchanged else sha256_bytes(data)
             for n, data in files.items()
@@ -307,8 +320,8 @@ class Session:
                 self.config.spec.runtime.threads_per_client, self.config.spec.runtime.device
             ),
             "format": MANIFEST_FORMAT,
-            # the parent manifest's hash covers every file of the parent round, so the
-            # manifest stays small when there are many per-client files
+            # the parent manifest's hash covers every file of the parent round (and, through
+            # its own parent, of every earlier round whose clients file the index names)
             "inputs": {**self.store_hashes, parent + MANIFEST: self.parent[parent + MANIFEST]},
             "kind": "round",
             "outputs": outputs,

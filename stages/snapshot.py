@@ -1,21 +1,34 @@
-"""A round's snapshot files: the global model, every RNG stream and, for stateful algorithms,
-server and per-client state; built as canonical bytes before anything is written.
+"""A round's snapshot files: the global model, the server's RNG streams and state, the new
+per-client data of the clients the round sampled, and the client index; built as canonical
+bytes before anything is written.
 
 Layout of a round directory::
 
     global.safetensors              the global model
     rng.safetensors                 the server's RNG streams
-    rng/client-NNNNN.safetensors    one file per client: its RNG streams
     state/server.safetensors        stateful algorithms: server state
-    state/client-NNNNN.safetensors  stateful algorithms: one client's persistent state
+    clients.safetensors             rounds >= 1: the clients this round sampled, each one's RNG
+                                    streams (`00042/rng/python`, ...) and persistent state
+                                    (`00042/state/<name>`, stateful algorithms)
+    index/chunk-NNNN.safetensors    the client index, 1,024 clients per chunk: one int32 per
+                                    client, the round whose clients.safetensors holds its latest
+                                    data (-1: none, the client's initial streams derived from
+                                    (seed, client id) and no state)
+    trace.safetensors               rounds >= 1: the step trace of every sampled client
     code/<sha256>.py                round 0 only: the user's source files the run executes,
                                     content-addressed (the manifest's `user_code` maps each
                                     path to its hash)
 
-Per-client files are what keeps growth proportional to the work done: a round changes only
-the files of the clients it sampled, and the commit hard-links every other one to the previous
-round's identical file, so each round directory still holds a complete state while the bytes
-on disk (and in DVC's content-addressed cache) grow with the sampled clients only.
+What a round writes grows with the clients it sampled, not with all clients: one clients file
+for the sampled clients, and the index chunks that name one of them; every other chunk is a
+hard link to the previous round's identical file (same hash in the manifest). A round's
+manifest lists its chunks and its clients file, so it grows with #clients / 1,024, and loading
+round t reads each client's data from the round its index names, that round's clients file
+checked against its manifest, which round t's manifest chains to through `parent`. Round 0
+writes no per-client file: every index entry is -1.
+
+Runs of manifest formats 1 and 2 hold one file per client instead (`rng/client-NNNNN` and
+`state/client-NNNNN`); `client_of` names them for the readers (show, diff, verify's checks).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import torch
 from blazefl.core.serialization import model_state_dict
 from blazefl.core.server import StatefulServer
 from blazefl.stages.artifacts import safetensors_bytes
+from blazefl.stages.client_index import CLIENTS, INDEX, chunk_file, clients_bytes, index_files
 
 __all__ = [
     "GLOBAL",
@@ -36,7 +50,10 @@ __all__ = [
     "STATE",
     "SERVER_STATE",
     "CODE",
-    "client_key",
+    "TRACE",
+    "CLIENTS",
+    "INDEX",
+    "chunk_file",
     "client_file",
     "client_of",
     "snapshot_files",
@@ -45,6 +62,7 @@ __all__ = [
 
 GLOBAL = "global.safetensors"
 RNG = "rng.safetensors"
+#: Folder of the per-client RNG files of formats 1 and 2 (read, never written).
 CLIENT_RNG = "rng"
 STATE = "state"
 SERVER_STATE = f"{STATE}/server.safetensors"
@@ -53,18 +71,14 @@ CODE = "code"
 TRACE = "trace.safetensors"
 
 
-def client_key(cid: int) -> str:
-    return f"client-{cid:05d}"
-
-
 def client_file(folder: str, cid: int) -> str:
-    """`rng/client-00042.safetensors` or `state/client-00042.safetensors`."""
-    return f"{folder}/{client_key(cid)}.safetensors"
+    """A per-client file of formats 1-2: `rng/client-00042.safetensors`."""
+    return f"{folder}/client-{cid:05d}.safetensors"
 
 
 def client_of(name: str, folder: str) -> int | None:
-    """The client id of a per-client file name in `folder`, or None if it is not one (only
-    the canonical spelling counts: `client-7` or `client-000007` is not a client's file)."""
+    """The client id of a per-client file name of formats 1-2 in `folder`, or None if it is
+    not one (only the canonical spelling counts: `client-7` is not a client's file)."""
     prefix, suffix = f"{folder}/client-", ".safetensors"
     if not (name.startswith(prefix) and name.endswith(suffix)):
         return None
@@ -78,18 +92,20 @@ def snapshot_files(
     server: Any,
     rng_states: dict[int, dict[str, torch.Tensor]],
     client_states: dict[int, dict[str, torch.Tensor]],
-    cache: dict[str, bytes] | None = None,
-    changed: set[int] | None = None,
+    sampled: list[int],
+    index: torch.Tensor,
+    previous: dict[str, bytes] | None = None,
 ) -> dict[str, bytes]:
     """Every file of a round snapshot, as canonical bytes.
 
     Args:
         server: the server (its model, RNG suite and, if stateful, `state_tensors()`).
-        rng_states: every client's RNG state.
+        rng_states: the RNG state of (at least) every sampled client.
         client_states: persistent client state (stateful algorithms).
-        cache: serialized per-client files of the previous snapshot; entries of clients not
-            in `changed` are reused instead of serialized again, and the cache is updated.
-        changed: clients whose RNG or state changed since `cache` was filled (None: all).
+        sampled: the clients whose data this round writes (none in round 0).
+        index: the client index after this round (int32, one entry per client).
+        previous: the previous round's index chunk files: a chunk holding no sampled client
+            is that very bytes object (so the commit can link it).
 
     Returns:
         {relative path: bytes}.
@@ -100,13 +116,9 @@ def snapshot_files(
     }
     if isinstance(server, StatefulServer):  # declared: state_tensors + load_state_tensors
         files[SERVER_STATE] = safetensors_bytes(server.state_tensors())
-    cache = {} if cache is None else cache
-    for folder, per_client in ((CLIENT_RNG, rng_states), (STATE, client_states)):
-        for cid in sorted(per_client):
-            name = client_file(folder, cid)
-            if name not in cache or changed is None or cid in changed:
-                cache[name] = safetensors_bytes(per_client[cid])
-            files[name] = cache[name]
+    if sampled:
+        files[CLIENTS] = clients_bytes(sampled, rng_states, client_states)
+    files.update(index_files(index, sampled, previous))
     return files
 
 
