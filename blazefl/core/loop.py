@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from blazefl.core.trainers import BaseClientTrainer, ThreadPoolClientTrainer
 
 __all__ = ["RoundResult", "run_round", "make_trainer", "ExecutionSettings", "EXECUTION_MODES"]
 
-from blazefl.modes import EXECUTION_MODES
+from blazefl.modes import EXECUTION_MODES, RAY_INSTALL_HINT
 
 
 @dataclass
@@ -159,10 +161,41 @@ def run_round(
     return result
 
 
+class RayUnavailableError(ValueError):
+    """`ray` mode was asked for and Ray is not installed (one line: what to install)."""
+
+
+def require_ray() -> None:
+    """Refuse `ray` mode, before any work, when Ray is not installed (found without importing
+    it: `blazefl --help` and the other modes never pay for Ray's import).
+
+    Raises:
+        RayUnavailableError: one line naming what to install.
+
+    Example:
+        >>> require_ray()  # silent where Ray is installed
+    """
+    if importlib.util.find_spec("ray") is None:
+        raise RayUnavailableError(
+            f"runtime.mode ray needs Ray, which is not installed: {RAY_INSTALL_HINT}"
+        )
+
+
 @dataclass(frozen=True)
 class ExecutionSettings:
-    """How client work executes: mode, worker count, process-pool IPC. None of these changes
-    result bytes, so they travel together, apart from the experiment's settings.
+    """How client work executes: mode, worker count, process-pool IPC and, in `ray` mode,
+    which Ray cluster. None of these changes result bytes, so they travel together, apart
+    from the experiment's settings.
+
+    Attributes:
+        mode: one of `EXECUTION_MODES`.
+        workers: worker threads, processes or Ray actors.
+        ipc: process-pool IPC.
+        ray_address: the Ray cluster to join (`ray` mode): None starts a local Ray runtime
+            sized by `workers` unless `RAY_ADDRESS` is set; "auto" joins the cluster this
+            machine is part of.
+        ray_allow_mixed_env: run clients on Ray nodes whose bit-relevant environment differs
+            from the driver's (a warning line instead of a refusal; bytes may then differ).
 
     Example:
         >>> with ExecutionSettings("processes", 2, "storage").make_trainer(w, seed=0) as t: ...
@@ -171,10 +204,14 @@ class ExecutionSettings:
     mode: str = "sequential"
     workers: int = 1
     ipc: str = "shared_memory"
+    ray_address: str | None = None
+    ray_allow_mixed_env: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in EXECUTION_MODES:
             raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {self.mode!r}")
+        if self.mode == "ray":
+            require_ray()  # one line before any data is built or anything is written
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers <= 0:
             raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.ipc not in IPC_MODES:  # checked in every mode: a typo must not pass silently
@@ -190,6 +227,17 @@ class ExecutionSettings:
     ) -> ExecutionSettings:
         """Settings from a runtime config section (`mode`, `workers`, `ipc`), with overrides."""
         return cls(mode or runtime.mode, workers or runtime.workers, ipc or runtime.ipc)
+
+    def with_ray(self, address: str | None, allow_mixed_env: bool = False) -> ExecutionSettings:
+        """These settings joining the Ray cluster at `address` (see the class attributes).
+
+        Example:
+            >>> ExecutionSettings("ray", 2).with_ray("auto").ray_address
+            'auto'
+        """
+        return dataclasses.replace(
+            self, ray_address=address, ray_allow_mixed_env=bool(allow_mixed_env)
+        )
 
     def make_trainer(
         self,
@@ -212,11 +260,13 @@ class ExecutionSettings:
             threads_per_client=threads_per_client,
             device=device,
             storage_dir=storage_dir,
+            ray_address=self.ray_address,
+            ray_allow_mixed_env=self.ray_allow_mixed_env,
         )
 
 
 def make_trainer(
-    mode: Literal["sequential", "threads", "processes"],
+    mode: Literal["sequential", "threads", "processes", "ray"],
     workload: ClientWorkload[Any, Any],
     *,
     seed: int,
@@ -225,26 +275,37 @@ def make_trainer(
     threads_per_client: int = 1,
     device: str = "cpu",
     storage_dir: str | os.PathLike[str] | None = None,
+    ray_address: str | None = None,
+    ray_allow_mixed_env: bool = False,
 ) -> BaseClientTrainer[Any, Any]:
     """Build the trainer for an execution mode (all modes give the same bytes).
 
     Args:
-        mode: "sequential", "threads" or "processes".
+        mode: "sequential", "threads", "processes" or "ray".
         workload: client work.
         seed: experiment seed.
-        workers: worker threads/processes (ignored for sequential).
+        workers: worker threads/processes/Ray actors (ignored for sequential).
         ipc: process-pool IPC mode.
         threads_per_client: intra-op threads for client work.
         device: `runtime.device` ("cpu", "cuda", "cuda:N"; see `blazefl.core.devices`).
         storage_dir: parent folder of the process pool's storage-mode IPC folder (default:
             the system temp folder); a runner passes a folder it owns, so that a later run can
             remove what a SIGKILL of this one left there.
+        ray_address: `ray` mode: the cluster to join (None: `RAY_ADDRESS`, else a local Ray
+            runtime started for this trainer and stopped by `close()`).
+        ray_allow_mixed_env: `ray` mode: warn about, instead of refusing, nodes whose
+            bit-relevant environment differs from this process's.
 
     Returns:
         A trainer; use it as a context manager so pools are released.
 
     Raises:
-        ValueError: bad mode/workers/ipc, or a GPU this machine does not have.
+        ValueError: bad mode/workers/ipc, a GPU this machine does not have, or `ray` mode
+            without Ray installed (`RayUnavailableError`).
+
+    Example:
+        >>> with make_trainer("ray", workload, seed=0, workers=2) as trainer:
+        ...     results = list(trainer.train_round(downlink, [0, 3]))
     """
     if mode not in EXECUTION_MODES:
         raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")
@@ -273,5 +334,18 @@ def make_trainer(
             threads_per_client=threads_per_client,
             storage_dir=storage_dir,
             device=device,
+        )
+    if mode == "ray":
+        require_ray()
+        from blazefl.core.ray_pool import RayClientTrainer  # lazy: Ray is an optional extra
+
+        return RayClientTrainer(
+            workload,
+            seed=seed,
+            num_workers=workers,
+            threads_per_client=threads_per_client,
+            device=device,
+            address=ray_address,
+            allow_mixed_env=ray_allow_mixed_env,
         )
     raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")

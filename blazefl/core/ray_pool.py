@@ -1,0 +1,359 @@
+"""`RayClientTrainer`: clients on Ray actors, on this machine or across a Ray cluster, with
+the very same bytes as every other execution mode.
+
+- Ray is started here only if it is not running in this process: with no address (and no
+  `RAY_ADDRESS`), a local Ray runtime sized by the worker count, stopped by `close()`; with
+  an address (`"auto"`, `"HOST:PORT"`), the existing cluster is joined and left running.
+- One actor per worker (`ClientActor`, `blazefl.core.ray_actor`), spread over the nodes,
+  builds its model/optimizer once from the workload (put into the object store once per run)
+  and trains the clients it is given. The round's downlink goes into the object store once per
+  round; each client's task (RNG state, persistent state, settings) travels with the call and
+  its uplink, new RNG state, state and step trace come back as the call's value. Results are
+  yielded in ascending client-id order, whatever order they complete in.
+- The driver alone writes the run directory: actors never see a path of it.
+- Each actor compares its node's bit-relevant environment with the driver's before it runs a
+  client (refused in one line naming the node and the field, or a warning line with
+  `allow_mixed_env`; `client_nodes` then says which node ran which client).
+- Faults: an actor whose node dies is restarted by Ray (on another node if one has room) and
+  the client it was training is run again, from the same task: same bytes. When Ray gives
+  up, the round stops with `RayWorkerLostError` naming the client; completed rounds are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from blazefl.core.client_task import ClientTrainingError, WorkerStartError
+from blazefl.core.devices import is_cuda
+from blazefl.core.environment import environment
+from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_layout
+from blazefl.core.pool_worker import WorkerCrashedError
+from blazefl.core.protocols import ClientWorkload
+from blazefl.core.ray_actor import (
+    ClientActor,
+    pickle_workload,
+    read_uplink,
+    tensors_from_reply,
+)
+from blazefl.core.trainers import BaseClientTrainer
+
+__all__ = ["NodeEnvironmentError", "RayClientTrainer", "RayWorkerLostError"]
+
+#: Seconds to wait for every actor to be placed and started before giving up (a cluster
+#: without room for them would otherwise wait forever); override with this variable.
+START_TIMEOUT_ENV = "BLAZEFL_RAY_START_TIMEOUT"
+
+#: How often the driver wakes from waiting on Ray, so Ctrl-C is handled at once.
+_POLL_S = 0.2
+
+
+class NodeEnvironmentError(ValueError):
+    """A Ray node's bit-relevant environment differs from the driver's (one line naming the
+    node and the fields); allow it with `allow_mixed_env` (`--ray-allow-mixed-env`)."""
+
+
+class RayWorkerLostError(WorkerCrashedError):
+    """A Ray actor (its process or its node) was lost while training a client and Ray could
+    not run the client again; `cid` names it. Completed rounds are kept: run again to resume."""
+
+    def __init__(self, cid: int | None, round: int | None, cause: str) -> None:
+        RuntimeError.__init__(
+            self,
+            f"Ray worker lost while training client {cid} in round {round} ({cause}); "
+            "completed rounds are kept: run again to resume",
+        )
+        self.cid = cid
+        self.round = round
+
+
+def _ray() -> Any:
+    import ray  # lazy: an optional extra, and slow to import
+
+    return ray
+
+
+class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
+    """Clients on `num_workers` Ray actors (see the module docstring).
+
+    Args:
+        workload: picklable client work; its module must import on every node.
+        seed: experiment seed.
+        num_workers: Ray actors (>= 1); also the CPUs of a local Ray runtime.
+        threads_per_client: intra-op threads; each actor asks Ray for as many CPUs.
+        device: `runtime.device`; on "cuda"/"cuda:N" each actor asks Ray for a share of a
+            GPU (`num_gpus` = the cluster's GPUs / workers, at most 1: workers share GPUs
+            when there are fewer GPUs than workers).
+        address: Ray cluster to join ("auto", "HOST:PORT", "ray://..."); None: `RAY_ADDRESS`,
+            else a local runtime started here and stopped by `close()`.
+        allow_mixed_env: warn about (instead of refusing) nodes whose environment differs.
+        max_restarts: how often Ray restarts a lost actor and retries its client.
+        warn: where warning lines go (default: stderr, prefixed "warning: ").
+
+    Raises:
+        DeviceUnavailableError: a GPU is asked for and the driver has none.
+
+    Example:
+        >>> with RayClientTrainer(workload, seed=0, num_workers=2) as trainer:
+        ...     for result in trainer.train_round(downlink, [0, 3, 7]):
+        ...         server.load(result.uplink)
+    """
+
+    def __init__(
+        self,
+        workload: ClientWorkload[UplinkT, DownlinkT],
+        *,
+        seed: int,
+        num_workers: int,
+        threads_per_client: int = 1,
+        device: str = "cpu",
+        address: str | None = None,
+        allow_mixed_env: bool = False,
+        max_restarts: int = 3,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(workload, seed=seed, threads_per_client=threads_per_client, device=device)
+        if num_workers <= 0:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.num_workers = num_workers
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.allow_mixed_env = allow_mixed_env
+        self.max_restarts = max_restarts
+        self._warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
+        self._owns_runtime = False
+        self._actors: list[Any] = []
+        self._workload_ref: Any = None
+        self._version = 0
+        self._round_open = False
+        #: Ray node id -> label, for every node an actor reported from.
+        self.nodes: dict[str, str] = {}
+        #: client id -> the label of the node that ran it last (filled in every round).
+        self.client_nodes: dict[int, str] = {}
+        self._warned: set[str] = set()
+        self.driver_environment = environment(threads_per_client, device)
+
+    # -- the runtime and the actors ------------------------------------------------------------
+    def _connect(self) -> Any:
+        ray = _ray()
+        if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
+            return ray
+        quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if self.address:
+            try:
+                ray.init(address=self.address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                text = " ".join(str(exc).split())[:200]
+                raise ValueError(
+                    f"cannot join the Ray cluster at {self.address}: {text} (start one with "
+                    "`ray start --head`, or leave --ray-address out for a local Ray runtime)"
+                ) from None
+            return ray
+        gpus = len(self.devices) if is_cuda(self.device) else 0
+        ray.init(
+            num_cpus=self.num_workers * self.threads_per_client,
+            num_gpus=gpus,
+            include_dashboard=False,
+            **quiet,
+        )
+        self._owns_runtime = True
+        return ray
+
+    def _gpu_share(self, ray: Any) -> float:
+        if not is_cuda(self.device):
+            return 0.0
+        total = float(ray.cluster_resources().get("GPU", 0))
+        if total <= 0:
+            raise ValueError(
+                "runtime.device is cuda but the Ray cluster has no GPU: start its nodes with "
+                "GPUs (ray start --num-gpus=N), or set runtime.device: cpu"
+            )
+        return min(1.0, total / self.num_workers)
+
+    def _start(self) -> Any:
+        ray = _ray()
+        if self._actors:
+            return ray
+        ray = self._connect()
+        try:
+            self._workload_ref = ray.put(pickle_workload(self.workload))  # once per run
+            remote = ray.remote(ClientActor).options(
+                num_cpus=self.threads_per_client,
+                num_gpus=self._gpu_share(ray),
+                max_restarts=self.max_restarts,
+                max_task_retries=self.max_restarts,
+                scheduling_strategy="SPREAD",  # one actor per node first: less lost per node
+            )
+            args = (
+                self.threads_per_client,
+                self.device,
+                list(sys.path),
+                self.driver_environment,
+                self.allow_mixed_env,
+            )
+            self._actors = [remote.remote(*args) for _ in range(self.num_workers)]
+            box = [self._workload_ref]
+            replies = self._wait_started(ray, [a.start.remote(box) for a in self._actors])
+            for reply in replies:
+                self._check_reply(reply, None)
+        except BaseException:
+            self.close()
+            raise
+        return ray
+
+    def _wait_started(self, ray: Any, refs: list[Any]) -> list[Any]:
+        limit = float(os.environ.get(START_TIMEOUT_ENV, "120"))
+        deadline = time.monotonic() + limit
+        pending = list(refs)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=_POLL_S)
+            if pending and time.monotonic() > deadline:
+                need = f"{self.threads_per_client} CPU(s)"
+                raise ValueError(
+                    f"only {len(refs) - len(pending)} of {len(refs)} Ray workers started within "
+                    f"{limit:.0f} s: the cluster ({_resources(ray)}) has no room for "
+                    f"{len(refs)} actors of {need} each; use fewer --workers or add nodes"
+                )
+        return [self._get(ray, ref, None) for ref in refs]
+
+    def _get(self, ray: Any, ref: Any, task: ClientTask | None) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # actor/node lost, Ray's retries used up
+            cid, rnd = (None, None) if task is None else (task.cid, task.round)
+            raise RayWorkerLostError(cid, rnd, _first_line(exc)) from None
+        except (ray.exceptions.RayTaskError, ray.exceptions.ObjectLostError) as exc:
+            if task is None:
+                raise WorkerStartError(f"Ray worker failed to start: {_first_line(exc)}") from None
+            raise ClientTrainingError(task.cid, task.round, _first_line(exc)) from None
+
+    def _check_reply(self, reply: tuple[Any, ...], task: ClientTask | None) -> None:
+        kind = reply[0]
+        if kind == "done":
+            return
+        if kind == "error":  # the client's own code raised: name the client, as pools do
+            assert task is not None
+            error = ClientTrainingError(reply[1], task.round, reply[2])
+            error.add_note(f"worker traceback:\n{reply[3]}")
+            raise error
+        node = reply[1]
+        self.nodes[node["node_id"]] = node["label"]
+        if kind == "mismatch":
+            first = node["differs"][0]
+            more = len(node["differs"]) - 1
+            raise NodeEnvironmentError(
+                f"{node['label']} differs from the driver in {first}"
+                + (f" and {more} more field(s)" if more else "")
+                + ": bits are only promised for the same environment; make the node match "
+                "(same torch build, CPU and variables) or pass --ray-allow-mixed-env"
+            )
+        if kind == "failed":
+            failed = WorkerStartError(f"Ray worker on {node['label']} failed to start: {reply[2]}")
+            failed.add_note(f"worker traceback:\n{reply[3]}")
+            raise failed
+        if node["differs"] and node["node_id"] not in self._warned:  # "ready", mixed allowed
+            self._warned.add(node["node_id"])
+            self._warn(
+                f"{node['label']} differs from the driver in {', '.join(node['differs'])}: "
+                "its clients' bytes may differ (--ray-allow-mixed-env)"
+            )
+
+    # -- a round -----------------------------------------------------------------------------
+    def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
+        if self._round_open:  # the previous round was abandoned: its actors may be busy
+            self._kill_actors()
+        ray = self._start()
+        self._round_open = True
+        stop = self.stop_event = threading.Event()
+        self._version += 1
+        layout = package_layout(payload)
+        arena = torch.empty(layout.nbytes, dtype=torch.uint8)
+        layout.write(payload, arena)
+        downlink = [ray.put((layout, arena.numpy()))]  # once per round, read by every actor
+        idle = list(range(len(self._actors)))
+        inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (task index, actor)
+        done: dict[int, Any] = {}
+        submitted = yielded = 0
+        window = 4 * len(self._actors)  # results held for in-order delivery stay bounded
+        finished = False
+        try:
+            while yielded < len(tasks):
+                while idle and submitted < len(tasks) and submitted - yielded < window:
+                    a = idle.pop()
+                    actor, task = self._actors[a], tasks[submitted]
+                    ref = actor.run.remote(task, self._version, downlink, [self._workload_ref])
+                    inflight[ref] = (submitted, a)
+                    submitted += 1
+                if yielded in done:
+                    yield self._result(done.pop(yielded), tasks[yielded])
+                    yielded += 1
+                    continue
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
+                for ref in ready:
+                    index, a = inflight.pop(ref)
+                    reply = self._get(ray, ref, tasks[index])
+                    self._check_reply(reply, tasks[index])
+                    done[index] = reply
+                    idle.append(a)
+            finished = True
+        finally:
+            self._round_open = False
+            if not finished:
+                stop.set()
+                # abandoned (Ctrl-C, a failing client, `break`): clients still running on the
+                # actors cannot see this process's stop event, so the actors go
+                self._kill_actors()
+
+    def _result(self, reply: tuple[Any, ...], task: ClientTask) -> ClientResult:
+        _, node_id, layout, data, rng, state, sha, trace = reply
+        self.client_nodes[task.cid] = self.nodes.get(node_id, f"Ray node id {node_id[:12]}")
+        return ClientResult(
+            task.cid,
+            read_uplink(layout, data),
+            tensors_from_reply(rng) or {},
+            tensors_from_reply(state),
+            sha,
+            tensors_from_reply(trace),
+        )
+
+    # -- ending ------------------------------------------------------------------------------
+    def _kill_actors(self) -> None:
+        actors, self._actors = self._actors, []
+        if actors and "ray" in sys.modules and _ray().is_initialized():
+            for actor in actors:
+                with contextlib.suppress(Exception):  # already gone with its node
+                    _ray().kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        """Stop the actors and, if this trainer started the local Ray runtime, stop it too
+        (no Ray process is left); a joined cluster keeps running. Idempotent."""
+        stop = getattr(self, "stop_event", None)
+        if stop is not None:
+            stop.set()
+        self._kill_actors()
+        self._workload_ref = None
+        if self._owns_runtime:
+            self._owns_runtime = False
+            _ray().shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    """A Ray exception in one line: its cause's type and message where Ray wraps one."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        text = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _resources(ray: Any) -> str:
+    total = ray.cluster_resources()
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU"))
