@@ -100,13 +100,32 @@ def _runtime_options(fn: F) -> F:
         "--workers",
         type=click.IntRange(min=1),
         default=None,
-        help="Worker threads/processes (default: runtime.workers).",
+        help="Worker threads/processes/Ray actors (default: runtime.workers).",
     )(fn)
     fn = click.option(
         "--mode",
         type=click.Choice(EXECUTION_MODES),
         default=None,
         help="Execution mode (default: runtime.mode).",
+    )(fn)
+    return fn
+
+
+def _ray_options(fn: F) -> F:
+    """`--ray-address` and `--ray-allow-mixed-env` (ray mode; the commands that run rounds)."""
+    fn = click.option(
+        "--ray-allow-mixed-env",
+        is_flag=True,
+        default=False,
+        help="Ray mode: run clients on nodes whose torch build, CPU or bit-relevant variables "
+        "differ from this machine's (a warning line instead of a refusal).",
+    )(fn)
+    fn = click.option(
+        "--ray-address",
+        metavar="ADDRESS",
+        default=None,
+        help="Ray mode: the cluster to join ('auto', HOST:PORT; default: RAY_ADDRESS, else a "
+        "local Ray runtime sized by --workers).",
     )(fn)
     return fn
 
@@ -145,6 +164,7 @@ def main() -> None:
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @_config_options
 @_runtime_options
+@_ray_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_user_errors
 def run(
@@ -155,13 +175,15 @@ def run(
     mode: str | None,
     workers: int | None,
     ipc: str | None,
+    ray_address: str | None,
+    ray_allow_mixed_env: bool,
     quiet: bool,
 ) -> None:
     """Run init and every round in one process; resume after the last complete round."""
     from blazefl.pipeline import commands  # lazy: --help skips torch
 
     cfg = commands.load(config or config_path, sets)
-    how = commands.execution(cfg, mode, workers, ipc)
+    how = commands.execution(cfg, mode, workers, ipc).with_ray(ray_address, ray_allow_mixed_env)
     result = commands.run_command(cfg, out, how, quiet)
     if not quiet:
         s = result["summary"]
@@ -179,6 +201,7 @@ def run(
 @click.option("--round", "round_", type=int, default=None, help="Round (round/evaluate).")
 @_config_options
 @_runtime_options
+@_ray_options
 @_user_errors
 def stage(
     name: str,
@@ -189,6 +212,8 @@ def stage(
     mode: str | None,
     workers: int | None,
     ipc: str | None,
+    ray_address: str | None,
+    ray_allow_mixed_env: bool,
 ) -> None:
     """Run one stage, as dvc.yaml calls it."""
     from blazefl.pipeline import commands  # lazy: --help skips torch
@@ -196,7 +221,8 @@ def stage(
     if name in ("round", "evaluate") and round_ is None:
         raise click.UsageError(f"stage {name} needs --round N")
     cfg = commands.load(config_path, sets)
-    commands.stage_command(name, round_, cfg, out, commands.execution(cfg, mode, workers, ipc))
+    how = commands.execution(cfg, mode, workers, ipc).with_ray(ray_address, ray_allow_mixed_env)
+    commands.stage_command(name, round_, cfg, out, how)
 
 
 @main.command()
@@ -230,6 +256,7 @@ def dvc(
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--rounds", default=None, help="Rounds to check, e.g. 3,5-7 (default: all).")
 @_runtime_options
+@_ray_options
 @click.option(
     "--trust-code",
     is_flag=True,
@@ -250,6 +277,8 @@ def verify(
     mode: str | None,
     workers: int | None,
     ipc: str | None,
+    ray_address: str | None,
+    ray_allow_mixed_env: bool,
     trust_code: bool,
     code_from: str,
 ) -> None:
@@ -268,7 +297,15 @@ def verify(
 
     try:
         ok = verify_run(
-            Path(run_dir), rounds, mode, workers, ipc, click.echo, trust_code, code_from
+            Path(run_dir),
+            rounds,
+            mode,
+            workers,
+            ipc,
+            click.echo,
+            trust_code,
+            code_from,
+            ray=(ray_address, ray_allow_mixed_env),
         )
     except CodeCannotRunError as exc:  # the code's failure, not the run's nor the command's
         click.echo(f"error: {exc}", err=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from blazefl.core.loop import ExecutionSettings
+from blazefl.core.loop import ExecutionSettings, require_ray
 from blazefl.pipeline.chain import code_note, provenance_problems, recorded_code
 from blazefl.pipeline.code_failures import (
     CodeCannotRunError,
@@ -216,9 +216,11 @@ class _Reexecutor:
         ipc: str | None,
         code_check: bool = True,
     ):
+        ray: tuple[str | None, bool] = (None, False),
         self.run = run
         self.mode, self.workers, self.ipc = mode, workers, ipc
         self.code_check = code_check
+        self.ray = ray  # (address, allow mixed environments): ray mode only
         self.session: Any = None
         self.session_key: str | None = None
 
@@ -233,6 +235,7 @@ class _Reexecutor:
             runtime = config.spec.runtime
             execution = ExecutionSettings.of(runtime, self.mode, self.workers, self.ipc)
             self.session = Session(config, self.run, execution, code_check=self.code_check)
+            execution = execution.with_ray(*self.ray)
             self.session_key = key
         self.session.load(t - 1)
         return self.session.compute(t)
@@ -245,9 +248,14 @@ class _Reexecutor:
 
 @contextlib.contextmanager
 def _reexecutor(
-    run: RunDir, mode: str | None, workers: int | None, ipc: str | None, code_check: bool
+    run: RunDir,
+    mode: str | None,
+    workers: int | None,
+    ipc: str | None,
+    code_check: bool,
+    ray: tuple[str | None, bool] = (None, False),
 ) -> Iterator[_Reexecutor]:
-    r = _Reexecutor(run, mode, workers, ipc, code_check)
+    r = _Reexecutor(run, mode, workers, ipc, code_check, ray)
     try:
         yield r
     finally:
@@ -320,6 +328,7 @@ def verify_run(
     trust_code: bool = False,
     code_from: str = "auto",
 ) -> bool:
+    ray: tuple[str | None, bool] = (None, False),
     """Re-execute rounds from their recorded inputs and compare with their manifests.
 
     Args:
@@ -331,6 +340,7 @@ def verify_run(
         code_from: "run" (the run's own copy of its user code), "here" (the current folder's),
             or "auto" (here when this folder holds every recorded file, else the run's copy).
 
+        ray: `--mode ray`: (cluster address or None, allow nodes of another environment).
     Returns:
         True iff every chosen round and the stores match their manifests.
 
@@ -344,6 +354,8 @@ def verify_run(
             while re-executing a round (a failing client included): nothing is judged.
     """
     run = _open_run(Path(os.path.abspath(run_dir)))
+    if mode == "ray":
+        require_ray()  # one line before anything is read
     last = check_layout(run)  # symlinked folders, gaps, missing manifests: one line
     chosen = parse_rounds(rounds, last) if rounds is not None else list(range(last + 1))
     manifests = {t: run.manifest(t) for t in chosen}
@@ -364,7 +376,7 @@ def verify_run(
         if record:
             where = "this folder's" if code_from == "here" else "the run's own copy of its"
             notes.append(f"re-executing with {where} user code")
-        return _verify(run, chosen, manifests, (mode, workers, ipc), code_from, notes, echo)
+        return _verify(run, chosen, manifests, (mode, workers, ipc), code_from, notes, echo, ray)
 
 
 def _verify(
@@ -376,6 +388,7 @@ def _verify(
     notes: list[str],
     echo: Echo,
 ) -> bool:
+    ray: tuple[str | None, bool] = (None, False),
     mode, workers, ipc = how_args
     import_algorithms(manifests)
     configs = {t: _config_of(m, t) for t, m in manifests.items()}
@@ -421,7 +434,7 @@ def _verify(
         ok = False
     seen_configs: dict[str, list[str]] = {}
     failed = []
-    with _reexecutor(run, mode, workers, ipc, code_check=code_from == "run") as scratch:
+    with _reexecutor(run, mode, workers, ipc, code_from == "run", ray) as scratch:
         for t in chosen:
             m, config = manifests[t], configs[t]
             key = m["config_sha256"]
