@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from blazefl.pipeline.chain import files_of, recorded_code
-from blazefl.pipeline.divergence import first_step_difference, manifest_causes, read_trace
+from blazefl.pipeline.divergence import (
+    client_data_differences,
+    first_client_difference,
+    first_step_difference,
+    legacy_rng_difference,
+    manifest_causes,
+    read_trace,
+)
 from blazefl.pipeline.verify import (
     Echo,
     _fmt_rounds,
@@ -23,7 +30,7 @@ from blazefl.pipeline.verify import (
 )
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
 from blazefl.stages.manifest_schema import manifest_format
-from blazefl.stages.snapshot import CLIENT_RNG, GLOBAL, TRACE
+from blazefl.stages.snapshot import CLIENTS, GLOBAL, TRACE
 
 _files = files_of
 
@@ -76,6 +83,16 @@ def _tensor_diffs(ra: RunDir, pa: Path, rb: RunDir, pb: Path) -> str:
     return f"{len(items)} of {len(set(a) | set(b))} tensors differ: {shown}{more}"
 
 
+def _clients_diffs(ra: RunDir, pa: Path, rb: RunDir, pb: Path) -> str:
+    """Which clients' data differ between two clients files (their tensors if unreadable)."""
+    found = client_data_differences(_bytes(ra, pa), _bytes(rb, pb))
+    if found is None:
+        return _tensor_diffs(ra, pa, rb, pb)
+    shown = ", ".join(f"client {cid}'s {what}" for cid, what in found[:6])
+    more = f", and {len(found) - 6} more" if len(found) > 6 else ""
+    return f"{shown}{more}"
+
+
 def _dict_diffs(a: dict[str, Any], b: dict[str, Any]) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "; ".join(
@@ -91,7 +108,12 @@ def _round_diffs(a: RunDir, b: RunDir, t: int, reported: set[str]) -> list[str]:
         if rel not in fa or rel not in fb:
             out.append(f"{rel} only in {'A' if rel in fa else 'B'}")
         elif _hash(a, fa[rel]) != _hash(b, fb[rel]):
-            detail = _tensor_diffs(a, fa[rel], b, fb[rel]) if rel.endswith(".safetensors") else ""
+            if rel == CLIENTS:  # which clients' data, not which of thousands of tensors
+                detail = _clients_diffs(a, fa[rel], b, fb[rel])
+            elif rel.endswith(".safetensors"):
+                detail = _tensor_diffs(a, fa[rel], b, fb[rel])
+            else:
+                detail = ""
             out.append(f"{rel} differs" + (f": {detail}" if detail else ""))
     ma, mb = a.manifest(t), b.manifest(t)
     # any recorded byte counts: fields not detailed below are named here
@@ -229,15 +251,16 @@ def explain_round(
             evidence = evidence.replace("the kernels differ", f"the {made[0]} differs (above)")
         return [*out, f"where: {step.where(t)}", f"cause: {step.kind}: {evidence}"]
     oa, ob = ma.get("outputs", {}), mb.get("outputs", {})
-    rng = sorted(
-        k for k in set(oa) | set(ob) if k.startswith(f"{CLIENT_RNG}/") and oa.get(k) != ob.get(k)
-    )
-    if rng:
+    client = legacy_rng_difference(oa, ob)  # formats 1-2: one RNG file per client
+    if oa.get(CLIENTS) != ob.get(CLIENTS):
+        pa, pb = a.round_dir(t) / CLIENTS, b.round_dir(t) / CLIENTS
+        client = first_client_difference(t, _bytes(a, pa), _bytes(b, pb)) or client
+    if client:
         return [
             *out,
-            f"where: round {t}, {rng[0]} (every client step identical)",
+            f"where: round {t}, {client} (every client step identical)",
             "cause: random stream: a client's generator state after identical steps differs: "
-            "its RNG file was tampered or mis-restored",
+            "its recorded RNG state was tampered or mis-restored",
         ]
     if oa.get(GLOBAL) != ob.get(GLOBAL):
         return [

@@ -10,8 +10,9 @@ Classes, as `blazefl diff` and `blazefl verify` name them:
   bit-relevant variables);
 - ``data``: the dataset or partition stores differ, or a step trained on other samples from
   the same generator state;
-- ``random stream``: a client starts from another generator state (its RNG file differs: a
-  tampered or mis-restored file), or draws differently during a step;
+- ``random stream``: a client starts from another generator state (its RNG state differs: a
+  tampered or mis-restored `clients.safetensors`, or `rng/client-NNNNN` file of an earlier
+  format), or draws differently during a step;
 - ``numerics``: the same batch from the same generator state and the same parameters before
   the step give different parameters after it: the kernels differ;
 - ``server``: every client step is the same, the server's aggregation is not;
@@ -23,6 +24,7 @@ others from the manifests. Nothing here imports code a run names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +32,14 @@ import torch
 
 from blazefl.core.step_trace import TRACE_COLUMNS, split_traces
 from blazefl.stages.artifacts import sha256_bytes
-from blazefl.stages.snapshot import CLIENT_RNG, GLOBAL, TRACE
+from blazefl.stages.snapshot import CLIENT_RNG, CLIENTS, GLOBAL, TRACE
 
 __all__ = [
     "StepDifference",
+    "client_data_differences",
+    "first_client_difference",
     "first_step_difference",
+    "legacy_rng_difference",
     "manifest_causes",
     "read_trace",
     "reexecution_notes",
@@ -106,7 +111,7 @@ def _client_difference(
             0 if len(a["epoch"]) else None,
             "random stream",
             f"client {cid} starts the round from another generator state ({then}): its RNG "
-            "file of the previous round differs (tampered or mis-restored)",
+            "state of the previous round differs (tampered or mis-restored)",
         )
     n = min(len(a["epoch"]), len(b["epoch"]))
     for i in range(n):
@@ -226,6 +231,7 @@ def reexecution_notes(
     recorded_trace: bytes | None,
     files: dict[str, bytes],
     uplinks_differ: list[int] | None = None,
+    read_recorded: Callable[[str], bytes | None] | None = None,
 ) -> list[str]:
     """Where a re-executed round first left its record, and the class (`verify`).
 
@@ -235,6 +241,8 @@ def reexecution_notes(
         recorded_trace: the recorded `trace.safetensors` bytes (None: none recorded).
         files: the re-executed round's files.
         uplinks_differ: clients whose re-executed uplink hash differs from the record.
+        read_recorded: reads a recorded file of the round by name (None when unreadable):
+            the recorded clients file, to name the client whose data differ.
 
     Returns:
         At most one line (A: recorded, B: re-executed).
@@ -251,16 +259,89 @@ def reexecution_notes(
             f"every step of client {uplinks_differ[0]} equals the record, but its uplink "
             "differs: the code between its last step and its upload"
         ]
-    rng = sorted(
-        n
-        for n in files
-        if n.startswith(f"{CLIENT_RNG}/") and outputs.get(n) != sha256_bytes(files[n])
-    )
-    if rng:
+    recorded_clients = read_recorded(CLIENTS) if read_recorded and CLIENTS in files else None
+    client = first_client_difference(t, recorded_clients, files.get(CLIENTS))
+    if client is not None and outputs.get(CLIENTS) != sha256_bytes(files[CLIENTS]):
         return [
-            f"every client step equals the record, but {rng[0]} differs: random stream (the "
-            "recorded RNG file was tampered or mis-restored)"
+            f"every client step equals the record, but {client} differs: random stream (the "
+            "recorded RNG state was tampered or mis-restored)"
         ]
     if GLOBAL in files and outputs.get(GLOBAL) != sha256_bytes(files[GLOBAL]):
         return ["every client step equals the record: the server's aggregation differs"]
     return []
+
+
+def _split(data: bytes | None) -> dict[int, dict[str, torch.Tensor]] | None:
+    """A clients file's tensors grouped by client id (None: absent or unreadable)."""
+    if data is None:
+        return None
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception:  # damaged bytes: the file comparison names the file
+        return None
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        stem, _, rest = name.partition("/")
+        if stem.isascii() and stem.isdecimal():
+            out.setdefault(int(stem), {})[rest] = tensor
+    return out
+
+
+def client_data_differences(a: bytes | None, b: bytes | None) -> list[tuple[int, str]] | None:
+    """Which clients' data differ between two `clients.safetensors` files, in client order:
+    (client id, what differs: "RNG state", "state" or "only in A"/"only in B").
+
+    Returns:
+        None when either file is absent or unreadable.
+
+    Example:
+        >>> client_data_differences(bytes_a, bytes_b)
+        [(1, 'RNG state')]
+    """
+    ca, cb = _split(a), _split(b)
+    if ca is None or cb is None:
+        return None
+    out = []
+    for cid in sorted(set(ca) | set(cb)):
+        if cid not in ca or cid not in cb:
+            out.append((cid, f"only in {'A' if cid in ca else 'B'}"))
+            continue
+        xa, xb = ca[cid], cb[cid]
+        keys = [k for k in sorted(set(xa) | set(xb)) if not _same(xa.get(k), xb.get(k))]
+        if keys:
+            out.append((cid, "RNG state" if keys[0].startswith("rng/") else "state"))
+    return out
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (
+        a is not None
+        and b is not None
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and (bool(a.equal(b)))
+    )
+
+
+def first_client_difference(t: int, a: bytes | None, b: bytes | None) -> str | None:
+    """The first client whose data differ between two clients files of round t, in words:
+    "client 1's RNG state in round-0001/clients.safetensors" (None: none, or unreadable)."""
+    found = client_data_differences(a, b)
+    if not found:
+        return None
+    cid, what = found[0]
+    if what.startswith("only in"):
+        return f"client {cid}'s data (only in {what[-1]}) in round-{t:04d}/{CLIENTS}"
+    return f"client {cid}'s {what} in round-{t:04d}/{CLIENTS}"
+
+
+def legacy_rng_difference(outputs_a: dict[str, str], outputs_b: dict[str, str]) -> str | None:
+    """The first per-client RNG file (formats 1-2: `rng/client-NNNNN`) whose hash differs."""
+    rng = sorted(
+        k
+        for k in set(outputs_a) | set(outputs_b)
+        if k.startswith(f"{CLIENT_RNG}/") and outputs_a.get(k) != outputs_b.get(k)
+    )
+    return rng[0] if rng else None

@@ -305,8 +305,9 @@ def shared_note(run: RunDir, t: int, name: str, rounds: list[int] | None = None)
     """Which other rounds hold round t's file `name` as the same file (a hard link): a
     damaged shared file damages every one of them.
 
-    Rounds write an unchanged client's file as a hard link to the previous round's, so one
-    in-place write changes the committed bytes of all rounds sharing it.
+    Rounds write an unchanged index chunk (formats 1-2: an unchanged client's file) as a hard
+    link to the previous round's, so one in-place write changes the committed bytes of all
+    rounds sharing it.
 
     Args:
         run: the run.
@@ -318,7 +319,7 @@ def shared_note(run: RunDir, t: int, name: str, rounds: list[int] | None = None)
         "" when the file is not shared, else a clause to append to the problem line.
 
     Example:
-        >>> shared_note(run, 4, "rng/client-00004.safetensors")
+        >>> shared_note(run, 4, "index/chunk-0000.safetensors")
         "; it is the same file (hard link) as round-0001..0003's copy, which fail too"
     """
     here = _inode(run.round_dir(t) / name)

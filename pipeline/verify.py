@@ -183,13 +183,14 @@ def _recomputed_diffs(
     if cids:
         out.append(f"uplinks of clients {_ids(cids)}")
     recorded_trace = _read(run, run.round_dir(t) / TRACE) if TRACE in outputs else None
-    out.extend(reexecution_notes(t, outputs, recorded_trace, files, cids))
+    recorded = lambda name: _read(run, run.round_dir(t) / name)  # noqa: E731
+    out.extend(reexecution_notes(t, outputs, recorded_trace, files, cids, recorded))
     return out
 
 
 def _read(run: RunDir, path: Path) -> bytes | None:
-    try:
-        return run.read_file(run.rel(path), 1 << 20)
+    try:  # a clients file of thousands of sampled clients is megabytes
+        return run.read_file(run.rel(path), 256 << 20)
     except ValueError:
         return None
 
@@ -215,12 +216,12 @@ class _Reexecutor:
         workers: int | None,
         ipc: str | None,
         code_check: bool = True,
-    ):
         ray: tuple[str | None, bool] = (None, False),
+    ):
         self.run = run
         self.mode, self.workers, self.ipc = mode, workers, ipc
-        self.code_check = code_check
         self.ray = ray  # (address, allow mixed environments): ray mode only
+        self.code_check = code_check
         self.session: Any = None
         self.session_key: str | None = None
 
@@ -234,8 +235,8 @@ class _Reexecutor:
             self.close()
             runtime = config.spec.runtime
             execution = ExecutionSettings.of(runtime, self.mode, self.workers, self.ipc)
-            self.session = Session(config, self.run, execution, code_check=self.code_check)
             execution = execution.with_ray(*self.ray)
+            self.session = Session(config, self.run, execution, code_check=self.code_check)
             self.session_key = key
         self.session.load(t - 1)
         return self.session.compute(t)
@@ -327,8 +328,8 @@ def verify_run(
     echo: Echo,
     trust_code: bool = False,
     code_from: str = "auto",
-) -> bool:
     ray: tuple[str | None, bool] = (None, False),
+) -> bool:
     """Re-execute rounds from their recorded inputs and compare with their manifests.
 
     Args:
@@ -339,8 +340,8 @@ def verify_run(
         trust_code: the reader consents to importing the user code the run names.
         code_from: "run" (the run's own copy of its user code), "here" (the current folder's),
             or "auto" (here when this folder holds every recorded file, else the run's copy).
-
         ray: `--mode ray`: (cluster address or None, allow nodes of another environment).
+
     Returns:
         True iff every chosen round and the stores match their manifests.
 
@@ -353,9 +354,9 @@ def verify_run(
         CodeCannotRunError: the user code here cannot be parsed or imported, or it raised
             while re-executing a round (a failing client included): nothing is judged.
     """
-    run = _open_run(Path(os.path.abspath(run_dir)))
     if mode == "ray":
         require_ray()  # one line before anything is read
+    run = _open_run(Path(os.path.abspath(run_dir)))
     last = check_layout(run)  # symlinked folders, gaps, missing manifests: one line
     chosen = parse_rounds(rounds, last) if rounds is not None else list(range(last + 1))
     manifests = {t: run.manifest(t) for t in chosen}
@@ -387,8 +388,8 @@ def _verify(
     code_from: str,
     notes: list[str],
     echo: Echo,
-) -> bool:
     ray: tuple[str | None, bool] = (None, False),
+) -> bool:
     mode, workers, ipc = how_args
     import_algorithms(manifests)
     configs = {t: _config_of(m, t) for t, m in manifests.items()}

@@ -1,6 +1,6 @@
 """A divergence is located at (round, client, epoch, step) and classified, with evidence: each
 class is a constructed divergence (a config key, an edited plugin, a regenerated data file, a
-flipped byte in a client's RNG file, threads per client, oneDNN's ISA cap), and `verify` names
+flipped byte in a client's RNG state, threads per client, oneDNN's ISA cap), and `verify` names
 the first step where its re-execution leaves the record."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from blazefl.core.step_trace import combine_traces, split_traces
 from blazefl.pipeline.divergence import first_step_difference, manifest_causes
 from blazefl.stages.artifacts import canonical_json, sha256_bytes
+from tests.pipeline.client_data import flip_tensor_byte
 from tests.pipeline.integrity_helpers import cli, sets
 from tests.pipeline.rechain import rechain
 
@@ -148,21 +149,15 @@ def test_a_regenerated_data_file_is_data(tmp_path: Path, monkeypatch: pytest.Mon
     assert any(c.startswith("cause: config: data.root") for c in causes), lines
 
 
-def _flip_torch_state_byte(path: Path) -> None:
-    """Flip one byte inside the torch generator state of a client's RNG file (a valid
-    Mersenne Twister state still: a mis-restored stream, not a corrupt file). The state holds
-    a 24-byte header, then the 624 words of the twister as uint64 of which torch keeps the low
-    32 bits: the low byte of word 300 is flipped."""
-    data = bytearray(path.read_bytes())
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    start, _ = header["torch"]["data_offsets"]
-    data[8 + n + start + 24 + 8 * 300] ^= 0x01
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
+def _flip_torch_state_byte(path: Path, cid: int) -> None:
+    """Flip one byte inside the torch generator state of client `cid` in a clients file (a
+    valid Mersenne Twister state still: a mis-restored stream, not a corrupt file). The state
+    holds a 24-byte header, then the 624 words of the twister as uint64 of which torch keeps
+    the low 32 bits: the low byte of word 300 is flipped."""
+    flip_tensor_byte(path, f"{cid:05d}/rng/torch", 24 + 8 * 300)
 
 
-def test_a_flipped_byte_in_a_client_rng_file_is_the_random_stream(tmp_path: Path) -> None:
+def test_a_flipped_byte_in_a_client_rng_state_is_the_random_stream(tmp_path: Path) -> None:
     extra = [*EVERY_CLIENT, "fl.rounds=2"]
     _run(tmp_path / "a", *extra)
     b = tmp_path / "b"
@@ -170,8 +165,8 @@ def test_a_flipped_byte_in_a_client_rng_file_is_the_random_stream(tmp_path: Path
     shutil.rmtree(b / "round-0002")
     for extra_file in ("summary.json", "metrics/round-0002.json"):
         (b / extra_file).unlink(missing_ok=True)
-    target = "rng/client-00001.safetensors"
-    _flip_torch_state_byte(b / "round-0001" / target)
+    target = "clients.safetensors"
+    _flip_torch_state_byte(b / "round-0001" / target, 1)
     digest = sha256_bytes((b / "round-0001" / target).read_bytes())
 
     def reseal(rel: str, m: dict[str, object]) -> None:
@@ -183,13 +178,18 @@ def test_a_flipped_byte_in_a_client_rng_file_is_the_random_stream(tmp_path: Path
     rechain(b, reseal)
     _run(b, *extra)  # resumes round 2 from the mis-restored stream
     lines = _diff(tmp_path / "a", b)
-    assert _line(lines, "where:") == f"where: round 1, {target} (every client step identical)"
+    client = "client 1's RNG state in round-0001/clients.safetensors"
+    assert _line(lines, "where:") == f"where: round 1, {client} (every client step identical)"
+    assert "  clients.safetensors differs: client 1's RNG state" in "\n".join(lines)
     assert _line(lines, "cause: random stream").startswith("cause: random stream: a client's")
-    # verify re-executes round 1 from round 0 and finds the record's RNG file is not what the
+    # verify re-executes round 1 from round 0 and finds the record's RNG state is not what the
     # steps leave behind
     result = cli("verify", str(b), "--rounds", "1")
     assert result.exit_code == 1, result.output
-    assert "random stream (the recorded RNG file was tampered or mis-restored)" in result.output
+    assert (
+        f"every client step equals the record, but {client} differs: random stream (the "
+        "recorded RNG state was tampered or mis-restored)"
+    ) in result.output
     # round 2 of B started client 1 from another state: its trace says so
     from blazefl.pipeline.compare import explain_round
     from blazefl.stages.artifacts import RunDir

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
+from tests.pipeline.client_data import latest_data
+
 DSFL_SETS = [
     "fl.algorithm=dsfl",
     "data.size=900",
@@ -44,8 +46,12 @@ def test_state_of_server_and_every_seen_client_is_in_each_round(dsfl_run: Path) 
         manifest = json.loads((dsfl_run / f"round-{t:04d}" / "manifest.json").read_text())
         seen |= set(manifest["clients"])
         state = {p.name for p in (dsfl_run / f"round-{t:04d}" / "state").iterdir()}
-        assert state == {"server.safetensors"} | {f"client-{c:05d}.safetensors" for c in seen}
-        assert set(manifest["outputs"]) >= {f"state/{name}" for name in state}
+        assert state == {"server.safetensors"}
+        # every client seen so far has its state in the round the index names
+        latest = latest_data(dsfl_run, t)
+        assert set(latest) == seen
+        assert {c for c, (r, _) in latest.items() if r == t} == set(manifest["clients"])
+        assert all(any(k.startswith("state/") for k in ts) for _, ts in latest.values())
     assert (dsfl_run / "round-0000" / "state" / "server.safetensors").exists()
 
 
@@ -101,13 +107,15 @@ def test_verify_reexecutes_stateful_rounds_and_catches_a_changed_client_state(
     assert "round 3: OK" in result.output
     copy = tmp_path / "run"
     shutil.copytree(dsfl_run, copy)
-    victim = next((copy / "round-0002" / "state").glob("client-*.safetensors"))
+    victim = copy / "round-0002" / "clients.safetensors"
     data = bytearray(victim.read_bytes())
-    data[-1] ^= 1
+    data[-1] ^= 1  # the last tensor: the highest sampled client's state
+    victim.chmod(0o644)
     victim.write_bytes(bytes(data))
     result = blazefl("verify", str(copy), "--rounds", "2-3")
     assert result.exit_code == 1
-    assert "round 2" in result.output and victim.name in result.output
+    assert "round 2: clients.safetensors differs from its manifest" in result.output
+    assert "round-0002/clients.safetensors does not match the hash" in result.output
 
 
 def test_dsfl_config_errors_are_one_line(tmp_path: Path, blazefl: Callable[..., Result]) -> None:

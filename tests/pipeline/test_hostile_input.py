@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from blazefl.stages.artifacts import canonical_json, sha256_file
+from tests.pipeline.client_data import edit_clients, sampled
 from tests.pipeline.integrity_helpers import cli, one_line_error, reseal_round, reseal_store, sets
 
 
@@ -128,14 +129,13 @@ def dsfl_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dsfl_client_state_of_the_wrong_shape_is_refused(dsfl_run: Path, tmp_path: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
     out = tmp_path / "run"
     shutil.copytree(dsfl_run, out)
     last = out / "round-0002"
-    victim = sorted((last / "state").glob("client-*.safetensors"))[0]
-    tensors = load_file(victim)
-    save_file({k: v[:-3].clone() for k, v in tensors.items()}, victim)
+    first = f"{sampled(last)[0]:05d}/state/"  # one client's state shorter than the others'
+    edit_clients(
+        last, lambda ts: {k: v[:-3].clone() if k.startswith(first) else v for k, v in ts.items()}
+    )
     reseal_round(last)
     line = one_line_error(cli("run", "--out", str(out), "-q", *sets(*DSFL, "fl.rounds=3")))
     assert "shape" in line
@@ -145,8 +145,14 @@ def test_dsfl_state_of_a_client_outside_the_run_is_refused(dsfl_run: Path, tmp_p
     out = tmp_path / "run"
     shutil.copytree(dsfl_run, out)
     last = out / "round-0002"
-    some = sorted((last / "state").glob("client-*.safetensors"))[0]
-    shutil.copy(some, last / "state" / "client-09999.safetensors")
+    some = f"{sampled(last)[0]:05d}/"  # a copy of a client's data, as client 9999's
+    edit_clients(
+        last,
+        lambda ts: {
+            **ts,
+            **{f"09999/{k[6:]}": v.clone() for k, v in ts.items() if k.startswith(some)},
+        },
+    )
     reseal_round(last)
     line = one_line_error(cli("run", "--out", str(out), "-q", *sets(*DSFL, "fl.rounds=3")))
-    assert "client-09999" in line
+    assert "client 9999 is not a client of this run" in line

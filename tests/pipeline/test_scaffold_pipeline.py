@@ -18,6 +18,8 @@ import pytest
 from click.testing import Result
 from safetensors.torch import load_file
 
+from tests.pipeline.client_data import flip_tensor_byte, latest_data, sampled
+
 SCAFFOLD_SETS = [
     "fl.algorithm=scaffold",
     "scaffold.server_lr=0.8",
@@ -55,13 +57,16 @@ def test_server_and_every_seen_client_control_is_in_each_round(scaffold_run: Pat
     for t in range(1, 4):
         manifest = json.loads((scaffold_run / f"round-{t:04d}" / "manifest.json").read_text())
         seen |= set(manifest["clients"])
-        state_dir = scaffold_run / f"round-{t:04d}" / "state"
-        state = {p.name for p in state_dir.iterdir()}
-        assert state == {"server.safetensors"} | {f"client-{c:05d}.safetensors" for c in seen}
-        assert set(manifest["outputs"]) >= {f"state/{name}" for name in state}
-        for name in state:
-            tensors = load_file(state_dir / name)
-            assert set(tensors) == {"control"} and tensors["control"].any()
+        round_dir = scaffold_run / f"round-{t:04d}"
+        assert [p.name for p in (round_dir / "state").iterdir()] == ["server.safetensors"]
+        # every client seen so far has its control in the round the index names
+        latest = latest_data(scaffold_run, t)
+        assert set(latest) == seen
+        assert {c for c, (r, _) in latest.items() if r == t} == set(manifest["clients"])
+        assert set(manifest["outputs"]) >= {"state/server.safetensors", "clients.safetensors"}
+        for _, tensors in latest.values():
+            state = {k: v for k, v in tensors.items() if k.startswith("state/")}
+            assert set(state) == {"state/control"} and state["state/control"].any()
     assert "scaffold.server_lr" in json.dumps(manifest["config"])
 
 
@@ -117,13 +122,16 @@ def test_verify_passes_and_catches_a_changed_client_control(
     assert "round 3: OK" in result.output
     copy = tmp_path / "run"
     shutil.copytree(scaffold_run, copy)
-    victim = next((copy / "round-0002" / "state").glob("client-*.safetensors"))
-    data = bytearray(victim.read_bytes())
-    data[-1] ^= 1
-    victim.write_bytes(bytes(data))
+    victim = copy / "round-0002" / "clients.safetensors"
+    client = sampled(copy / "round-0002")[0]
+    flip_tensor_byte(victim, f"{client:05d}/state/control", 0)
     result = blazefl("verify", str(copy), "--rounds", "2-3")
     assert result.exit_code == 1
-    assert "round 2" in result.output and victim.name in result.output
+    assert "round 2: clients.safetensors differs from its manifest" in result.output
+    assert (
+        "round 3: cannot re-execute: round-0002/clients.safetensors does not match the hash "
+        "in its manifest"
+    ) in result.output
 
 
 def test_bad_server_lr_is_a_one_line_error(tmp_path: Path, blazefl: Callable[..., Result]) -> None:
