@@ -20,7 +20,7 @@ from blazefl.core.devices import run_devices, server_device
 from blazefl.core.loop import ExecutionSettings, RoundResult, run_round
 from blazefl.core.protocols import ClientWorkload, ServerHandler
 from blazefl.core.server import ServerSettings
-from blazefl.data import ImageDataset, load_dataset, partition_indices
+from blazefl.data import ImageDataset, load_dataset, partition_indices, sample_users
 from blazefl.reproducibility import SERVER_STREAM_ID, RNGSuite, create_rng_suite
 from blazefl.spec import DataConfig, ExperimentSpec, FLConfig, ModelConfig, RuntimeConfig
 
@@ -167,7 +167,10 @@ def build_data(spec: ExperimentSpec) -> tuple[ImageDataset, ImageDataset]:
 
 
 def build_partition(
-    spec: ExperimentSpec, labels: Any, features: np.ndarray | None = None
+    spec: ExperimentSpec,
+    labels: Any,
+    features: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> ClientPartition:
     """Partition the training labels among clients, deterministically from the seed.
 
@@ -178,6 +181,8 @@ def build_partition(
         labels: one label per training sample.
         features: the training images (one row per sample), for a user partitioner that
             declares `features` (`blazefl.data.wants_features`).
+        users: one user code per training sample (`blazefl.data.sample_users`), for
+            `data.partition: natural`.
 
     Raises:
         ValueError: fewer private samples than clients, or a user partitioner's mistake.
@@ -197,6 +202,7 @@ def build_partition(
         alpha=spec.data.alpha,
         shards_per_client=spec.data.shards_per_client,
         features=None if features is None else features[:private],
+        users=None if users is None else np.asarray(users)[:private],
     )
     return ClientPartition.from_lists(parts)
 
@@ -228,7 +234,8 @@ def build_experiment(spec: ExperimentSpec) -> Experiment:
         The experiment, ready for `workload()` and `server()`.
     """
     train, test = build_data(spec)
-    partition = build_partition(spec, train.labels)
+    users = sample_users(train)
+    partition = build_partition(spec, train.labels, users=None if users is None else users.codes)
     return Experiment(spec, train, test, partition, model_spec_for(spec, train))
 
 

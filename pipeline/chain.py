@@ -20,7 +20,7 @@ from blazefl.pipeline.run_check import chain_problems, store_problems
 from blazefl.stages.artifacts import MANIFEST, RunDir
 from blazefl.stages.config import DATA_KEYS, RunConfig, partition_keys
 from blazefl.stages.provenance import DATASET_REF, differing_keys
-from blazefl.stages.stores import load_labels, load_partition, partition_features
+from blazefl.stages.stores import load_labels, load_partition, load_users, partition_features
 
 __all__ = [
     "store_problems",
@@ -79,7 +79,7 @@ def provenance_problems(run: RunDir, config: RunConfig) -> list[str]:
     except ValueError as exc:
         return [f"the partitions store is unusable: {exc}"]
     features = partition_features(config, run)
-    fresh = build_partition(spec, labels, features)
+    fresh = build_partition(spec, labels, features, load_users(run))
     if not (
         np.array_equal(stored.indices.numpy(), fresh.indices.numpy())
         and np.array_equal(stored.offsets.numpy(), fresh.offsets.numpy())

@@ -10,7 +10,7 @@ from blazefl.stages.config import RunConfig, partition_keys
 from blazefl.stages.manifest_schema import MANIFEST_FORMAT
 from blazefl.stages.prepare import store_record
 from blazefl.stages.provenance import check_dataset_store
-from blazefl.stages.stores import load_labels, partition_features
+from blazefl.stages.stores import load_labels, load_users, partition_features
 from blazefl.stages.user_code import config_code
 
 
@@ -29,7 +29,8 @@ def partition(config: RunConfig, run: RunDir) -> Path:
 
     dataset_sha = check_dataset_store(config, run)  # made with this config's data keys
     spec = config.spec
-    part = build_partition(spec, load_labels(run), partition_features(config, run))
+    users = load_users(run)  # None unless the dataset records its users
+    part = build_partition(spec, load_labels(run), partition_features(config, run), users)
     keys = partition_keys(spec)
     with atomic_dir(run.partitions, run.root) as tmp:
         group = zarr.open_group(str(tmp), mode="w")

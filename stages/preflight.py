@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from blazefl.core.devices import run_devices
-from blazefl.data import ImageDataset
+from blazefl.data import ImageDataset, sample_users
 from blazefl.experiment import Experiment, build_partition, model_spec_for
 from blazefl.models.inputs import check_model_fits
 from blazefl.stages.config import RunConfig
@@ -69,7 +69,9 @@ def preflight(config: RunConfig, train: ImageDataset, test: ImageDataset) -> Non
     """
     spec = config.spec
     run_devices(spec.runtime.device)  # DeviceUnavailableError: one line
-    partition = build_partition(spec, train.labels.numpy(), train.images.numpy())
+    users = sample_users(train)  # a federated dataset's, for data.partition: natural
+    codes = None if users is None else users.codes
+    partition = build_partition(spec, train.labels.numpy(), train.images.numpy(), codes)
     model_spec = model_spec_for(spec, train)
     model = spec.model.name
     algorithm = spec.fl.algorithm

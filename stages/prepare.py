@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from blazefl.data import FeatureDataset, ImageDataset
+from blazefl.data import FeatureDataset, ImageDataset, sample_users
 from blazefl.experiment import build_data
 from blazefl.stages.artifacts import MANIFEST, RunDir, atomic_dir, canonical_json, sha256_file
 from blazefl.stages.config import DATA_KEYS, RunConfig
@@ -87,6 +87,12 @@ def write_dataset_store(
             # uncompressed: image noise does not compress, and reads stay a plain copy
             group.create_array(f"{split}_{kind}", data=images, chunks=chunk, compressors=None)
             group.create_array(f"{split}_labels", data=ds.labels.numpy().astype(np.int64))
+        # a federated dataset's user per training sample (`data.partition: natural` reads it
+        # from here); only when there is one, so every other store keeps its bytes
+        users = sample_users(train)
+        if users is not None:
+            group.create_array("train_users", data=users.codes)
+            group.attrs["users"] = list(users.names)
         if kind == "features":
             group.attrs.update(
                 {

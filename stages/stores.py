@@ -120,6 +120,34 @@ def load_labels(run: RunDir) -> np.ndarray:
     return _read_array(group, "train_labels", run.dataset, rows, "int64", 1)
 
 
+def load_users(run: RunDir) -> np.ndarray | None:
+    """The user code of every stored training sample (a federated dataset's writers or
+    roles, for `data.partition: natural`), or None when the store records none.
+
+    Raises:
+        ArtifactError: codes that do not match the store (length, range, the names it
+            records): a tampered store, one line.
+    """
+    group = _open_group(run.dataset, "prepare")
+    attrs = dict(group.attrs)
+    if not (run.dataset / "train_users" / "zarr.json").exists() and "users" not in attrs:
+        return None
+    rows = _sample_rows(run.dataset, "train", attrs)
+    codes = _read_array(group, "train_users", run.dataset, rows, "int64", 1)
+    names = attrs.get("users")
+    if (
+        len(codes) != rows
+        or not isinstance(names, list)
+        or not 0 < len(names) <= max(rows, 1)
+        or (len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= len(names)))
+    ):
+        raise ArtifactError(
+            f"{run.dataset}/train_users does not match the store's samples and users: the "
+            "store is tampered; rebuild it (blazefl stage prepare)"
+        )
+    return codes
+
+
 def _sample_rows(where: Path, split: str, attrs: dict[str, Any]) -> int:
     suffix, dtype, ndim = _samples_layout(attrs, where)
     meta = check_zarr_array_meta(

@@ -13,10 +13,12 @@ from blazefl.data.digits import (
     load_digits_dataset,
 )
 from blazefl.data.features import FEATURE_DTYPES, FeatureDataset
+from blazefl.data.leaf import SHAKESPEARE_VOCAB, load_femnist, load_shakespeare
 from blazefl.data.partitioners import (
     PARTITIONERS,
     dirichlet_partition,
     iid_partition,
+    natural_partition,
     partition_indices,
     quantity_partition,
     shard_partition,
@@ -30,6 +32,7 @@ from blazefl.data.transforms import (
     random_crop,
     random_horizontal_flip,
 )
+from blazefl.data.users import SampleUsers, sample_users, with_users
 
 __all__ = [
     "DATASETS",
@@ -46,16 +49,23 @@ __all__ = [
     "ImageDataset",
     "MissingDependencyError",
     "PartitionedDataset",
+    "SHAKESPEARE_VOCAB",
+    "SampleUsers",
     "dirichlet_partition",
     "dropout",
     "iid_partition",
+    "natural_partition",
     "load_dataset",
     "load_digits_dataset",
+    "load_femnist",
+    "load_shakespeare",
     "load_torchvision_dataset",
     "partition_indices",
     "quantity_partition",
     "random_crop",
     "random_horizontal_flip",
+    "sample_users",
     "shard_partition",
     "synthetic_dataset",
+    "with_users",
 ]

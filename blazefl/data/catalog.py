@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blazefl.data.datasets import ImageDataset, synthetic_dataset
+from blazefl.data.leaf import LEAF_DATASETS
 from blazefl.data.torchvision_data import TORCHVISION_DATASETS, load_torchvision_dataset
 from blazefl.registry import Registry, function_accepting
 
@@ -35,7 +36,8 @@ def load_dataset(
     train: bool = True,
 ) -> ImageDataset:
     """Load a dataset by name: the built-in synthetic one, scikit-learn's bundled digits
-    (optional extra ``blazefl[digits]``) or a local torchvision one.
+    (optional extra ``blazefl[digits]``), a local torchvision one or LEAF's FEMNIST and
+    Shakespeare (JSON under ``root``, `blazefl.data.leaf`).
 
     Args:
         name: a name in ``DATASETS`` or an import path 'pkg.module:loader'.
@@ -89,3 +91,5 @@ DATASETS.register(
 for _name in TORCHVISION_DATASETS:
     DATASETS.register(_name, _torchvision_loader(_name))
 DATASETS.register("digits", _load_digits)
+for _name, _load in LEAF_DATASETS.items():  # LEAF's JSON under data.root; see leaf.py
+    DATASETS.register(_name, lambda *, root, train, _load=_load, **_: _load(root, train=train))

@@ -1,4 +1,5 @@
-"""Split a dataset's sample indices among clients: IID, Dirichlet label skew, shards, quantity skew.
+"""Split a dataset's sample indices among clients: IID, Dirichlet label skew, shards, quantity
+skew, and the natural partition of a federated dataset (one client per user).
 
 Every partitioner returns one sorted ``int64`` index array per client; the arrays are pairwise
 disjoint, their union is exactly ``range(len(labels))`` and every client gets at least
@@ -29,6 +30,7 @@ __all__ = [
     "wants_features",
     "dirichlet_partition",
     "iid_partition",
+    "natural_partition",
     "partition_indices",
     "quantity_partition",
     "shard_partition",
@@ -279,6 +281,59 @@ def quantity_partition(
     return _finish(np.split(perm, np.cumsum(sizes)[:-1]))
 
 
+def natural_partition(
+    users: np.ndarray | None, num_clients: int, *, min_samples: int = 1
+) -> list[np.ndarray]:
+    """One client per user: client i holds exactly the samples of the i-th user in code order
+    (the sorted user names, `blazefl.data.users`). Uses no randomness.
+
+    Every user becomes a client, so `num_clients` must equal the number of users: a subset
+    of users is chosen when the data are made (LEAF's ``--sf`` fraction), where it is part of
+    the recorded data, not silently here.
+
+    Args:
+        users: one user code per sample (``int64 [N]``, `SampleUsers.codes`); None when the
+            dataset carries no users.
+        num_clients: data.clients; must equal the number of distinct users.
+        min_samples: smallest allowed client size (>= 1).
+
+    Returns:
+        One sorted ``int64`` index array per user.
+
+    Raises:
+        ValueError: no users, a different number of clients, or a user under min_samples;
+            one line each, with the fix.
+
+    Example:
+        >>> [p.tolist() for p in natural_partition(np.array([1, 0, 1, 2]), 3)]
+        [[1], [0, 2], [3]]
+    """
+    if users is None:
+        raise ValueError(
+            "data.partition natural needs a dataset that records which user each sample came "
+            "from (femnist, shakespeare, or a loader using blazefl.data.with_users)"
+        )
+    codes = np.asarray(users)
+    if codes.ndim != 1 or (codes.size and not np.issubdtype(codes.dtype, np.integer)):
+        raise ValueError(f"user codes must be 1-D integers, got {codes.dtype} {codes.shape}")
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    if len(distinct) != num_clients:
+        raise ValueError(
+            f"data.partition natural gives each of the {len(distinct)} users its own client: "
+            f"set data.clients: {len(distinct)} (got {num_clients}; to use fewer users, "
+            "sample them when making the data, e.g. LEAF's --sf)"
+        )
+    # a stable argsort keeps each user's samples in index order; the counts cut it per user
+    order = np.argsort(inverse.reshape(-1), kind="stable")
+    counts = np.bincount(inverse.reshape(-1), minlength=len(distinct))
+    if len(counts) and int(counts.min()) < min_samples:
+        raise ValueError(
+            f"user {int(np.argmin(counts))} holds {int(counts.min())} samples, under "
+            f"min_samples={min_samples}"
+        )
+    return _finish(np.split(order, np.cumsum(counts)[:-1]))
+
+
 def partition_indices(
     labels: np.ndarray | torch.Tensor,
     num_clients: int,
@@ -289,19 +344,21 @@ def partition_indices(
     shards_per_client: int = 2,
     min_samples: int = 1,
     features: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Partition sample indices among clients with one of ``PARTITIONERS``.
 
     Args:
         labels: one integer label per sample (numpy array or tensor).
         num_clients: number of clients (> 0).
-        method: ``"iid"``, ``"dirichlet"``, ``"shards"``, ``"quantity"`` or the import path
-            of a user partitioner.
+        method: ``"iid"``, ``"dirichlet"``, ``"shards"``, ``"quantity"``, ``"natural"`` or
+            the import path of a user partitioner.
         seed: seed of ``np.random.default_rng`` (the only randomness used).
         alpha: Dirichlet concentration for ``"dirichlet"`` and ``"quantity"``.
         shards_per_client: shards per client for ``"shards"``.
         min_samples: smallest allowed client size.
         features: one row per sample, for a user partitioner that declares `features`.
+        users: one user code per sample (`blazefl.data.sample_users`), for ``"natural"``.
 
     Returns:
         ``num_clients`` sorted, pairwise disjoint ``int64`` arrays covering
@@ -325,6 +382,10 @@ def partition_indices(
         )
     if method == "quantity":
         return quantity_partition(labels, num_clients, seed, alpha=alpha, min_samples=min_samples)
+    if method == "natural":
+        if users is not None and len(users) != len(labels):
+            raise ValueError(f"users ({len(users)}) and labels ({len(labels)}) differ in length")
+        return natural_partition(users, num_clients, min_samples=min_samples)
     raise ValueError(f"unknown partition method {method!r}; allowed: {PARTITIONERS.choices_text()}")
 
 
@@ -388,5 +449,6 @@ for _name, _fn in (
     ("dirichlet", dirichlet_partition),
     ("shards", shard_partition),
     ("quantity", quantity_partition),
+    ("natural", natural_partition),
 ):
     PARTITIONERS.register(_name, _fn)

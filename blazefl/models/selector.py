@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from blazefl.core.protocols import ModelSelector as ModelSelectorProtocol
+from blazefl.models.char_lstm import char_lstm
 from blazefl.models.cnn import CNN
 from blazefl.models.inputs import factory_kwargs, is_image_input, model_factory_hook
 from blazefl.models.resnet import resnet18
@@ -38,6 +39,7 @@ MODELS.register(
         small_input=image_size <= _SMALL_INPUT_MAX_SIDE, **kw
     ),
 )
+MODELS.register("char_lstm", char_lstm)  # int64 character ids (shakespeare), not images
 """Names accepted by :func:`build_model` and :meth:`ModelSelector.select_model`."""
 
 _SMALL_INPUT_MAX_SIDE = 64
@@ -69,8 +71,9 @@ def build_model(
     weights with PyTorch's default kaiming-uniform (``a=sqrt(5)``, i.e.
     ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), ResNet convs with torchvision's kaiming-normal
     (``fan_out``, relu), biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, norm weights 1 and
-    biases 0, running stats reset. Same generator state -> identical weights, whatever thread
-    builds the model.
+    biases 0, running stats reset, embeddings ``N(0, 1)`` and LSTM weights and biases
+    ``U(-1/sqrt(hidden), 1/sqrt(hidden))`` (``"char_lstm"``; PyTorch's defaults too). Same
+    generator state -> identical weights, whatever thread builds the model.
 
     Args:
         name: one of :data:`MODELS`.
@@ -110,12 +113,14 @@ def build_model(
         input_shape=shape,
         input_dtype=input_dtype,
     )
+    tokens = input_dtype == torch.int64
     if not is_image_input(shape, input_dtype) and "input_shape" not in args:
         what = "the built-in model" if name in MODELS else "model factory"
         raise ValueError(
             f"{what} {name!r} takes images [C, H, W] (in_channels=, image_size=), but the "
             f"data's samples are {shape} {str(input_dtype).removeprefix('torch.')}: name a "
-            "factory that declares input_shape= (model.name: pkg.module:factory)"
+            "factory that declares input_shape= (model.name: pkg.module:factory"
+            + ("; char_lstm for character ids)" if len(shape) == 1 and tokens else ")")
         )
     if name not in MODELS:
         return _build_user_model(factory, name, args, generator)
@@ -196,6 +201,18 @@ def _init_from_generator(module: nn.Module, generator: torch.Generator, conv_ini
             if isinstance(sub, _BatchNorm):
                 sub.reset_running_stats()
                 done.update(id(b) for b in sub.buffers(recurse=False))
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, generator=generator)
+            if sub.padding_idx is not None:
+                sub.weight[sub.padding_idx].zero_()
+            done.add(id(sub.weight))
+        elif isinstance(sub, nn.RNNBase):
+            # PyTorch's reset_parameters: every weight and bias U(-1/sqrt(h), 1/sqrt(h)), in
+            # the module's own parameter order (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...)
+            bound = 1.0 / math.sqrt(sub.hidden_size)
+            for param in sub.parameters(recurse=False):
+                nn.init.uniform_(param, -bound, bound, generator=generator)
+                done.add(id(param))
     # to_empty() leaves garbage in anything not handled above: refuse rather than return it.
     left = [
         n for n, t in (*module.named_parameters(), *module.named_buffers()) if id(t) not in done
