@@ -56,6 +56,39 @@ def tiny_run(
     return out
 
 
+#: Three index chunks (1,024 clients each), 3 clients sampled per round: the last chunk is
+#: named by no sampled client, so every round holds it as a hard link to round 0's.
+CHUNKED_SETS = [
+    "data.size=2200",
+    "data.test_size=200",
+    "data.clients=2100",
+    "data.partition=iid",
+    "fl.clients_per_round=3",
+    "fl.rounds=3",
+    "train.local_epochs=1",
+    "train.batch_size=32",
+]
+
+
+@pytest.fixture(scope="session")
+def chunked_args() -> list[str]:
+    """`--set` arguments of the chunked experiment."""
+    return [arg for item in CHUNKED_SETS for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="session")
+def chunked_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    blazefl: Callable[..., Result],
+    chunked_args: list[str],
+) -> Path:
+    """A complete 3-round run of 2,100 clients whose rounds share index chunks (read only)."""
+    out = tmp_path_factory.mktemp("chunked") / "run"
+    result = blazefl("run", "--out", str(out), "--quiet", *chunked_args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture(scope="session")
 def snapshot() -> Callable[[Path], dict[str, str]]:
     """Every entry under a directory: sha256 for files, "dir" for folders, link targets."""

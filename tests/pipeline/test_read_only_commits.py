@@ -66,15 +66,15 @@ def _mode(path: Path) -> int:
 def test_atomic_commits_are_read_only_and_can_be_replaced(tmp_path: Path) -> None:
     root = tmp_path / "run"
     with atomic_dir(root / "round-0001", root) as tmp:
-        (tmp / "rng").mkdir()
-        (tmp / "rng" / "client-00000.safetensors").write_bytes(b"a")
+        (tmp / "index").mkdir()
+        (tmp / "index" / "chunk-0000.safetensors").write_bytes(b"a")
         (tmp / "global.safetensors").write_bytes(b"b")
     atomic_write(root / "summary.json", b"{}\n", root)
     round_dir = root / "round-0001"
     assert _mode(round_dir / "global.safetensors") == 0o444
-    assert _mode(round_dir / "rng" / "client-00000.safetensors") == 0o444
+    assert _mode(round_dir / "index" / "chunk-0000.safetensors") == 0o444
     assert _mode(root / "summary.json") == 0o444
-    assert _mode(round_dir) & 0o200 and _mode(round_dir / "rng") & 0o200  # folders writable
+    assert _mode(round_dir) & 0o200 and _mode(round_dir / "index") & 0o200  # folders writable
     # a stage re-run over its old output replaces read-only files (root ignores the bits:
     # the same in a child as nobody below)
     with atomic_dir(round_dir, root) as tmp:
@@ -109,22 +109,22 @@ def test_nobody_cannot_write_in_place_but_can_rerun_a_stage(tmp_path: Path) -> N
 
 
 def test_a_real_run_is_read_only_and_shared_files_cannot_be_edited(
-    tiny_run: Path, tmp_path: Path, blazefl: Callable[..., Result], tiny_args: list[str]
+    chunked_run: Path, tmp_path: Path, blazefl: Callable[..., Result], chunked_args: list[str]
 ) -> None:
-    files = [p for p in tiny_run.rglob("*") if p.is_file() and p.name != ".blazefl.lock"]
-    writable = [p.relative_to(tiny_run).as_posix() for p in files if _mode(p) != 0o444]
+    files = [p for p in chunked_run.rglob("*") if p.is_file() and p.name != ".blazefl.lock"]
+    writable = [p.relative_to(chunked_run).as_posix() for p in files if _mode(p) != 0o444]
     assert writable in ([], ["plots/metrics.png"]), writable  # the PNG is drawn by matplotlib
-    assert all(_mode(p) & 0o200 for p in tiny_run.rglob("*") if p.is_dir())
-    # a `cp -al` copy shares every inode (and so the read-only mode) with the run
+    assert all(_mode(p) & 0o200 for p in chunked_run.rglob("*") if p.is_dir())
+    # a `cp -a` copy keeps the run's hard links (and so the read-only mode)
     copy = tmp_path / "copy"
-    subprocess.run(["cp", "-al", str(tiny_run), str(copy)], check=True)
-    shared = copy / "round-0003" / "rng"
+    subprocess.run(["cp", "-a", str(chunked_run), str(copy)], check=True)
+    shared = copy / "round-0003" / "index"
     names = sorted(p.name for p in shared.iterdir() if p.stat().st_nlink > 1)
-    assert names, "no client file of round 3 is shared with an earlier round"
+    assert names, "no index chunk of round 3 is shared with an earlier round"
     assert _as_nobody(shared, *names) == ["denied"] * len(names)
     # re-running a stage over its old output still works (replaces, never writes in place)
     before = (copy / "round-0003" / "manifest.json").read_bytes()
-    result = blazefl("stage", "round", "--round", "3", "--out", str(copy), *tiny_args)
+    result = blazefl("stage", "round", "--round", "3", "--out", str(copy), *chunked_args)
     assert result.exit_code == 0, result.output
     assert (copy / "round-0003" / "manifest.json").read_bytes() == before
     assert _mode(copy / "round-0003" / "manifest.json") == 0o444

@@ -13,10 +13,10 @@ from blazefl.pipeline.run_check import _round_span as spans
 
 
 def _most_shared(run: Path, t: int) -> Path:
-    """Round t's client RNG file shared (hard-linked) with the most other rounds."""
-    files = sorted((run / f"round-{t:04d}" / "rng").iterdir())
+    """Round t's index chunk shared (hard-linked) with the most other rounds."""
+    files = sorted((run / f"round-{t:04d}" / "index").iterdir())
     best = max(files, key=lambda p: p.stat().st_nlink)
-    assert best.stat().st_nlink > 1, "no shared client file in this round"
+    assert best.stat().st_nlink > 1, "no shared index chunk in this round"
     return best
 
 
@@ -32,15 +32,15 @@ def _sharing_rounds(run: Path, path: Path) -> list[int]:
 
 def _round_span(rounds: list[int]) -> str:
     lo, hi = rounds[0], rounds[-1]
-    assert rounds == list(range(lo, hi + 1))  # an unchanged client is shared by a run of rounds
+    assert rounds == list(range(lo, hi + 1))  # an unchanged chunk is shared by a run of rounds
     return f"round-{lo:04d}" if lo == hi else f"round-{lo:04d}..{hi:04d}"
 
 
 def test_damage_in_a_shared_file_names_every_round(
-    tiny_run: Path, blazefl: Callable[..., Result], tmp_path: Path
+    chunked_run: Path, blazefl: Callable[..., Result], tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    subprocess.run(["cp", "-a", str(tiny_run), str(run)], check=True)  # keeps the hard links
+    subprocess.run(["cp", "-a", str(chunked_run), str(run)], check=True)  # keeps the hard links
     last = max(int(d.name.split("-")[1]) for d in run.glob("round-*"))
     path = _most_shared(run, last)
     sharing = _sharing_rounds(run, path)
@@ -55,7 +55,7 @@ def test_damage_in_a_shared_file_names_every_round(
     result = blazefl("verify", str(run), "--mode", "sequential")
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
-    name = f"rng/{path.name}"
+    name = f"index/{path.name}"
     for t in sharing:
         rest = [u for u in sharing if u != t]
         copies = "copy, which fails" if len(rest) == 1 else "copies, which fail"
