@@ -16,7 +16,9 @@ Both are driven by the original's loop (`sample_clients`, `downlink_package`,
 (own, compat, own, compat, ...) so that machine noise hits both alike, and the result is the
 ratio of the best runs (compat / own; 1.10 = compat 10 % slower): on a shared machine noise
 only ever adds time, so the fastest of N runs is the least disturbed one; the ratio of the
-medians is printed too. Pool start-up is outside the timed rounds (a warm-up round runs first).
+medians is printed too, and the ratio of the CPU seconds used by the process and its workers
+(medians), which other jobs on the machine disturb far less. Pool start-up is outside the
+timed rounds (a warm-up round runs first).
 
     python -m benchmarks.compat_speed                 # threads and processes, 3 repeats
     python -m benchmarks.compat_speed --mode processes --repeats 5 --samples 300
@@ -25,6 +27,7 @@ medians is printed too. Pool start-up is outside the timed rounds (a warm-up rou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
@@ -155,8 +159,20 @@ def make_trainer(path: str, mode: str, data: PartitionedDataset, s: Settings, tm
     )
 
 
-def timed_rounds(path: str, mode: str, s: Settings, rounds: int) -> float:
-    """Seconds for `rounds` rounds after one warm-up round (pool start-up excluded)."""
+def cpu_seconds() -> float:
+    """CPU time of this process and its live children (the worker processes) so far."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def timed_rounds(path: str, mode: str, s: Settings, rounds: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for `rounds` rounds after one warm-up round (pool start-up
+    excluded). CPU time counts this process and its workers: other jobs on a shared machine
+    stretch the wall time far more than the CPU time."""
     data = make_data(s)
     with tempfile.TemporaryDirectory(prefix="blazefl-compat-speed-") as tmp:
         server = FedAvgBaseServerHandler(
@@ -164,14 +180,14 @@ def timed_rounds(path: str, mode: str, s: Settings, rounds: int) -> float:
         )
         trainer = make_trainer(path, mode, data, s, Path(tmp))
         try:
-            start = 0.0
+            start = cpu_start = 0.0
             for r in range(rounds + 1):
                 if r == 1:
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), cpu_seconds()
                 trainer.local_process(server.downlink_package(), server.sample_clients())
                 for package in trainer.uplink_package():
                     server.load(package)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, cpu_seconds() - cpu_start
         finally:
             trainer.close()
 
@@ -191,21 +207,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"settings": vars(s), "rounds": args.rounds}
     for mode in modes:
         times: dict[str, list[float]] = {"own": [], "compat": []}
+        cpu: dict[str, list[float]] = {"own": [], "compat": []}
         for _ in range(args.repeats):
             for path in ("own", "compat"):  # interleaved
-                times[path].append(timed_rounds(path, mode, s, args.rounds))
+                wall, used = timed_rounds(path, mode, s, args.rounds)
+                times[path].append(wall)
+                cpu[path].append(used)
         own, compat = min(times["own"]), min(times["compat"])
         median = statistics.median(times["compat"]) / statistics.median(times["own"])
+        cpu_ratio = statistics.median(cpu["compat"]) / statistics.median(cpu["own"])
         report[mode] = {
             "own_s": times["own"],
             "compat_s": times["compat"],
+            "own_cpu_s": cpu["own"],
+            "compat_cpu_s": cpu["compat"],
             "ratio": compat / own,
             "median_ratio": median,
+            "cpu_ratio": cpu_ratio,
         }
         print(
             f"{mode}: own {own:.2f} s, compat {compat:.2f} s (best of {args.repeats}, "
             f"{args.rounds} rounds of {s.clients} clients): compat/own = {compat / own:.3f} "
-            f"(medians: {median:.3f})",
+            f"(medians: {median:.3f}; CPU seconds, medians: {cpu_ratio:.3f})",
             flush=True,
         )
     print(json.dumps(report))

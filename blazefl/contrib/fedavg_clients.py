@@ -10,6 +10,7 @@ are cached in `cid_list` order.
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 from dataclasses import dataclass
@@ -172,7 +173,10 @@ class FedAvgThreadPoolClientTrainer(
     """FedAvg clients on `num_parallels` threads (the original's constructor).
 
     Each client builds its own model with `model_selector` (threads share nothing mutable)
-    and shuffles with `rng_suite_list[cid]`.
+    and shuffles with `rng_suite_list[cid]`. Every pool thread runs with its share of the CPUs
+    as intra-op threads (`cpus // num_parallels`, at least 1; set `threads_per_client` to
+    change it), as the process trainer's workers do: `num_parallels` clients with one thread
+    per CPU each would oversubscribe the machine.
 
     Args:
         model_selector, model_name, dataset, device, num_clients, epochs, batch_size, lr,
@@ -208,6 +212,8 @@ class FedAvgThreadPoolClientTrainer(
         self.seed = seed
         self.stop_event = threading.Event()
         self.rng_suite_list = [create_rng_suite(seed, cid) for cid in range(num_clients)]
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.threads_per_client = max(1, (cpus or 1) // num_parallels)
 
     def worker(
         self,
