@@ -50,6 +50,7 @@ __all__ = [
     "MAX_LEAF_SAMPLES",
     "SHAKESPEARE_UNKNOWN",
     "SHAKESPEARE_VOCAB",
+    "count_users",
     "load_femnist",
     "load_shakespeare",
 ]
@@ -90,9 +91,10 @@ class LeafFormatError(DatasetNotFoundError):
 
 
 def _fix(name: str, root: Path) -> str:
+    how = _HOW_TO_MAKE.get(name, "./preprocess.sh as its README says")
     return (
         f"make it with LEAF (git clone https://github.com/TalwalkarLab/leaf; cd "
-        f"leaf/data/{name}; {_HOW_TO_MAKE[name]}) and copy data/train and data/test into {root}"
+        f"leaf/data/{name}; {how}) and copy data/train and data/test into {root}"
     )
 
 
@@ -119,8 +121,8 @@ def _split_files(name: str, root: str | os.PathLike[str] | None, split: str) -> 
         size = path.stat().st_size
         if size > MAX_LEAF_FILE_BYTES:
             raise LeafFormatError(
-                f"{path} is {size >> 20} MiB, over the {MAX_LEAF_FILE_BYTES >> 30} GiB read "
-                "per file: let LEAF write the split in more files (its default)"
+                f"{path} is {size:,} bytes, over the {MAX_LEAF_FILE_BYTES:,} bytes read per "
+                "file: let LEAF write the split in more files (its default)"
             )
     return files
 
@@ -344,6 +346,32 @@ def load_shakespeare(root: str | os.PathLike[str] | None, *, train: bool = True)
         torch.from_numpy(ids), torch.from_numpy(labels), num_classes=_SHAKESPEARE_CLASSES
     )
     return with_users(data, users)
+
+
+def count_users(root: str | os.PathLike[str], name: str = "<dataset>") -> int:
+    """The users with training samples under ``root/train`` (what `data.clients` must be
+    for ``data.partition: natural``), read without decoding the samples.
+
+    Args:
+        root: data.root, the folder holding LEAF's ``train/`` and ``test/`` folders.
+        name: the dataset, for how the messages say to make the files.
+
+    Returns:
+        The number of users with at least one training sample.
+
+    Raises:
+        LeafFormatError: as the loaders.
+
+    Example:
+        >>> count_users("data/femnist")
+        3
+    """
+    base = Path(root)
+    users: set[str] = set()
+    for path in _split_files(name, base, "train"):
+        records = _file_users(_read_json(path, name, base), path, _fix(name, base))
+        users.update(user for user, x, _ in records if x)
+    return len(users)
 
 
 #: Loaders by `data.dataset` name, registered in `blazefl.data.DATASETS`.
