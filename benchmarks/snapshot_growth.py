@@ -73,15 +73,15 @@ def measure(clients: int, rounds: int, workdir: Path, algorithm: str = "fedavg")
                 "write_seconds": timings["write_seconds"],
             }
         )
-    # what one sampled client's persistent state costs (DS-FL: its own model)
-    states = sorted((out / f"round-{rounds:04d}" / "state").glob("client-*.safetensors"))
-    state_bytes = states[0].stat().st_size if states else 0
+    # what the sampled clients' data cost (RNG streams and, for DS-FL, each one's own model)
+    clients_file = out / f"round-{rounds:04d}" / "clients.safetensors"
+    state_bytes = clients_file.stat().st_size / 10 if clients_file.exists() else 0
     steady = per_round[1:] or per_round
     return {
         "algorithm": algorithm,
         "clients": clients,
         "rounds": per_round,
-        "state_of_sampled_mb": 10 * state_bytes / 1e6,
+        "state_of_sampled_mb": 10 * state_bytes / 1e6,  # the round's clients file
         "mean_new_inode_mb": sum(r["new_inode_bytes"] for r in steady) / len(steady) / 1e6,
         "mean_new_content_mb": sum(r["new_content_bytes"] for r in steady) / len(steady) / 1e6,
         "mean_write_s": sum(r["write_seconds"] for r in steady) / len(steady),
