@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from blazefl.modes import CODE_SOURCES, EXECUTION_MODES, IPC_MODES
+from blazefl.pipeline.cli_sweeps import experiment_commands
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -378,113 +379,6 @@ def unpack(archive: str, run_dir: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--grid",
-    "grid",
-    multiple=True,
-    metavar="KEY=V1,V2",
-    help="A config key and its values (repeatable; the grid is every combination).",
-)
-@click.option(
-    "--seeds",
-    default=None,
-    metavar="0,1,2",
-    help="Seeds per grid point: 0,1,2 or 0-4 (default: the config's seed).",
-)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default="params.yaml",
-    show_default=True,
-    help="Config file.",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="artifacts/sweep",
-    show_default=True,
-    help="Sweep folder: one run directory per point, POINT/seed=S.",
-)
-@click.option(
-    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a key for every point."
-)
-@_runtime_options
-@click.option("--table", is_flag=True, help="Only print the table of a complete sweep.")
-@click.option("--quiet", "-q", is_flag=True, help="No line per point.")
-@_user_errors
-def sweep(
-    grid: tuple[str, ...],
-    seeds: str | None,
-    config_path: str,
-    out: str,
-    sets: tuple[str, ...],
-    table: bool,
-    quiet: bool,
-    **runtime: Any,
-) -> None:
-    """Run a grid of config values times seeds, one run directory per point.
-
-    \b
-    Each point is the run `blazefl run --set KEY=V ... --set seed=S` makes (same bytes),
-    in OUT/KEY=V,KEY=V/seed=S. Complete points are skipped, incomplete ones resume. At the
-    end: final metrics per grid point, mean ± std over seeds (OUT/sweep.md, OUT/sweep.json).
-    Example:
-      blazefl sweep --grid train.lr=0.01,0.05 --grid fl.algorithm=fedavg,fedprox \\
-        --seeds 0,1,2 --out artifacts/sweep
-    """
-    from blazefl.pipeline.sweep import plan_sweep, run_sweep  # lazy: --help skips torch
-    from blazefl.pipeline.sweep_table import markdown_table, sweep_table, write_table
-
-    def say(line: str) -> None:
-        if not quiet or line.startswith("warning:"):
-            click.echo(line, err=True)
-
-    plan = plan_sweep(config_path, sets, grid, seeds, out, say)
-    runs = _sweep_runs(plan)
-    if not table:
-        run_sweep(plan, functools.partial(_sweep_execution, runtime), say)
-    got = sweep_table(plan.out, runs)
-    if not table:
-        md, js = write_table(plan.out, got)
-        say(f"table: {md}, {js}")
-    click.echo(markdown_table(got), nl=False)
-
-
-def _sweep_execution(runtime: dict[str, Any], config: Any) -> Any:
-    """A sweep point's execution settings from the runtime flags, as `run` makes them."""
-    from blazefl.pipeline import commands  # lazy: --help skips torch
-
-    # Any: the runtime flags grow with the execution modes; each mode's settings follow
-    how: Any = commands.execution(config, runtime["mode"], runtime["workers"], runtime["ipc"])
-    ray = {k: v for k, v in runtime.items() if k.startswith("ray_")}
-    return how.with_ray(ray["ray_address"], ray["ray_allow_mixed_env"]) if ray else how
-
-
-def _sweep_runs(plan: Any) -> list[Any]:
-    """The plan's runs in run order, as the table reads them."""
-    from blazefl.pipeline.sweep_table import SweepRun
-
-    return [SweepRun(p.name, p.seed, plan.path(p)) for p in plan.points]
-
-
-@main.command("sweep-table")
-@click.argument("sweep_dir", type=click.Path(file_okay=False))
-@_user_errors
-def sweep_table_command(sweep_dir: str) -> None:
-    """Table of a sweep folder: final metrics per grid point, mean ± std over seeds.
-
-    Prints it as markdown and writes SWEEP_DIR/sweep.md and SWEEP_DIR/sweep.json.
-    """
-    from blazefl.pipeline.sweep_table import markdown_table, sweep_table, write_table
-
-    got = sweep_table(Path(sweep_dir))
-    md, js = write_table(Path(sweep_dir), got)
-    click.echo(markdown_table(got), nl=False)
-    click.echo(f"table: {md}, {js}", err=True)
-
-
-@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @_user_errors
 def show(run_dir: str) -> None:
@@ -507,6 +401,11 @@ def schema(algorithm: str) -> None:
     from blazefl.pipeline import commands  # lazy: --help skips torch
 
     click.echo(commands.schema_table(algorithm), nl=False)
+
+
+# sweep, sweep-table, plot: in a module of their own (this file keeps under 500 lines)
+for _command in experiment_commands(_user_errors, _runtime_options):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":
