@@ -40,6 +40,7 @@ from blazefl.hparams import (
     validate,
 )
 from blazefl.models import MODELS
+from blazefl.trackers import TrackChoices
 
 __all__ = [
     "DataConfig",
@@ -105,10 +106,10 @@ class FLConfig:
 class RuntimeConfig:
     """How the experiment executes (config section `runtime`).
 
-    Mode, workers and IPC never change result bytes; the intra-op thread count does (conv
-    backward and large reductions split work by thread), so it is recorded, and so does the
-    device (a GPU run and a CPU run are different experiments). Whether the GPU exists is
-    checked when a trainer starts, so a GPU config validates on any machine.
+    Mode, workers, IPC and tracking never change result bytes; the intra-op thread count
+    does (conv backward and large reductions split work by thread), so it is recorded, and so
+    does the device (a GPU run and a CPU run are different experiments). Whether the GPU
+    exists is checked when a trainer starts, so a GPU config validates on any machine.
     """
 
     mode: str = param(
@@ -121,6 +122,13 @@ class RuntimeConfig:
     threads_per_client: int = param(1, low=1, high=MAX_THREADS, doc="intra-op threads")
     device: str = param(
         "cpu", choices=DeviceChoices, doc="cpu, cuda (every GPU) or cuda:N (docs/gpu.md)"
+    )
+    # last, so the settings before it keep their places in params.yaml and the schema
+    track: str = param(
+        "none",
+        choices=TrackChoices,
+        affects_bytes=False,
+        doc="experiment tracking (README: Tracking); never changes bytes",
     )
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from blazefl.modes import CODE_SOURCES, EXECUTION_MODES, IPC_MODES
+from blazefl.trackers import TRACKERS
 from blazefl.pipeline.cli_sweeps import experiment_commands
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -166,7 +167,27 @@ def main() -> None:
 @_config_options
 @_runtime_options
 @_ray_options
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option(
+    "--track",
+    "track",
+    multiple=True,
+    type=click.Choice((*TRACKERS, "none")),
+    help="Track the run with mlflow and/or tensorboard (repeatable; default: runtime.track). "
+    "Never changes the run's bytes; a tracker that fails is one warning line.",
+)
+@click.option(
+    "--track-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Tracking folder: an MLflow store (mlflow.db, mlartifacts/) and tensorboard/ event "
+    "files (default: tracking/ next to --out; for mlflow, MLFLOW_TRACKING_URI when set).",
+)
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress output, no closing lines (warnings and errors only).",
+)
 @_user_errors
 def run(
     config: str | None,
@@ -178,14 +199,23 @@ def run(
     ipc: str | None,
     ray_address: str | None,
     ray_allow_mixed_env: bool,
+    track: tuple[str, ...],
+    track_dir: str | None,
     quiet: bool,
 ) -> None:
-    """Run init and every round in one process; resume after the last complete round."""
+    """Run init and every round in one process; resume after the last complete round.
+
+    On a terminal a line redrawn in place shows the round's clients done and the ETA; on a
+    log, one line per round. At the end: where the plot is, and each tracker's record.
+    """
     from blazefl.pipeline import commands  # lazy: --help skips torch
+    from blazefl.pipeline.tracking import TrackOptions
 
     cfg = commands.load(config or config_path, sets)
+    # a missing tracker package or a bad folder: one line before any work
+    tracking = TrackOptions.of(cfg.spec.runtime.track, track, track_dir, out)
     how = commands.execution(cfg, mode, workers, ipc).with_ray(ray_address, ray_allow_mixed_env)
-    result = commands.run_command(cfg, out, how, quiet)
+    result = commands.run_command(cfg, out, how, quiet, tracking)
     if not quiet:
         s = result["summary"]
         acc = s.get("test_accuracy")
@@ -195,6 +225,8 @@ def run(
             else f"done: {s['rounds']} rounds in {out}",
             err=True,
         )
+        for line in ([f"plot: {result['plot']}"] if result["plot"] else []) + result["tracking"]:
+            click.echo(line, err=True)
 
 
 @main.command()

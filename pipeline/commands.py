@@ -14,6 +14,7 @@ from blazefl.core import ClientTrainingError, WorkerCrashedError
 from blazefl.core.loop import ExecutionSettings
 from blazefl.pipeline.archive import pack_run, unpack_run
 from blazefl.pipeline.runner import run_experiment
+from blazefl.pipeline.tracking import TrackOptions
 from blazefl.stages import evaluate, init, partition, prepare, report, round_stage
 from blazefl.stages.artifacts import ArtifactError, RunDir
 from blazefl.stages.config import RunConfig, load_config, parse_set, schema_table
@@ -51,11 +52,17 @@ def execution(
     return ExecutionSettings.of(config.spec.runtime, mode, workers, ipc)
 
 
-def run_command(config: RunConfig, out: str, how: ExecutionSettings, quiet: bool) -> dict[str, Any]:
+def run_command(
+    config: RunConfig,
+    out: str,
+    how: ExecutionSettings,
+    quiet: bool,
+    track: TrackOptions | None = None,
+) -> dict[str, Any]:
     """`blazefl run`: every missing stage of the run directory, in one process (holding the
-    run's lock: a second writer is refused)."""
+    run's lock: a second writer is refused), tracked by `track`'s trackers if any."""
     with writing(out) as run:
-        return run_experiment(config, run, how, quiet)
+        return run_experiment(config, run, how, quiet, track=track)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from blazefl.core.loop import ExecutionSettings
 from blazefl.core.memory import tune_malloc
 from blazefl.data import ImageDataset
 from blazefl.pipeline.background_commit import BackgroundCommits
+from blazefl.pipeline.tracking import Tracking, TrackOptions
 from blazefl.stages import init, partition, report
 from blazefl.stages.artifacts import MANIFEST, RunDir
 from blazefl.stages.config import ConfigError, RunConfig, byte_config, config_sha256
@@ -35,7 +36,12 @@ __all__ = ["check_run_config", "run_experiment", "Progress"]
 
 
 class Progress:
-    """Per-round progress bar on stderr (clients done / total) and one summary line per round."""
+    """What a researcher sees: on a terminal, one line redrawn in place during a round
+    (clients done of those sampled, the round's and the run's ETA); one summary line per
+    round always (on a log or CI stream, only those)."""
+
+    #: Seconds between two redraws of the in-round line (the last client always redraws).
+    REDRAW = 0.1
 
     def __init__(self, total_rounds: int, stream: TextIO | None = None, quiet: bool = False):
         self.stream = stream or sys.stderr
@@ -44,25 +50,68 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.round = 0
         self._lock = threading.Lock()  # round lines come from the commit thread
+        self._started: float | None = None  # this round's start
+        self._durations: list[float] = []  # start-to-start seconds of earlier rounds
+        self._drawn = 0.0
+
+    def begin(self, t: int) -> None:
+        """Round t starts (rounds overlap their commit, so start-to-start is a round's time)."""
+        now = time.perf_counter()
+        if self._started is not None:
+            self._durations.append(now - self._started)
+        self.round, self._started = t, now
 
     def client(self, done: int, total: int) -> None:
+        """A client of the round finished: redraw the in-round line (terminal only)."""
         if self.quiet or not self.tty:
             return
-        width = 30
-        filled = width * done // max(total, 1)
-        bar = "#" * filled + "-" * (width - filled)
+        now = time.perf_counter()
+        if done < total and now - self._drawn < self.REDRAW:
+            return
+        self._drawn = now
+        elapsed = now - (self._started if self._started is not None else now)
+        left = elapsed / done * (total - done) if done else None
+        eta = f"  round ETA {_seconds(left)}" if left is not None else ""
+        if left is not None and self.round < self.total:
+            per_round = (
+                sum(self._durations) / len(self._durations) if self._durations else elapsed + left
+            )
+            eta += f", run ETA {_seconds(left + per_round * (self.total - self.round))}"
+        width = 20
+        bar = "#" * (width * done // max(total, 1))
         with self._lock:
-            self.stream.write(f"\rround {self.round}/{self.total} [{bar}] {done}/{total} clients")
+            self.stream.write(
+                f"\r\033[Kround {self.round}/{self.total}  client {done}/{total} "
+                f"[{bar:-<{width}}]{eta}"
+            )
             self.stream.flush()
 
     def line(self, text: str) -> None:
+        """One line of its own (a round's summary), replacing the in-round line."""
         if self.quiet:
             return
+        self._write(text)
+
+    def warn(self, text: str) -> None:
+        """A warning line, printed with --quiet too."""
+        self._write(f"warning: {text}")
+
+    def _write(self, text: str) -> None:
         with self._lock:
             if self.tty:
                 self.stream.write("\r\033[K")
             self.stream.write(text + "\n")
             self.stream.flush()
+
+
+def _seconds(s: float) -> str:
+    """A duration for the ETA: 42s, 3m05s, 1h02m."""
+    s = max(0, round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _round_line(progress: Progress, out: RoundOutputs, start: float) -> None:
@@ -74,6 +123,12 @@ def _round_line(progress: Progress, out: RoundOutputs, start: float) -> None:
         f"round {out.round:>3}/{progress.total}  train_loss {m['train_loss']:.4f}  "
         f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  {seconds:.2f}s"
     )
+
+
+def _committed(progress: Progress, tracker: Tracking, out: RoundOutputs, start: float) -> None:
+    """Round `out` is on disk: its line, and its metrics to the trackers (queued)."""
+    _round_line(progress, out, start)
+    tracker.round(out.round, out.metrics)
 
 
 def check_run_config(config: RunConfig, run: RunDir) -> None:
@@ -165,6 +220,7 @@ def run_experiment(
     execution: ExecutionSettings | None = None,
     quiet: bool = False,
     stream: TextIO | None = None,
+    track: TrackOptions | None = None,
 ) -> dict[str, Any]:
     """Run prepare, partition, init and every missing round, then report.
 
@@ -174,9 +230,11 @@ def run_experiment(
         execution: mode / workers / IPC (default: the config's; never change bytes).
         quiet: no progress output.
         stream: where progress goes (default stderr).
+        track: the experiment trackers (`TrackOptions`; default none). Never changes bytes.
 
     Returns:
-        {"rounds_run": [...], "resumed_from": t or None, "summary": {...}}.
+        {"rounds_run": [...], "resumed_from": t or None, "summary": {...}, "plot": the PNG
+        or None, "tracking": [one line per tracker saying where its record is]}.
     """
     check_run_config(config, run)
     tune_malloc()
@@ -193,6 +251,8 @@ def run_experiment(
     for t in range(1, min(last, total) + 1):  # a crash may have left a round without metrics
         if not run.metrics_path(t).exists():
             evaluate(config, run, t)
+    tracker = Tracking.open(track, progress.warn)
+    tracker.start(config, run, min(last, total))  # in its own thread: never holds a round back
     rounds_run = []
     if last < total:
         with Session(config, run, execution, data) as session:
@@ -200,18 +260,22 @@ def run_experiment(
             commits = BackgroundCommits(session)
             try:
                 for t in range(last + 1, total + 1):
-                    progress.round = t
+                    progress.begin(t)
                     start = time.perf_counter()
                     out = session.compute(t, on_client=progress.client)
-                    commits.submit(out, lambda out, s=start: _round_line(progress, out, s))
+                    commits.submit(out, lambda out, s=start: _committed(progress, tracker, out, s))
                     rounds_run.append(t)
                 commits.wait()
-            except BaseException:
+            except BaseException as exc:
                 commits.drain()
+                tracker.close(exc)
                 raise
     summary_path = report(config, run)
+    where = tracker.finish(run)  # waits for the trackers: one line each, where the record is
     return {
         "rounds_run": rounds_run,
         "resumed_from": last if last > 0 else None,
         "summary": run.read_json(summary_path),
+        "plot": str(run.plot_path) if run.plot_path.is_file() else None,
+        "tracking": where,
     }
