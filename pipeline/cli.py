@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import click
 
 from blazefl.modes import CODE_SOURCES, EXECUTION_MODES, IPC_MODES
-from blazefl.trackers import TRACKERS
 from blazefl.pipeline.cli_sweeps import experiment_commands
+from blazefl.trackers import TRACKERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
