@@ -244,3 +244,47 @@ def test_folder_names_read_back_into_the_grid_values() -> None:
     assert parse_point_name(name) == (("data.root", "data/leaf,x=1"), ("train.lr", "0.05"))
     assert parse_point_name("notes") is None and parse_point_name("a=1,b") is None
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_commands() -> list[list[str]]:
+    """The commands of the README's "Sweeps and figures" bash block, split as a shell does."""
+    import re
+    import shlex
+
+    text = README.read_text()
+    section = text[text.index("### Sweeps and figures") :]
+    section = section[: section.index("\n## ")]
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(block) == 1
+    commands = [
+        shlex.split(line, comments=True) for line in block[0].replace("\\\n", " ").splitlines()
+    ]
+    return [c for c in commands if c]
+
+
+def test_readme_commands_run_as_written(
+    blazefl: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's commands, verbatim, in a folder whose params.yaml is the tiny config."""
+    monkeypatch.chdir(tmp_path)
+    tree: dict[str, dict[str, object]] = {}
+    for item in TINY:
+        key, value = item.split("=")
+        section, leaf = key.split(".")
+        tree.setdefault(section, {})[leaf] = int(value) if value.isdigit() else value
+    (tmp_path / "params.yaml").write_text(json.dumps(tree))  # JSON is YAML
+    outputs = []
+    for argv in _readme_commands():
+        assert argv[0] == "blazefl", argv
+        result = blazefl(*argv[1:])
+        assert result.exit_code == 0, (argv, result.output)
+        outputs.append(result)
+    sweep = tmp_path / "artifacts" / "sweep"
+    assert len(find_sweep_runs(sweep)) == 12
+    assert (sweep / "sweep.md").read_text() == outputs[1].stdout
+    assert (tmp_path / "accuracy.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "identical: 2 rounds" in outputs[-1].output
