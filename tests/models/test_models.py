@@ -67,7 +67,8 @@ def test_small_cnn_generator_init_uses_default_bounds() -> None:
 
 def test_model_selector_builds_each_model() -> None:
     selector = ModelSelector(num_classes=7, in_channels=1, image_size=28)
-    assert tuple(selector.MODELS) == tuple(MODELS) == ("cnn", "cnn_small", "resnet18")
+    assert tuple(selector.MODELS) == tuple(MODELS)
+    assert tuple(MODELS) == ("cnn", "cnn_small", "resnet18", "char_lstm")
     assert selector.select_model("cnn")(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
 
 
@@ -82,9 +83,13 @@ def test_unknown_model_name_raises_value_error_naming_it_and_allowed_names() -> 
 def test_build_model_with_same_generator_seed_gives_identical_bytes(name: str) -> None:
     torch.manual_seed(0)
     global_before = torch.get_rng_state().clone()
-    a = build_model(name, 10, generator=torch.Generator().manual_seed(5))
-    b = build_model(name, 10, generator=torch.Generator().manual_seed(5))
-    c = build_model(name, 10, generator=torch.Generator().manual_seed(6))
+    # char_lstm takes character ids, the others images
+    kw: dict[str, Any] = (
+        {"input_shape": (12,), "input_dtype": torch.int64} if name == "char_lstm" else {}
+    )
+    a = build_model(name, 10, generator=torch.Generator().manual_seed(5), **kw)
+    b = build_model(name, 10, generator=torch.Generator().manual_seed(5), **kw)
+    c = build_model(name, 10, generator=torch.Generator().manual_seed(6), **kw)
     assert torch.equal(torch.get_rng_state(), global_before), "global torch RNG was used"
     assert state_bytes(a) == state_bytes(b)
     assert state_bytes(a) != state_bytes(c)
