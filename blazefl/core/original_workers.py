@@ -8,9 +8,11 @@ Why not `multiprocessing.Pool`: the original's worker gets its whole client conf
 and model selector included) and the payload pickled with every task, and every tensor in
 shared memory then crosses the process edge as a file descriptor, fetched by the worker from
 the parent over a socket: a few milliseconds per tensor per client. Here each worker is sent a
-given shared-memory tensor once per round and keeps it until the round ends; later tasks name
-it. `multiprocessing.Pool` also loses the task of a worker that dies and waits forever; here
-the job fails with `WorkerCrashedError` naming the client.
+given shared-memory tensor (or numpy array of 1 KB or more) once per round and keeps it until
+the round ends; later tasks name it. So the objects a config holds must not change while a
+round runs (between rounds they may: every round sends them afresh). `multiprocessing.Pool`
+also loses the task of a worker that dies and waits forever; here the job fails with
+`WorkerCrashedError` naming the client.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+import numpy as np
 import torch
 import torch.multiprocessing as torch_mp
 
@@ -45,10 +48,12 @@ __all__ = ["Job", "OriginalPool"]
 
 _NEW, _SEEN = "blazefl-storage-new", "blazefl-storage-seen"
 _DEPTH = 2  # tasks held by a worker at once: the one it runs and the next
+_MIN_ARRAY_BYTES = 1024  # smaller arrays are cheaper to copy than to look up
 
 
 class _TaskPickler(ForkingPickler):
-    """Sends each shared-memory storage once per worker and round, then names it."""
+    """Sends each shared-memory storage, and each numpy array of 1 KB or more, once per worker
+    and round, then names it: a config's dataset crosses the pipe once, not once per client."""
 
     def __init__(self, file: io.BytesIO, sent: set[Any], keep: dict[Any, Any]) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
@@ -56,16 +61,21 @@ class _TaskPickler(ForkingPickler):
         self.passthrough: int | None = None
 
     def persistent_id(self, obj: Any) -> Any:
-        if type(obj) is not torch.UntypedStorage or id(obj) == self.passthrough:
+        if id(obj) == self.passthrough:
+            return None  # the object inside the id returned below pickles as usual
+        if type(obj) is torch.UntypedStorage:
+            if obj.device.type != "cpu" or not obj.is_shared():
+                return None  # the usual reduction (which moves it to shared memory first)
+            key: Any = (obj.data_ptr(), obj.nbytes())
+        elif type(obj) is np.ndarray and obj.nbytes >= _MIN_ARRAY_BYTES:
+            key = ("ndarray", id(obj))
+        else:
             return None
-        if obj.device.type != "cpu" or not obj.is_shared():
-            return None  # the usual reduction (which moves it to shared memory first)
-        key = (obj.data_ptr(), obj.nbytes())
         if key in self.sent:
             return (_SEEN, key)
         self.sent.add(key)
-        self.keep[key] = obj  # alive until the round ends: its address cannot be reused
-        self.passthrough = id(obj)  # the storage inside the returned id pickles as usual
+        self.keep[key] = obj  # alive until the round ends: its address/id cannot be reused
+        self.passthrough = id(obj)
         return (_NEW, key, obj)
 
 

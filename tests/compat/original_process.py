@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from blazefl.core import IPCMode, ProcessPoolClientTrainer, SHMHandle
@@ -37,6 +38,7 @@ class Downlink:
 class Config:
     cid: int
     behaviour: str = "ok"  # "ok", "raise", "crash", "slow"
+    table: np.ndarray | None = None  # shared by every client's config, like a dataset
 
 
 def client_result(config: Config, payload: Downlink) -> Uplink:
@@ -45,7 +47,10 @@ def client_result(config: Config, payload: Downlink) -> Uplink:
     if config.behaviour == "crash":
         os._exit(3)
     tensor = payload.scale * torch.arange(4, dtype=torch.float32) + config.cid
-    return Uplink(config.cid, payload.message + f"<{config.cid}>", tensor, {"pid": os.getpid()})
+    extras = {"pid": os.getpid()}
+    if config.table is not None:
+        extras["table_sum"] = int(config.table.sum())
+    return Uplink(config.cid, payload.message + f"<{config.cid}>", tensor, extras)
 
 
 class OriginalTrainer(ProcessPoolClientTrainer[Uplink, Downlink, Config]):
@@ -67,13 +72,14 @@ class OriginalTrainer(ProcessPoolClientTrainer[Uplink, Downlink, Config]):
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         self.behaviour = behaviour or {}
         self.progress_calls: list[int] = []
+        self.table: np.ndarray | None = None
 
     def progress_fn(self, it: list[Any]) -> Any:
         self.progress_calls.append(len(it))
         return it
 
     def get_client_config(self, cid: int) -> Config:
-        return Config(cid, self.behaviour.get(cid, "ok"))
+        return Config(cid, self.behaviour.get(cid, "ok"), self.table)
 
     def prepare_uplink_package_buffer(self) -> Uplink:
         return Uplink(-1, "", torch.zeros(4))

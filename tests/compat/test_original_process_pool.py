@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,3 +174,17 @@ def test_the_workload_trainer_takes_the_original_ipc_names() -> None:
         trainer = ProcessPoolClientTrainer(NestedWorkload(), seed=0, num_workers=1, ipc_mode=mode)
         assert trainer.ipc_mode == name  # no process starts before the first round
         trainer.close()
+
+
+def test_objects_a_config_shares_are_sent_once_per_round_and_afresh_next_round(
+    tmp_path: Path,
+) -> None:
+    trainer = OriginalTrainer(2, tmp_path, IPCMode.SHARED_MEMORY)
+    trainer.table = np.arange(1000)  # 8 KB: sent once per worker and round, then named
+    payload = Downlink("m", torch.ones(()))
+    trainer.local_process(payload, list(range(6)))
+    assert {p.extras["table_sum"] for p in trainer.uplink_package()} == {499500}
+    trainer.table[:] = 1  # changed between rounds: the next round sees it
+    trainer.local_process(payload, list(range(6)))
+    assert {p.extras["table_sum"] for p in trainer.uplink_package()} == {1000}
+    trainer.close()
