@@ -48,6 +48,7 @@ __all__ = [
     "MAX_LEAF_FILE_BYTES",
     "MAX_LEAF_FILES",
     "MAX_LEAF_SAMPLES",
+    "MAX_LEAF_SPLIT_BYTES",
     "SHAKESPEARE_UNKNOWN",
     "SHAKESPEARE_VOCAB",
     "count_users",
@@ -68,8 +69,11 @@ SHAKESPEARE_UNKNOWN = len(SHAKESPEARE_VOCAB)
 _SHAKESPEARE_CLASSES = SHAKESPEARE_UNKNOWN + 1
 _MAX_SEQUENCE = 4096  # characters per Shakespeare sample (LEAF's are 80)
 
-#: Largest JSON file read (json holds a file whole; LEAF's FEMNIST files are ~0.2 GB).
-MAX_LEAF_FILE_BYTES = 4 << 30
+#: Largest JSON file read (json holds a file whole, as Python objects several times its size;
+#: LEAF's largest, Shakespeare's single train file of the full data, is ~0.4 GB).
+MAX_LEAF_FILE_BYTES = 2 << 30
+#: Most JSON bytes per split (as much as data.root may hold to be hashed).
+MAX_LEAF_SPLIT_BYTES = 64 << 30
 #: Most JSON files per split.
 MAX_LEAF_FILES = 10_000
 #: Most samples per split (LEAF's Shakespeare has 4.2 M, FEMNIST 0.8 M), checked before the
@@ -117,12 +121,19 @@ def _split_files(name: str, root: str | os.PathLike[str] | None, split: str) -> 
             f"{folder} holds {len(files)} JSON files, more than {MAX_LEAF_FILES}: point "
             "data.root at one LEAF dataset's train/ and test/ folders"
         )
+    total = 0
     for path in files:
         size = path.stat().st_size
+        total += size
         if size > MAX_LEAF_FILE_BYTES:
             raise LeafFormatError(
                 f"{path} is {size:,} bytes, over the {MAX_LEAF_FILE_BYTES:,} bytes read per "
-                "file: let LEAF write the split in more files (its default)"
+                "file: split its users over several files of LEAF's format"
+            )
+        if total > MAX_LEAF_SPLIT_BYTES:
+            raise LeafFormatError(
+                f"{folder} holds more than {MAX_LEAF_SPLIT_BYTES:,} bytes of JSON: sample fewer "
+                "users with LEAF (--sf)"
             )
     return files
 

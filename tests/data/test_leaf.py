@@ -274,3 +274,7 @@ def test_reads_are_bounded_before_they_happen(
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read a file over the bound"))
     with pytest.raises(LeafFormatError, match="over the 1,000 bytes read per file"):
         load_dataset("shakespeare", root=root)
+    monkeypatch.setattr(leaf_module, "MAX_LEAF_FILE_BYTES", 1 << 30)
+    monkeypatch.setattr(leaf_module, "MAX_LEAF_SPLIT_BYTES", 1000)
+    with pytest.raises(LeafFormatError, match="more than 1,000 bytes of JSON"):
+        load_dataset("shakespeare", root=root)
