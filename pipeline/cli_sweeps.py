@@ -177,6 +177,9 @@ def experiment_commands(
 
         check_figure_target(Path(output))  # a bad suffix or folder: one line before any work
         got = plot_runs([Path(r) for r in runs], Path(output), band, width)
-        click.echo(f"plot: {output} ({len(got.runs)} runs, {len(got.groups)} lines)")
+        drawn, lines = len(got.runs), len(got.groups)
+        click.echo(
+            f"plot: {output} ({drawn} run{'s' * (drawn != 1)}, {lines} line{'s' * (lines != 1)})"
+        )
 
     return [sweep, sweep_table_command, plot]

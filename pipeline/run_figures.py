@@ -319,7 +319,9 @@ def figure_series(paths: list[Path], band: str = "std") -> FigureData:
     labels: list[str] = []
     for members, common in grouped:
         if len(grouped) == 1:
-            label = f"mean of {len(members)} seeds" if len(members) > 1 else members[0].name
+            # one config: its algorithm names the line; a single run, its folder
+            algorithm = _shown(members[0].config.get(_ALGORITHM))
+            label = algorithm if len(members) > 1 else members[0].name
         else:
             config = members[0].config
             parts = [
@@ -354,7 +356,8 @@ def _caption(d: FigureData, chars: int) -> str:
     """The caption: what differs, the seeds, every run's digest (in legend order)."""
     seeds = sorted({r.seed for r in d.runs})
     banded = any(len(g.runs) > 1 for g in d.groups)
-    differing = ", ".join(d.differing) if d.differing else "none"
+    seed_list = ", ".join(map(str, seeds))
+    differing = ", ".join(d.differing) if d.differing else "nothing (one config)"
     runs = d.runs[:_DIGESTS_SHOWN]
     digests = " | ".join(
         " ".join(r.digest[:8] for r in g.runs if r in runs) for g in d.groups if g.runs[0] in runs
@@ -362,7 +365,7 @@ def _caption(d: FigureData, chars: int) -> str:
     if len(d.runs) > _DIGESTS_SHOWN:  # a big sweep: the first digests, then a count
         digests += f" and {len(d.runs) - _DIGESTS_SHOWN} more"
     parts = [
-        f"Config differs in: {differing}; seeds {', '.join(map(str, seeds))}. Run digests "
+        f"Config differs in: {differing}; seed{'s' * (len(seeds) > 1)} {seed_list}. Run digests "
         f"(blazefl show; legend order, | between entries): {digests}."
         + (" The std is the sample one (n - 1)." if d.band == "std" and banded else ""),
         *(f"Note: {n}." for n in d.notes),
