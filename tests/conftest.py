@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +27,10 @@ def _ctrl_c_raises() -> Iterator[None]:
 def _not_in_the_users_working_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests never read the repository's own params.yaml (or dvc.yaml, artifacts/), which the
     README's DVC steps change: a session started in the repository root runs in an empty
-    folder of its own instead (session fixtures included). The repository stays importable
-    (`tests.*` plugins) for the processes tests start."""
+    folder of its own instead (session fixtures included). Worker processes still import
+    `tests.*` (spawn hands them this process's `sys.path`)."""
     patch = pytest.MonkeyPatch()
     if Path.cwd().resolve() == ROOT:
         patch.chdir(tmp_path_factory.mktemp("cwd"))
-    path = os.environ.get("PYTHONPATH", "")
-    patch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), path) if p))
     yield
     patch.undo()
