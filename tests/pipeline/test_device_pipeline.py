@@ -92,10 +92,12 @@ def test_cuda_runs_are_identical_across_modes_and_verify(
     assert runs["sequential"] == runs["threads"] == runs["processes"]
     from safetensors.torch import load
 
-    rng = load(runs["sequential"]["round-0001/rng.safetensors"])
-    assert "client-00000.torch_cuda" in rng and "server.torch_cuda" not in rng
+    clients = load(runs["sequential"]["round-0001/clients.safetensors"])
+    server = load(runs["sequential"]["round-0001/rng.safetensors"])
+    assert any(k.endswith("/rng/torch_cuda") for k in clients) and "torch_cuda" not in server
     manifest = json.loads(runs["sequential"]["round-0001/manifest.json"])
     assert manifest["environment"]["gpu_count"] >= 1 and manifest["environment"]["device_rule"]
-    # a resumed round restores the CUDA generators from rng.safetensors: verify re-executes
+    # a resumed round restores the clients' CUDA generators from clients.safetensors: verify
+    # re-executes
     result = blazefl("verify", str(tmp_path / "sequential"))
     assert result.exit_code == 0, result.output
