@@ -307,6 +307,9 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             self._round_open = False
             if not finished:
                 stop.set()
+                for ref in inflight:  # not retried on the restarted actor: the round is over
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)
                 # abandoned (Ctrl-C, a failing client, `break`): clients still running on the
                 # actors cannot see this process's stop event, so the actors go
                 self._kill_actors()
@@ -341,7 +344,20 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self._workload_ref = None
         if self._owns_runtime:
             self._owns_runtime = False
-            _ray().shutdown()
+            _stop_local_runtime(_ray())
+
+
+def _stop_local_runtime(ray: Any) -> None:
+    """`ray.shutdown()` of the runtime this process started, in about 0.2 s instead of 1.2 s:
+    Ray stops its processes one after another, each given a second to exit on SIGTERM, and
+    its autoscaler monitor (a Python loop that owns nothing) always takes that whole second,
+    which Ctrl-C (exit within 2 s) cannot spare. It is killed first; the rest as Ray does."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    with contextlib.suppress(Exception):  # Ray's internals moved: the plain shutdown below
+        for info in node.all_processes.get("monitor", []):  # type: ignore[union-attr]
+            info.process.kill()
+    ray.shutdown()
 
 
 def _first_line(exc: BaseException) -> str:
