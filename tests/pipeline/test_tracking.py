@@ -262,7 +262,9 @@ def test_a_server_that_is_down_is_one_warning_line_and_the_same_bytes(
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/tracking/mlflow.db")
-    (record,) = client.search_runs([client.get_experiment_by_name("blazefl").experiment_id])
+    experiment = client.get_experiment_by_name("blazefl")
+    assert experiment is not None
+    (record,) = client.search_runs([experiment.experiment_id])
     assert [m.step for m in client.get_metric_history(record.info.run_id, "test_loss")] == [
         1,
         2,
