@@ -253,24 +253,12 @@ def run_experiment(
             evaluate(config, run, t)
     tracker = Tracking.open(track, progress.warn)
     tracker.start(config, run, min(last, total))  # in its own thread: never holds a round back
-    rounds_run = []
-    if last < total:
-        with Session(config, run, execution, data) as session:
-            session.load(last)
-            commits = BackgroundCommits(session)
-            try:
-                for t in range(last + 1, total + 1):
-                    progress.begin(t)
-                    start = time.perf_counter()
-                    out = session.compute(t, on_client=progress.client)
-                    commits.submit(out, lambda out, s=start: _committed(progress, tracker, out, s))
-                    rounds_run.append(t)
-                commits.wait()
-            except BaseException as exc:
-                commits.drain()
-                tracker.close(exc)
-                raise
-    summary_path = report(config, run)
+    try:
+        rounds_run = _run_rounds(config, run, execution, data, last, progress, tracker)
+        summary_path = report(config, run)
+    except BaseException as exc:  # the trackers' records say the run failed or was stopped
+        tracker.close(exc)
+        raise
     where = tracker.finish(run)  # waits for the trackers: one line each, where the record is
     return {
         "rounds_run": rounds_run,
@@ -279,3 +267,35 @@ def run_experiment(
         "plot": str(run.plot_path) if run.plot_path.is_file() else None,
         "tracking": where,
     }
+
+
+def _run_rounds(
+    config: RunConfig,
+    run: RunDir,
+    execution: ExecutionSettings | None,
+    data: tuple[ImageDataset, ImageDataset] | None,
+    last: int,
+    progress: Progress,
+    tracker: Tracking,
+) -> list[int]:
+    """Rounds last+1..fl.rounds: each computed here while the previous one is committed (and
+    then tracked) in the background. Returns the rounds run."""
+    rounds_run: list[int] = []
+    total = config.spec.fl.rounds
+    if last >= total:
+        return rounds_run
+    with Session(config, run, execution, data) as session:
+        session.load(last)
+        commits = BackgroundCommits(session)
+        try:
+            for t in range(last + 1, total + 1):
+                progress.begin(t)
+                start = time.perf_counter()
+                out = session.compute(t, on_client=progress.client)
+                commits.submit(out, lambda out, s=start: _committed(progress, tracker, out, s))
+                rounds_run.append(t)
+            commits.wait()
+        except BaseException:
+            commits.drain()
+            raise
+    return rounds_run

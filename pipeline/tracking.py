@@ -98,8 +98,8 @@ class TrackOptions:
         folder = Path(track_dir) if track_dir is not None else run_root.parent / DEFAULT_TRACK_DIR
         if folder.resolve().is_relative_to(run_root):
             raise TrackingError(
-                f"--track-dir {folder} lies inside the run directory {out}: choose a folder "
-                "outside it (a run holds only the files its manifests name)"
+                f"the tracking folder {folder} lies inside the run directory {out}: name one "
+                "outside it with --track-dir (a run holds only the files its manifests name)"
             )
         env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         if track_dir is None and env_uri:

@@ -35,7 +35,7 @@ from dvc_helpers import base_repo as _base_repo
 from blazefl.pipeline.dvcgen import path_note, stage_name, write_dvc
 from blazefl.stages.config import RunConfig, byte_keys, dump_yaml, load_config
 
-NON_BYTE_KEYS = ("fl.rounds", "runtime.mode", "runtime.workers", "runtime.ipc")
+NON_BYTE_KEYS = ("fl.rounds", "runtime.mode", "runtime.workers", "runtime.ipc", "runtime.track")
 
 
 def _config(overrides: dict[str, object]) -> RunConfig:

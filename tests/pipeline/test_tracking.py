@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from click.testing import Result
 from blazefl.pipeline.tracking import Tracking, TrackingError, TrackOptions, round_values
 from blazefl.pipeline.tracking_sinks import MLFLOW_HTTP_DEFAULTS
 from blazefl.stages.artifacts import MANIFEST, RunDir
-from blazefl.stages.config import RunConfig, byte_config
+from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.trackers import parse_track
 
 # -- options: every mistake is one line before any work ------------------------------------
@@ -83,6 +85,25 @@ def test_a_missing_package_names_what_to_install_before_any_work(
         "pip install 'blazefl[track]' (or: pip install 'mlflow>=2')"
     ]
     assert not out.exists()  # nothing was written
+
+
+def test_tracking_is_not_hashed() -> None:
+    plain = RunConfig.of({})
+    tracked = RunConfig.of({"runtime.track": "mlflow,tensorboard"})
+    assert "runtime.track" not in byte_config(tracked)
+    assert config_sha256(tracked) == config_sha256(plain)
+
+
+def test_run_help_names_the_flags_and_imports_no_tracker_nor_torch() -> None:
+    code = (
+        "import sys; from blazefl.pipeline.cli import main\n"
+        "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'mlflow', 'tensorboard'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--track [mlflow|tensorboard|none]" in result.stdout and "--track-dir" in result.stdout
 
 
 # -- the fan-out: a failing sink is one warning, the others go on ---------------------------
