@@ -175,7 +175,11 @@ def require_ray() -> None:
     Example:
         >>> require_ray()  # silent where Ray is installed
     """
-    if importlib.util.find_spec("ray") is None:
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as none
+        found = False
+    if not found:
         raise RayUnavailableError(
             f"runtime.mode ray needs Ray, which is not installed: {RAY_INSTALL_HINT}"
         )

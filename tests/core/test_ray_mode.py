@@ -1,0 +1,202 @@
+"""`runtime.mode: ray`: the same bytes as every other mode, on a local Ray runtime that starts
+and stops with the trainer; a failing client named; a node of another environment refused
+(or, when allowed, warned about); Ray optional (one line without it, never imported by
+`--help`); Ctrl-C exits 130 within 2 s leaving no Ray process.
+
+Ray runs only in a network namespace of its own (`tests/core/ray_support.py`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+
+from blazefl.core.loop import ExecutionSettings
+from blazefl.core.ray_actor import (
+    environment_differences,
+    environment_digest,
+    node_label,
+    pickle_workload,
+)
+from blazefl.modes import EXECUTION_MODES
+from blazefl.spec import RuntimeConfig
+from tests.core.ray_support import (
+    ROOT,
+    TINY_RAY_SETS,
+    Namespace,
+    interrupt_after_first_round,
+    needs_namespace,
+    needs_ray,
+    ray_env,
+)
+
+# -- without a Ray runtime ----------------------------------------------------------------------
+
+
+def test_ray_is_one_of_the_modes_everywhere() -> None:
+    assert "ray" in EXECUTION_MODES
+    assert RuntimeConfig(mode="ray").mode == "ray"  # the config's choices come from the tuple
+    settings = ExecutionSettings("sequential", 2).with_ray("auto", True)
+    assert (settings.ray_address, settings.ray_allow_mixed_env) == ("auto", True)
+
+
+def test_node_environment_comparison_ignores_what_ray_sets_itself() -> None:
+    driver = {"torch": "2.4", "cpu_isa": "AVX512", "gpu_count": 4}
+    node = {"torch": "2.4", "cpu_isa": "AVX2", "env.OMP_NUM_THREADS": "1", "gpu_count": 1}
+    assert environment_differences(driver, node) == ["cpu_isa 'AVX2' (driver 'AVX512')"]
+    assert environment_differences(driver, {**node, "cpu_isa": "AVX512"}) == []
+    assert environment_differences({}, {"env.MKL_CBWR": "AVX2"}) == [
+        "env.MKL_CBWR 'AVX2' (driver '(absent)')"
+    ]
+    assert environment_digest(driver) == environment_digest({**driver, "gpu_count": 1})
+    assert node_label("10.0.0.5", "8f2c1d0e9b7a6c5d4e3f") == "Ray node 10.0.0.5 (id 8f2c1d0e9b7a)"
+
+
+def test_the_workload_crosses_to_a_node_by_value_generators_included() -> None:
+    import pickle
+
+    generator = torch.Generator().manual_seed(3)
+    box = {"g": generator, "t": torch.arange(4.0)}
+    back = pickle.loads(pickle_workload(box))
+    assert torch.equal(back["t"], box["t"])
+    assert (
+        torch.rand(3, generator=back["g"]).tolist() == torch.rand(3, generator=generator).tolist()
+    )
+
+
+BLOCK_RAY = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "ray":
+                raise ImportError("ray is blocked for this test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    """
+)
+
+
+def test_without_ray_the_mode_is_one_line_and_help_never_imports_ray(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_RAY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    cli = [sys.executable, "-m", "blazefl.pipeline.cli"]
+    out = tmp_path / "run"
+    sets = [a for s in TINY_RAY_SETS for a in ("--set", s)]
+    for args in (
+        ["run", "--out", str(out), "--mode", "ray", *sets],
+        ["run", "--out", str(out), *sets, "--set", "runtime.mode=ray"],
+        ["verify", str(tmp_path / "nothing"), "--mode", "ray"],
+    ):
+        done = subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            "error: runtime.mode ray needs Ray, which is not installed: "
+            "pip install 'blazefl[ray]' (or: pip install 'ray>=2.9')"
+        ]
+        assert not out.exists()  # before any work
+    probe = "import sys; from blazefl.pipeline.cli import main; print('ray' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "False", done.stderr
+    done = subprocess.run([*cli, "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert "--ray-address" in done.stdout
+
+
+# -- on the embedded runtime (in a namespace) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What `tests.core.ray_embedded_checks` saw (one process for every check below)."""
+    out = tmp_path_factory.mktemp("ray") / "seen.json"
+    ns = Namespace()
+    try:
+        done = ns.run([sys.executable, "-m", "tests.core.ray_embedded_checks", str(out)], ROOT)
+    finally:
+        ns.close()
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@needs_ray
+@needs_namespace
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold", "dsfl"])
+def test_ray_mode_gives_the_bytes_of_sequential(embedded: dict[str, Any], algorithm: str) -> None:
+    sequential, ray = embedded[algorithm]
+    assert ray == sequential  # global model, every uplink, summaries, traces of every client
+    assert all(ray["traces"])
+
+
+@needs_ray
+@needs_namespace
+def test_the_embedded_runtime_stops_with_the_trainer(embedded: dict[str, Any]) -> None:
+    assert embedded["initialized_after"] is False
+    assert embedded["children_after"] == []  # no raylet, GCS, worker or agent left
+    assert embedded["initialized_kept"] is True  # a session of the caller's own is left running
+
+
+@needs_ray
+@needs_namespace
+def test_a_client_that_raises_is_named(embedded: dict[str, Any]) -> None:
+    assert embedded["fault"] == {
+        "cid": 3,
+        "message": "client 3 failed in round 1: ValueError: injected failure for client 3",
+    }
+
+
+@needs_ray
+@needs_namespace
+def test_a_node_of_another_environment_is_refused_unless_allowed(
+    embedded: dict[str, Any],
+) -> None:
+    line = embedded["mismatch"]
+    assert line.startswith("Ray node 127.0.0.1 (id ")
+    assert "differs from the driver in cpu_isa" in line and "'NOT-THIS-ONE'" in line
+    assert "--ray-allow-mixed-env" in line and "\n" not in line
+    mixed = embedded["mixed"]
+    assert len(mixed["warnings"]) == 1  # one line per node (both actors share the node here)
+    assert "differs from the driver in cpu_isa" in mixed["warnings"][0]
+    assert set(mixed["client_nodes"]) == set(mixed["sha"])  # which node ran each client
+    assert all(v.startswith("Ray node 127.0.0.1") for v in mixed["client_nodes"].values())
+    assert mixed["sha"] == embedded["plain_sha"]  # the node really is the same
+
+
+@needs_ray
+@needs_namespace
+def test_ctrl_c_exits_130_within_2_s_and_leaves_no_ray_process(tmp_path: Path) -> None:
+    ns = Namespace()
+    try:
+        sets = [a for s in TINY_RAY_SETS for a in ("--set", s)]
+        more = ["--set", "fl.rounds=50", "--set", "data.size=400"]
+        args = [sys.executable, "-m", "blazefl.pipeline.cli", "run", "--out", str(tmp_path / "r")]
+        proc = ns.popen([*args, "--mode", "ray", "--workers", "2", *sets, *more], ROOT)
+        seconds, children, stderr = interrupt_after_first_round(proc, proc.pid)
+    finally:
+        ns.close()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert seconds < 2.0, seconds
+    assert stderr.rstrip().endswith("interrupted: completed rounds are kept; run again to resume")
+    names = {p.pid: p.info["name"] for p in children}  # type: ignore[attr-defined]
+    assert "raylet" in names.values(), names  # the runtime was there...
+    gone, alive = psutil.wait_procs(children, timeout=0.5)
+    assert not alive, [names[p.pid] for p in alive]  # ...and nothing of it is left
+
+
+@needs_ray
+def test_ray_env_keeps_ray_on_loopback() -> None:
+    env = ray_env()
+    assert "RAY_ADDRESS" not in env and env["RAY_AUTH_MODE"] == "token"
