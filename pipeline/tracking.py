@@ -243,32 +243,39 @@ class Tracking:
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             what, args = item
-            if what == "end":
-                with tempfile.TemporaryDirectory(prefix="blazefl-track-") as tmp:
-                    self._each("finish", (_run_end(args[0], Path(tmp)),))
+            try:
+                if what == "end":
+                    with tempfile.TemporaryDirectory(prefix="blazefl-track-") as tmp:
+                        self._each("finish", (_run_end(args[0], Path(tmp)),))
+                    continue
+                if what == "backfill":
+                    run, t = args
+                    values = round_values(run.read_json(run.metrics_path(t)))
+                    what, args = "log_round", (t, values)
+            except Exception as exc:  # reading what to log failed (a file gone): stop them all
+                for sink in list(self._sinks):
+                    self._drop(sink, exc)
                 continue
-            if what == "backfill":
-                run, t = args
-                what, args = "log_round", (t, round_values(run.read_json(run.metrics_path(t))))
             self._each(what, args)
 
     def _each(self, what: str, args: tuple[Any, ...]) -> None:
         for sink in list(self._sinks):
-            self._call(sink, what, args)
+            try:
+                result = getattr(sink, what)(*args)
+            except Exception as exc:  # anything a tracker raises: the run must go on
+                self._drop(sink, exc)
+                continue
+            if what == "finish":
+                self._where.append(str(result))
 
-    def _call(self, sink: Sink, what: str, args: tuple[Any, ...]) -> None:
-        try:
-            result = getattr(sink, what)(*args)
-        except Exception as exc:  # anything a tracker raises: the run must go on
-            self._sinks.remove(sink)
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-            self._warn(
-                f"{sink.name} tracking stopped ({detail}); the run goes on, its files are "
-                "complete (blazefl run again with --track to log it once the tracker works)"
-            )
-            return
-        if what == "finish":
-            self._where.append(str(result))
+    def _drop(self, sink: Sink, exc: Exception) -> None:
+        """Stop feeding `sink`, with one warning line."""
+        self._sinks.remove(sink)
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        self._warn(
+            f"{sink.name} tracking stopped ({detail}); the run goes on, its files are "
+            "complete (blazefl run again with --track to log it once the tracker works)"
+        )
 
 
 def _param_text(value: Any) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -146,6 +147,21 @@ def test_a_failing_sink_is_one_warning_and_the_others_get_everything(tiny_run: P
     assert [c[0] for c in good.calls] == ["start", "log_round", "log_round", "log_round", "finish"]
     assert good.calls[3] == ("log_round", (3, {"test_accuracy": 0.5}))
     assert bad.calls == [("start", "run")]
+
+
+def test_a_file_that_cannot_be_read_for_the_trackers_is_one_warning(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "metrics" / "round-0002.json").unlink()
+    warnings: list[str] = []
+    sink = FakeSink("s")
+    tracking = Tracking([sink], warnings.append)
+    tracking.start(RunConfig.of(RunDir(run).manifest(0)["config"]), RunDir(run), 3)
+    assert tracking.finish(RunDir(run)) == []
+    assert len(warnings) == 1 and "round-0002.json" in warnings[0], warnings
+    assert [c[0] for c in sink.calls] == ["start", "log_round"]
 
 
 @pytest.mark.parametrize(
