@@ -40,7 +40,7 @@ def main(out: str) -> None:
     seen["children_after"] = [p.name() for p in psutil.Process().children(recursive=True)]
 
     # 2. a Ray session of the caller's own: used, left running
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=30)  # WARNING
     for name, spec in {
         "scaffold": TINY_SPEC.updated({"fl.algorithm": "scaffold"}),
         "dsfl": TINY_SPEC.updated(

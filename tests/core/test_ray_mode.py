@@ -64,9 +64,9 @@ def test_the_workload_crosses_to_a_node_by_value_generators_included() -> None:
     import pickle
 
     generator = torch.Generator().manual_seed(3)
-    box = {"g": generator, "t": torch.arange(4.0)}
-    back = pickle.loads(pickle_workload(box))
-    assert torch.equal(back["t"], box["t"])
+    values = torch.arange(4.0)
+    back = pickle.loads(pickle_workload({"g": generator, "t": values}))
+    assert torch.equal(back["t"], values)
     assert (
         torch.rand(3, generator=back["g"]).tolist() == torch.rand(3, generator=generator).tolist()
     )
@@ -194,6 +194,36 @@ def test_ctrl_c_exits_130_within_2_s_and_leaves_no_ray_process(tmp_path: Path) -
     assert "raylet" in names.values(), names  # the runtime was there...
     gone, alive = psutil.wait_procs(children, timeout=0.5)
     assert not alive, [names[p.pid] for p in alive]  # ...and nothing of it is left
+
+
+GPU_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    from blazefl import simulate
+    from tests.core.workloads import TINY_SPEC
+    spec = TINY_SPEC.updated({"runtime.device": "cuda"})
+    out = []
+    for mode in ("threads", "ray"):
+        server, rounds = simulate(spec, mode=mode, workers=2)
+        out.append([hashlib.sha256(server.flat.cpu().numpy().tobytes()).hexdigest(),
+                    [dict(r.uplink_sha256) for r in rounds]])
+    print(json.dumps(out[0] == out[1]))
+    """
+)
+
+
+@needs_ray
+@needs_namespace
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_a_gpu_workers_share_it_through_ray_with_the_same_bytes() -> None:
+    """Each actor asks Ray for half the GPU (2 workers, 1 GPU): same bytes as threads."""
+    ns = Namespace()
+    try:
+        done = ns.run([sys.executable, "-c", GPU_SCRIPT], ROOT)
+    finally:
+        ns.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "true"
 
 
 @needs_ray
