@@ -17,12 +17,12 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blazefl.pipeline.user_files import write_atomically
 from blazefl.pipeline.verify import _open_run, _rounds, differing_uplinks
 from blazefl.stages.artifacts import MANIFEST, RunDir, sha256_bytes
 
@@ -455,20 +455,7 @@ def write_divergence_plot(d: Divergence, path: Path) -> Path:
         >>> write_divergence_plot(divergence_series(a, b), Path("drift.svg"))
         PosixPath('drift.svg')
     """
-    data = render_divergence_plot(d, check_plot_target(path))
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-    # O_EXCL: never write through a file or link someone placed there; mode 0o666 lets the
-    # umask decide, as for any file the user writes
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, render_divergence_plot(d, check_plot_target(path)))
     return path
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blazefl.pipeline.sweep_table import find_sweep_runs, write_atomically
+from blazefl.pipeline.sweep_table import find_sweep_runs
+from blazefl.pipeline.user_files import write_atomically
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir, sha256_bytes
 
 __all__ = [

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import secrets
 import statistics
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blazefl.pipeline.user_files import write_atomically
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
 from blazefl.stages.config import ConfigError, parse_set
 from blazefl.stages.untrusted import safe_child_dirs
@@ -38,7 +37,6 @@ __all__ = [
     "sweep_table",
     "markdown_table",
     "write_table",
-    "write_atomically",
 ]
 
 #: The final metrics of each run the table shows (from its summary.json), in column order.
@@ -280,27 +278,6 @@ def markdown_table(table: dict[str, Any]) -> str:
         "`blazefl show` prints it) is in sweep.json."
     )
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a file of the user's (a table, a figure) atomically: a temporary sibling,
-    fsync'ed, then renamed, so a killed process never leaves half a file.
-
-    Example:
-        >>> write_atomically(Path("sweep.md"), b"| a |\\n")
-    """
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-    # O_EXCL | O_NOFOLLOW: never write through a file or link someone placed there
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_table(folder: Path, table: dict[str, Any]) -> tuple[Path, Path]:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load, load_file
 
-from blazefl.pipeline import diff_plot
+from blazefl.pipeline import diff_plot, user_files
 from blazefl.pipeline.diff_plot import divergence_series, write_divergence_plot
 from blazefl.stages.artifacts import canonical_json, safetensors_bytes, sha256_bytes
 
@@ -219,7 +219,7 @@ def test_write_is_atomic(tiny_run, lr_run, tmp_path, monkeypatch: pytest.MonkeyP
     def fail(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(diff_plot.os, "replace", fail)
+    monkeypatch.setattr(user_files.os, "replace", fail)
     with pytest.raises(OSError):
         write_divergence_plot(d, target)
     assert target.read_bytes() == b"old picture"
