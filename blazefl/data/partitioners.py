@@ -170,18 +170,25 @@ def dirichlet_partition(
     _check_alpha(alpha)
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(y == k) for k in np.unique(y)]
-    parts: list[np.ndarray] = []
     for _ in range(_MAX_DIRICHLET_TRIES):
-        buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        samples, owners = [], []
         for members in by_class:
             shuffled = rng.permutation(members)
             shares = rng.dirichlet(np.full(num_clients, alpha))
             cuts = (np.cumsum(shares)[:-1] * len(shuffled)).astype(np.int64)
-            for cid, chunk in enumerate(np.split(shuffled, cuts)):
-                buckets[cid].append(chunk)
-        parts = [np.concatenate(b) if b else np.empty(0, np.int64) for b in buckets]
-        if min(len(p) for p in parts) >= min_samples:
-            return _finish(parts)
+            samples.append(shuffled)
+            # client of each shuffled position: how many cuts lie at or before it (the
+            # chunks np.split(shuffled, cuts) would give, without a Python loop per client)
+            owners.append(np.searchsorted(cuts, np.arange(len(shuffled)), side="right"))
+        owner = np.concatenate(owners)
+        counts = np.bincount(owner, minlength=num_clients)
+        if counts.min() >= min_samples:
+            break
+    # each client's samples in class order, then shuffled order: what the rebalancing reads
+    grouped = np.concatenate(samples)[np.argsort(owner, kind="stable")]
+    parts = np.split(grouped, np.cumsum(counts)[:-1])
+    if counts.min() >= min_samples:
+        return _finish(parts)
     return _finish(_rebalance(parts, min_samples))
 
 
