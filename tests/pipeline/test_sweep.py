@@ -256,7 +256,7 @@ def _readme_commands() -> list[list[str]]:
 
     text = README.read_text()
     section = text[text.index("### Sweeps and figures") :]
-    section = section[: section.index("\n## ")]
+    section = section[: re.search(r"\n##+ ", section[4:]).start() + 4]  # type: ignore[union-attr]
     block = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert len(block) == 1
     commands = [
