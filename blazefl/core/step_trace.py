@@ -12,18 +12,16 @@ Per step, after the optimizer step, three 64-bit fingerprints are recorded:
 plus, per client, the fingerprint of its generator before its first step (``start_rng``).
 
 Each fingerprint reads what it covers as 32-bit words (the int64 indices, the generator's
-state bytes, every float's bit pattern) and packs two sums modulo 2**32 into 64 bits: the
-plain sum of all words, and the sum of the first 2**20 words times fixed pseudo-random odd
-weights (PCG64 from a constant seed: the same on every machine). Both are single passes that
-run where the tensor lives; the parameter fingerprints are read once per client, never per
-step. A difference in one word is always caught (an odd weight times a nonzero difference
-below 2**32 is never a multiple of 2**32, nor is the difference itself); differences in
-several words among the first 2**20 are missed with probability about 2**-32 over the
-weights (measured: none in 12,000 perturbations of 2 to 100 parameters of the CNN by one or
-two units in the last place, where a plain sum alone missed 3 % of the two-parameter ones).
-Words past 2**20 (large models) count in the plain sum only: there, a multi-word difference
-with a zero sum can go unseen for a step; the next step, which mixes every parameter into
-every gradient, shows it.
+state bytes, every float's bit pattern), lays them out as rows of 4,096 columns and packs two
+sums modulo 2**32 into 64 bits: the column sums and the row sums, each weighted by fixed
+pseudo-random odd weights (PCG64 from a constant seed: the same on every machine). Two
+reductions that run where the tensor lives and allocate nothing the size of the tensor (a
+step's parameters stay in cache for the next step); parameter fingerprints are read once per
+client, never per step. A difference in one word is always caught (an odd weight times a
+nonzero difference below 2**32 is never a multiple of 2**32); a difference spread over
+several words is missed only if both weighted sums cancel, with probability about 2**-32 over
+the weights (measured: none in 12,000 perturbations of 2 to 100 parameters of the CNN by one
+or two units in the last place, where a plain sum missed 3 % of the two-parameter ones).
 
 A plugin with its own training loop adds its steps with :func:`record_step`; the built-in
 `LocalSGD` records its own. Outside a client task (no active trace) recording does nothing.
@@ -43,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,34 +72,76 @@ _ACTIVE: contextvars.ContextVar[StepTrace | None] = contextvars.ContextVar(
 )
 
 
-#: Entries that get a weight of their own (the rest count in the plain sum only).
-_WEIGHTED = 1 << 20
+#: Words are read as rows of this many columns; the fingerprint weights columns and rows.
+_COLS = 1 << 12
+#: Rows weighted one by one (past this a tensor of 2**32 words and more shares row weights).
+_ROWS = 1 << 20
 _SEED = 0x5EED_7ACE  # fixed: fingerprints are comparable across runs, machines and versions
 _WEIGHTS: dict[torch.device, torch.Tensor] = {}
 
 
 def _weights(device: torch.device) -> torch.Tensor:
-    """The 2**20 fixed odd int32 weights, cached per device."""
+    """The fixed odd int32 weights: `_COLS` column weights, then `_ROWS` row weights."""
     w = _WEIGHTS.get(device)
     if w is None:
-        raw = np.random.PCG64(_SEED).random_raw(_WEIGHTED).astype(np.uint32).view(np.int32) | 1
-        w = _WEIGHTS[device] = torch.from_numpy(raw).to(device)
+        raw = np.random.PCG64(_SEED).random_raw(_COLS + _ROWS).astype(np.uint32)
+        w = _WEIGHTS[device] = torch.from_numpy(raw.view(np.int32) | 1).to(device)
     return w
 
 
+_NP_WEIGHTS: list[np.ndarray] = []
+
+
+def _np_weights() -> np.ndarray:
+    """The first `_COLS + 1` weights as a numpy array (cached)."""
+    if not _NP_WEIGHTS:
+        _NP_WEIGHTS.append(_weights(torch.device("cpu"))[: _COLS + 1].numpy())
+    return _NP_WEIGHTS[0]
+
+
+def _pack(cols: Any, rows: Any) -> int:
+    return (int(cols) << 32) | (int(rows) & 0xFFFFFFFF)
+
+
+Partial = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _partial(words: torch.Tensor) -> Partial:
+    """The part of a fingerprint that reads the words (two reductions, on their device): the
+    column sums and row sums of the full rows, and a copy of the short last row."""
+    full = int(words.numel()) // _COLS * _COLS
+    grid = words[:full].view(-1, _COLS)
+    return grid.sum(0, dtype=torch.int32), grid.sum(1, dtype=torch.int32), words[full:].clone()
+
+
+def _combine(colsum: torch.Tensor, rowsum: torch.Tensor, tail: torch.Tensor) -> int | torch.Tensor:
+    """The fingerprint from `_partial`'s sums: a Python int on the CPU, a 0-dim int64 tensor
+    on a GPU."""
+    w = _weights(colsum.device)
+    if tail.numel():
+        colsum = colsum.clone()
+        colsum[: tail.numel()] += tail
+        rowsum = torch.cat([rowsum, tail.sum(dtype=torch.int32).view(1)])
+    rows = int(rowsum.numel())
+    row_w = w[_COLS : _COLS + min(rows, _ROWS)].repeat((rows + _ROWS - 1) // _ROWS)[:rows]
+    cols_t = (colsum * w[:_COLS]).sum(dtype=torch.int32)
+    rows_t = (rowsum * row_w).sum(dtype=torch.int32)
+    if colsum.device.type == "cpu":
+        return _pack(cols_t, rows_t)
+    return cols_t.to(torch.int64) * (1 << 32) + (rows_t.to(torch.int64) & 0xFFFFFFFF)
+
+
 def _fingerprint(words: torch.Tensor) -> int | torch.Tensor:
-    """Two 32-bit sums of 1-D int32 words packed in one signed 64-bit value: high half the
-    weighted sum of the first 2**20 words, low half the plain sum of all of them, both modulo
-    2**32 (see the module docstring). A Python int for CPU words; for words on a GPU, a 0-dim
-    int64 tensor there (read it later: no synchronisation per step)."""
-    w = _weights(words.device)
+    """The fingerprint of 1-D int32 words laid out as rows of `_COLS` columns (the last row
+    short): high 32 bits the column sums weighted by fixed odd weights, low 32 bits the row
+    sums weighted the same way, both modulo 2**32 (see the module docstring)."""
     n = int(words.numel())
-    head = words if n <= _WEIGHTED else words[:_WEIGHTED]
-    weighted = (head * (w if n >= _WEIGHTED else w[:n])).sum(dtype=torch.int32)
-    plain = words.sum(dtype=torch.int32)
-    if words.device.type == "cpu":
-        return (int(weighted) << 32) | (int(plain) & 0xFFFFFFFF)
-    return weighted.to(torch.int64) * (1 << 32) + (plain.to(torch.int64) & 0xFFFFFFFF)
+    if words.device.type == "cpu" and n <= _COLS:
+        # one row (generator states, batch indices): numpy, less dispatch than torch
+        a, wn = words.numpy(), _np_weights()
+        rows = (np.array([a.sum(dtype=np.int32)]) * wn[_COLS : _COLS + 1]).sum(dtype=np.int32)
+        return _pack((a * wn[:n]).sum(dtype=np.int32), rows)
+    return _combine(*_partial(words))
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
@@ -151,20 +192,55 @@ def params_fingerprint(params: torch.Tensor) -> int | torch.Tensor:
     return _fingerprint(_words(params))
 
 
+def _pack_all(cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`_pack` of many: int32 column and row sums -> int64 fingerprints."""
+    return cols.to(torch.int64) * (1 << 32) + (rows.to(torch.int64) & 0xFFFFFFFF)
+
+
+def _rows_fingerprints(words: torch.Tensor) -> torch.Tensor:
+    """The fingerprints of each row of a [S, n] int32 CPU tensor with n <= `_COLS` (zero
+    padding at the end of a row does not change it)."""
+    if words.shape[1] > _COLS:  # rows longer than one grid row (batches of > 2,048 indices)
+        return torch.stack([torch.as_tensor(_fingerprint(r)) for r in words])
+    w = _weights(words.device)
+    cols = (words * w[: words.shape[1]]).sum(1, dtype=torch.int32)
+    rows = words.sum(1, dtype=torch.int32) * w[_COLS]
+    return _pack_all(cols, rows)
+
+
+def _padded_words(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Each 1-D tensor's words as one row, zero-padded to the longest ([len, max words])."""
+    flat = [t.detach().reshape(-1).to("cpu") for t in tensors]
+    if len({t.dtype for t in flat}) == 1 and flat[0].element_size() in (4, 8):
+        if len({t.numel() for t in flat}) == 1:
+            return torch.stack(flat).view(torch.int32)  # one copy for the common case
+        return torch.nn.utils.rnn.pad_sequence(flat, batch_first=True).view(torch.int32)
+    rows = [_words(t) for t in flat]
+    out = torch.zeros((len(rows), max(int(r.numel()) for r in rows)), dtype=torch.int32)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out
+
+
 class StepTrace:
     """One client's step fingerprints (see the module docstring).
 
+    A step costs the two reductions over the parameters and a copy of the generator state;
+    everything else (the weighted sums, the batch and generator fingerprints) is done once per
+    client, for all its steps at once, in `tensors()`, outside the training loop.
+
     Args:
-        start_rng: the fingerprint of the client's generator before its first step.
+        start_state: the client's generator state before its first step (None: none).
     """
 
-    def __init__(self, start_rng: int = 0) -> None:
-        self.start_rng = start_rng
+    def __init__(self, start_state: torch.Tensor | None = None) -> None:
+        self._start = start_state
         self._epoch: list[int] = []
-        self._batch: list[int] = []
-        self._rng: list[int] = []
-        # the parameter fingerprints stay on the model's device until the client ends
-        self._params: list[int | torch.Tensor] = []
+        self._batch: list[torch.Tensor] = []
+        self._state: list[torch.Tensor | None] = []
+        self._params: list[Partial] = []  # on the model's device until the client ends
+        # the parameters' words as full rows and a short last row (views, made once per tensor)
+        self._words: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self._epoch)
@@ -177,22 +253,49 @@ class StepTrace:
         epoch: int,
     ) -> None:
         """Record one step (after the optimizer step); see :func:`record_step`."""
-        with torch.no_grad():
-            self._params.append(params_fingerprint(params))
+        if self._words is None or self._words[0] is not params:  # a loop passes one tensor
+            words = _words(params)
+            full = int(words.numel()) // _COLS * _COLS
+            self._words = (params, words[:full].view(-1, _COLS), words[full:])
+        _, grid, tail = self._words
+        self._params.append(
+            (grid.sum(0, dtype=torch.int32), grid.sum(1, dtype=torch.int32), tail.clone())
+        )
+        self._state.append(None if generator is None else generator.get_state())
+        self._batch.append(batch.detach())
         self._epoch.append(int(epoch))
-        self._batch.append(indices_fingerprint(batch))
-        self._rng.append(generator_fingerprint(generator))
+
+    def _params_column(self) -> torch.Tensor:
+        if not self._params:
+            return torch.zeros(0, dtype=torch.int64)
+        if len({tuple(t.shape for t in p) for p in self._params}) > 1:  # sizes changed
+            return torch.stack([torch.as_tensor(_combine(*p)).cpu() for p in self._params])
+        colsum = torch.stack([p[0] for p in self._params])
+        rowsum = torch.stack([p[1] for p in self._params])
+        tail = torch.stack([p[2] for p in self._params])
+        w = _weights(colsum.device)
+        if tail.shape[1]:
+            colsum[:, : tail.shape[1]] += tail
+            rowsum = torch.cat([rowsum, tail.sum(1, dtype=torch.int32)[:, None]], 1)
+        rows = rowsum.shape[1]
+        row_w = w[_COLS : _COLS + min(rows, _ROWS)].repeat((rows + _ROWS - 1) // _ROWS)[:rows]
+        cols_t = (colsum * w[:_COLS]).sum(1, dtype=torch.int32)
+        rows_t = (rowsum * row_w).sum(1, dtype=torch.int32)
+        return _pack_all(cols_t, rows_t).cpu()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trace as CPU tensors: one row per step (`TRACE_COLUMNS`) and `start_rng`."""
-        on_device = [torch.as_tensor(p, dtype=torch.int64).cpu() for p in self._params]
-        params = torch.stack(on_device) if on_device else torch.zeros(0, dtype=torch.int64)
+        states = [self._start, *self._state]
+        known = [s for s in states if s is not None]
+        fps = _rows_fingerprints(_padded_words(known)).tolist() if known else []
+        rng = [0 if s is None else fps.pop(0) for s in states]
+        no_batch = torch.zeros(0, dtype=torch.int64)
         return {
             "epoch": torch.tensor(self._epoch, dtype=torch.int64),
-            "batch": torch.tensor(self._batch, dtype=torch.int64),
-            "rng": torch.tensor(self._rng, dtype=torch.int64),
-            "params": params,
-            "start_rng": torch.tensor([self.start_rng], dtype=torch.int64),
+            "batch": _rows_fingerprints(_padded_words(self._batch)) if self._batch else no_batch,
+            "rng": torch.tensor(rng[1:], dtype=torch.int64),
+            "params": self._params_column(),
+            "start_rng": torch.tensor(rng[:1], dtype=torch.int64),
         }
 
 
@@ -208,7 +311,7 @@ def tracing(generator: torch.Generator | None) -> Iterator[StepTrace]:
     Args:
         generator: the client's generator, fingerprinted before the first step.
     """
-    trace = StepTrace(generator_fingerprint(generator))
+    trace = StepTrace(None if generator is None else generator.get_state())
     token = _ACTIVE.set(trace)
     try:
         yield trace
