@@ -7,7 +7,8 @@ process, on workload W and on ResNet-18; and the bytes it adds to a round of W.
 The trace is always on in blazefl; "off" here replaces the client task's trace collector with
 one that records nothing (a measurement device, not a setting), so both variants run the same
 trainer, server and data. Rounds alternate on/off (the order flips every repeat) after one
-warm-up round of each; the ratio is of the medians. Bytes: one round of W through `blazefl
+warm-up round of each; the cost is the median of the ratios of back-to-back rounds (with its
+quartiles: the machine's drift cancels within a pair). Bytes: one round of W through `blazefl
 run`, `trace.safetensors` against everything else the round writes.
 """
 
@@ -83,7 +84,17 @@ def round_seconds(name: str, repeats: int) -> dict[str, Any]:
                     times[v].append(time.perf_counter() - start)
         client_task.tracing = traced
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
-    return {"workload": name, "on_s": on, "off_s": off, "ratio": on / off, "rounds": repeats}
+    # rounds of a repeat ran back to back: their ratio cancels the machine's slow drifts
+    pairs = sorted(a / b for a, b in zip(times["on"], times["off"], strict=True))
+    q = statistics.quantiles(pairs, n=4)
+    return {
+        "workload": name,
+        "on_s": on,
+        "off_s": off,
+        "ratio": statistics.median(pairs),
+        "iqr": (q[0], q[2]),
+        "rounds": repeats,
+    }
 
 
 def round_bytes() -> dict[str, Any]:
@@ -107,9 +118,11 @@ def main() -> None:
     names = list(CONFIGS) if args.workload == "all" else [args.workload]
     for name in names:
         r = round_seconds(name, args.repeats)
+        lo, hi = (100 * (x - 1) for x in r["iqr"])
         print(
             f"{name}: steady round {r['on_s']:.3f} s with the trace, {r['off_s']:.3f} s without "
-            f"(median of {r['rounds']}): {100 * (r['ratio'] - 1):+.2f} %"
+            f"(medians of {r['rounds']}); per pair of rounds {100 * (r['ratio'] - 1):+.2f} % "
+            f"(quartiles {lo:+.2f} % to {hi:+.2f} %)"
         )
     if "w" in names:
         b = round_bytes()

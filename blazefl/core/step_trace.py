@@ -210,7 +210,8 @@ def _rows_fingerprints(words: torch.Tensor) -> torch.Tensor:
 
 def _padded_words(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Each 1-D tensor's words as one row, zero-padded to the longest ([len, max words])."""
-    flat = [t.detach().reshape(-1).to("cpu") for t in tensors]
+    on_cpu = all(t.device.type == "cpu" and t.dim() == 1 for t in tensors)
+    flat = tensors if on_cpu else [t.detach().reshape(-1).to("cpu") for t in tensors]
     if len({t.dtype for t in flat}) == 1 and flat[0].element_size() in (4, 8):
         if len({t.numel() for t in flat}) == 1:
             return torch.stack(flat).view(torch.int32)  # one copy for the common case
@@ -286,16 +287,20 @@ class StepTrace:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trace as CPU tensors: one row per step (`TRACE_COLUMNS`) and `start_rng`."""
         states = [self._start, *self._state]
-        known = [s for s in states if s is not None]
-        fps = _rows_fingerprints(_padded_words(known)).tolist() if known else []
-        rng = [0 if s is None else fps.pop(0) for s in states]
+        if all(s is not None for s in states) and len({int(s.numel()) for s in states}) == 1:
+            # the common case, one stack: every state of one generator has one size
+            rng = _rows_fingerprints(torch.stack(states).view(torch.int32))  # type: ignore[arg-type]
+        else:
+            known = [s for s in states if s is not None]
+            fps = _rows_fingerprints(_padded_words(known)).tolist() if known else []
+            rng = torch.tensor([0 if s is None else fps.pop(0) for s in states])
         no_batch = torch.zeros(0, dtype=torch.int64)
         return {
             "epoch": torch.tensor(self._epoch, dtype=torch.int64),
             "batch": _rows_fingerprints(_padded_words(self._batch)) if self._batch else no_batch,
-            "rng": torch.tensor(rng[1:], dtype=torch.int64),
+            "rng": rng[1:].to(torch.int64),
             "params": self._params_column(),
-            "start_rng": torch.tensor(rng[:1], dtype=torch.int64),
+            "start_rng": rng[:1].to(torch.int64),
         }
 
 
