@@ -287,9 +287,10 @@ class StepTrace:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trace as CPU tensors: one row per step (`TRACE_COLUMNS`) and `start_rng`."""
         states = [self._start, *self._state]
-        if all(s is not None for s in states) and len({int(s.numel()) for s in states}) == 1:
+        present = [s for s in states if s is not None]
+        if len(present) == len(states) and len({int(s.numel()) for s in present}) == 1:
             # the common case, one stack: every state of one generator has one size
-            rng = _rows_fingerprints(torch.stack(states).view(torch.int32))  # type: ignore[arg-type]
+            rng = _rows_fingerprints(torch.stack(present).view(torch.int32))
         else:
             known = [s for s in states if s is not None]
             fps = _rows_fingerprints(_padded_words(known)).tolist() if known else []
