@@ -25,21 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workloads import W_CONFIG
+from benchmarks.workloads import W_CONFIG, workloads
 
 #: Workload configs: W with 20 of its 100 clients (the per-client work is W's), ResNet-18's.
 CONFIGS: dict[str, dict[str, Any]] = {
     "w": {**W_CONFIG, "data.size": 4000, "data.clients": 20, "fl.clients_per_round": 20},
-    "resnet18": {
-        **W_CONFIG,
-        "model.name": "resnet18",
-        "data.size": 100,
-        "data.test_size": 50,
-        "data.clients": 4,
-        "fl.clients_per_round": 4,
-        "train.local_epochs": 1,
-        "train.batch_size": 25,
-    },
+    "resnet18": workloads()["resnet18"].config,
 }
 
 
