@@ -37,6 +37,7 @@ from blazefl.core import (
     deserialize_model,
     serialize_model,
 )
+from blazefl.core.original_pool import load_package, private_round_file
 from blazefl.reproducibility import RNGSuite, create_rng_suite, setup_reproducibility
 
 __all__ = [
@@ -403,8 +404,10 @@ class FedAvgProcessPoolClientTrainer(
     ) -> FedAvgUplinkPackage | Path:
         """Train one client in a worker process (see `OriginalProcessContract.worker`)."""
         if isinstance(config, Path) and isinstance(payload, Path):
-            loaded = torch.load(config, weights_only=False)
-            downlink = torch.load(payload, weights_only=False)
+            # the config holds the user's model selector and dataset: a full pickle, read only
+            # from the round's private folder that this user's own process just wrote
+            loaded = torch.load(private_round_file(config), weights_only=False)
+            downlink = load_package(payload, {FedAvgDownlinkPackage})
             package = _run_config(loaded, downlink, device, stop_event)
             torch.save(package, config)  # the uplink replaces the config file
             return config

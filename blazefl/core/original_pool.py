@@ -34,10 +34,15 @@ Differences from the original, none of which changes what `worker` sees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import pickle
+import shutil
+import stat
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from enum import StrEnum
+from enum import Enum, StrEnum
 from multiprocessing.managers import BaseProxy
 from pathlib import Path
 from typing import Any
@@ -149,9 +154,10 @@ def run_original_round(trainer: Any, payload: Any, cid_list: Sequence[int]) -> N
     pool = _pool_for(trainer, num_parallels)
     user_stop.clear()
     pool.stop.clear()
+    folder: Path | None = None
     try:
         make_jobs = _storage_jobs if mode is IPCMode.STORAGE else _shared_memory_jobs
-        jobs = make_jobs(trainer, pool, payload, cid_list, stop_arg)
+        jobs, folder = make_jobs(trainer, pool, payload, cid_list, stop_arg)
         # by job, not by position: a progress_fn may hand the jobs back in another order
         by_job = {id(job): (i, cid, finish) for i, (cid, job, finish) in enumerate(jobs)}
         results = []
@@ -166,6 +172,9 @@ def run_original_round(trainer: Any, payload: Any, cid_list: Sequence[int]) -> N
             user_stop.set()
         close_original_pool(trainer)
         raise
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     pool.stop.set()
     user_stop.set()
     pool.end_round()
@@ -189,16 +198,92 @@ def _submit(
     return job
 
 
+#: Prefix of the folder a storage-mode round keeps its files in (inside `share_dir`).
+ROUND_DIR_PREFIX = ".blazefl-round-"
+
+
+def private_round_file(path: str | os.PathLike[str]) -> Path:
+    """`path`, checked to lie directly in a storage-mode round folder this user alone can
+    write (mode 0700, made by `tempfile.mkdtemp`): the only files the original contract's
+    pickles are ever read from.
+
+    Raises:
+        ValueError: anywhere else (one line: a worker must return the path it was given).
+    """
+    file = Path(path)
+    folder = file.parent
+    st = folder.lstat() if folder.name.startswith(ROUND_DIR_PREFIX) else None
+    if (
+        st is None
+        or not stat.S_ISDIR(st.st_mode)
+        or st.st_mode & 0o077
+        or st.st_uid != os.getuid()
+        or file.is_symlink()
+    ):
+        raise ValueError(
+            f"{file} is not a file of this round's private folder: in IPCMode.STORAGE a worker "
+            "returns the config path it was given, with its uplink saved there"
+        )
+    return file
+
+
+def _package_types(obj: Any, seen: set[type] | None = None) -> set[type]:
+    """The dataclass (and enum) types inside an uplink-shaped object: what reading an uplink
+    file may construct, and nothing else."""
+    seen = set() if seen is None else seen
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if type(obj) not in seen:
+            seen.add(type(obj))
+            for f in dataclasses.fields(obj):
+                _package_types(getattr(obj, f.name), seen)
+    elif isinstance(obj, list | tuple | set):
+        for item in obj:
+            _package_types(item, seen)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _package_types(item, seen)
+    elif isinstance(obj, Enum):
+        seen.add(type(obj))
+    return seen
+
+
+def load_package(path: str | os.PathLike[str], allowed: set[type]) -> Any:
+    """An uplink or downlink file of a storage-mode round, read without running pickled code:
+    `torch.load(weights_only=True)` constructs tensors, containers and the `allowed` types
+    only.
+
+    Raises:
+        ValueError: the file names another type (one line naming it and the fix).
+    """
+    types: list[Any] = sorted(allowed, key=lambda t: t.__qualname__)
+    with torch.serialization.safe_globals(types):
+        try:
+            return torch.load(private_round_file(path), weights_only=True)
+        except pickle.UnpicklingError as exc:
+            detail = " ".join(str(exc).split())[:160]
+            raise ValueError(
+                f"{path} cannot be read as a package ({detail}): in IPCMode.STORAGE uplinks are "
+                "read without unpickling code; prepare_uplink_package_buffer() must return one "
+                "of the uplink's shape, whose dataclass types are the ones allowed"
+            ) from None
+
+
 def _storage_jobs(
     trainer: Any, pool: OriginalPool, payload: Any, cid_list: Sequence[int], stop: Any
-) -> list[tuple[int, Job, Callable[[Any], Any]]]:
+) -> tuple[list[tuple[int, Job, Callable[[Any], Any]]], Path]:
     share_dir = getattr(trainer, "share_dir", None)
     if share_dir is None:
         raise ValueError("IPCMode.STORAGE needs self.share_dir (a folder) set in __init__")
-    share_dir = Path(share_dir)
-    share_dir.mkdir(parents=True, exist_ok=True)
-    payload_path = share_dir / "payload.pkl"
+    Path(share_dir).mkdir(parents=True, exist_ok=True)
+    # the contract's files are pickles (its workers torch.load them): they live in a folder
+    # only this user can write, are read back only from there, and go with the round
+    folder = Path(tempfile.mkdtemp(prefix=ROUND_DIR_PREFIX, dir=share_dir))
+    payload_path = folder / "payload.pt"
     torch.save(payload, payload_path)
+    try:
+        allowed = _package_types(trainer.prepare_uplink_package_buffer())
+    except NotImplementedError:
+        allowed = set()
 
     def finish(result: Any) -> Any:
         if not isinstance(result, str | os.PathLike):
@@ -206,20 +291,20 @@ def _storage_jobs(
                 f"in IPCMode.STORAGE worker must return the path of its saved uplink, got "
                 f"{type(result).__name__}"
             )
-        return torch.load(result, weights_only=False)
+        return load_package(result, allowed)
 
     jobs: list[tuple[int, Job, Callable[[Any], Any]]] = []
     for cid in cid_list:
-        config_path = share_dir / f"{cid}.pkl"
+        config_path = folder / f"{cid}.pt"
         torch.save(trainer.get_client_config(cid), config_path)
         args = (config_path, payload_path, trainer.get_client_device(cid))
         jobs.append((cid, _submit(pool, trainer, cid, args, {"stop_event": stop}), finish))
-    return jobs
+    return jobs, folder
 
 
 def _shared_memory_jobs(
     trainer: Any, pool: OriginalPool, payload: Any, cid_list: Sequence[int], stop: Any
-) -> list[tuple[int, Job, Callable[[Any], Any]]]:
+) -> tuple[list[tuple[int, Job, Callable[[Any], Any]]], Path | None]:
     process_tensors_in_object(payload, mode="move")
     buffers = [trainer.prepare_uplink_package_buffer() for _ in cid_list]
     share_in_one_segment(buffers)  # one shared-memory segment per round, not one per client
@@ -233,7 +318,7 @@ def _shared_memory_jobs(
         args = (config, payload, trainer.get_client_device(cid))
         kwargs = {"stop_event": stop, "shm_buffer": buffer}
         jobs.append((cid, _submit(pool, trainer, cid, args, kwargs), finish))
-    return jobs
+    return jobs, None
 
 
 def client_device(trainer: Any, cid: int) -> str:
