@@ -41,6 +41,7 @@ __all__ = [
     "first_step_difference",
     "legacy_rng_difference",
     "manifest_causes",
+    "mixed_environments",
     "read_trace",
     "reexecution_notes",
 ]
@@ -220,9 +221,36 @@ def manifest_causes(
             f"{k}: {ea.get(k, '(absent)')!r} (A) vs {eb.get(k, '(absent)')!r} (B)" for k in keys[:4]
         )
         out.append(f"environment: {shown}")
+    for side, m in (("A", ma), ("B", mb)):
+        out.extend(f"environment: {line} ({side})" for line in mixed_environments(m))
     if stores_differ:
         out.append(f"data: the {' and '.join(stores_differ)} store(s) differ")
     return out
+
+
+def mixed_environments(m: dict[str, Any]) -> list[str]:
+    """A round's clients that ran outside the driver's environment (Ray nodes allowed with
+    --ray-allow-mixed-env), one line per node naming its clients and differing fields.
+
+    Example:
+        >>> m = {"client_environments": {"00002": {"node": "n1", "cpu_isa": "AVX2"}}}
+        >>> mixed_environments(m)
+        ["client 2 ran on n1: cpu_isa 'AVX2' (the driver's differs)"]
+    """
+    by_node: dict[str, tuple[list[int], dict[str, Any]]] = {}
+    for cid, env in sorted(m.get("client_environments", {}).items()):
+        fields = {k: v for k, v in env.items() if k != "node"}
+        by_node.setdefault(str(env.get("node")), ([], fields))[0].append(int(cid))
+    lines = []
+    for node, (cids, fields) in by_node.items():
+        shown = ", ".join(f"{k} {v!r}" for k, v in sorted(fields.items())[:4])
+        who = f"client {cids[0]}" if len(cids) == 1 else f"clients {_ids(cids)}"
+        lines.append(f"{who} ran on {node}: {shown} (the driver's differs)")
+    return lines
+
+
+def _ids(cids: list[int]) -> str:
+    return ", ".join(map(str, cids[:8])) + (f" and {len(cids) - 8} more" if len(cids) > 8 else "")
 
 
 def reexecution_notes(

@@ -36,7 +36,7 @@ from blazefl.pipeline.code_failures import (
     import_algorithms,
     listed_code_notes,
 )
-from blazefl.pipeline.divergence import reexecution_notes
+from blazefl.pipeline.divergence import mixed_environments, reexecution_notes
 from blazefl.pipeline.run_check import chain_problems, check_layout, store_problems
 from blazefl.pipeline.trust import code_root, require_consent
 from blazefl.stages.artifacts import (
@@ -51,11 +51,7 @@ from blazefl.stages.artifacts import (
 from blazefl.stages.config import ConfigError, RunConfig, config_sha256, load_config
 from blazefl.stages.data_files import data_differences, data_file_hashes
 from blazefl.stages.init import init_outputs
-from blazefl.stages.manifest_schema import (
-    MANIFEST_FORMAT,
-    manifest_format,
-    validate_round_manifest,
-)
+from blazefl.stages.manifest_schema import is_current_format, validate_round_manifest
 from blazefl.stages.provenance import OlderFormatError, older_format_message
 from blazefl.stages.session import Session
 from blazefl.stages.snapshot import TRACE
@@ -297,7 +293,7 @@ def _older_format(run: RunDir, manifests: dict[int, dict[str, Any]]) -> dict[str
     """The first manifest of an earlier format, rounds first (they name the code version and
     the environment that made them), or None."""
     stores = [run.store_manifest(name) for name in ("dataset", "partitions")]
-    older = [m for m in [*manifests.values(), *stores] if manifest_format(m) != MANIFEST_FORMAT]
+    older = [m for m in [*manifests.values(), *stores] if not is_current_format(m)]
     return older[0] if older else None
 
 
@@ -407,6 +403,12 @@ def _verify(
         note = environment_note(rec, current)
         if note:
             echo(note)
+    for t, m in manifests.items():  # the run never claimed one environment for these
+        for line in mixed_environments(m):
+            echo(
+                f"note: round {t}: {line}; bits are only promised within one environment, "
+                "so a re-execution here may differ there"
+            )
     more = {code_note(recorded_code(run, t, m), code_version()) for t, m in manifests.items()}
     more -= {None}
     for note in [*sorted(more), *notes]:  # type: ignore[list-item]

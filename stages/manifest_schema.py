@@ -25,8 +25,12 @@ __all__ = [
     "ManifestError",
     "NewerFormatError",
     "Field",
+    "CURRENT_FORMATS",
     "MANIFEST_FORMAT",
+    "NEWEST_FORMAT",
+    "is_current_format",
     "manifest_format",
+    "round_format",
     "MAX_MANIFEST_BYTES",
     "MAX_ROUND",
     "MAX_CLIENTS",
@@ -65,7 +69,16 @@ _SHOW.maxlevel = 2
 #:      chunked client index (`index/chunk-NNNN.safetensors`: the round holding each client's
 #:      latest data) instead of `rng/client-NNNNN` and `state/client-NNNNN` files for every
 #:      client; round 0 stores no client's streams (`blazefl.stages.snapshot`).
+#:   4  blazefl 0.4.0: a round manifest may record `client_environments` (the clients that ran
+#:      on Ray nodes whose environment differs from the driver's, allowed with
+#:      --ray-allow-mixed-env). Only such a manifest declares format 4 (`round_format`):
+#:      every other one keeps format 3 and its bytes, and a reader too old for the field says
+#:      "written by a newer blazefl" instead of calling it corrupt.
 MANIFEST_FORMAT = 3
+#: The newest format this package reads (and writes, where a manifest needs its fields).
+NEWEST_FORMAT = 4
+#: The formats this package re-executes: those written with the current round files.
+CURRENT_FORMATS = range(MANIFEST_FORMAT, NEWEST_FORMAT + 1)
 #: Fields a format-1 manifest may lack (it is read, never re-executed).
 _LEGACY_OPTIONAL = frozenset({"code"})
 
@@ -144,10 +157,10 @@ def _sizes(v: Any) -> bool:
 
 
 _SIZES = Field("an object of relative paths -> sizes in bytes", _sizes)
-#: Formats that share the current fields (3 changed round files, not fields).
-FIELD_FORMATS = range(2, MANIFEST_FORMAT + 1)
+#: Formats that share the current fields (3 changed round files, not fields; 4 added one).
+FIELD_FORMATS = range(2, NEWEST_FORMAT + 1)
 _FORMAT = Field(
-    f"an integer in [{FIELD_FORMATS[0]}, {MANIFEST_FORMAT}]",
+    f"an integer in [{FIELD_FORMATS[0]}, {NEWEST_FORMAT}]",
     lambda v: isinstance(v, int) and not isinstance(v, bool) and v in FIELD_FORMATS,
 )
 _CODE = Field("an object of relative source paths -> 64-hex sha256", _FILES.ok)
@@ -187,19 +200,37 @@ def _client_settings(v: Any) -> bool:
     )
 
 
+_PER_CLIENT = "an object of 5-digit client ids -> objects of names -> scalars"
 #: Round manifests of the current format.
 ROUND_FIELDS: dict[str, Field] = {
     **LEGACY_ROUND_FIELDS,
     "format": _FORMAT,
     "sizes": _SIZES,
     "user_code": _CODE,
-    "client_settings": Field(
-        "an object of 5-digit client ids -> objects of names -> scalars", _client_settings
-    ),
+    "client_settings": Field(_PER_CLIENT, _client_settings),
+    "client_environments": Field(_PER_CLIENT, _client_settings),
 }
 #: Fields a round manifest of the current format may leave out (none given: none written, so
 #: a run without per-client settings has the bytes it had before they existed).
-_ROUND_OPTIONAL = frozenset({"client_settings"})
+_ROUND_OPTIONAL = frozenset({"client_settings", "client_environments"})
+#: Round fields that only a manifest of format 4 or later may hold.
+_FORMAT_4_FIELDS = frozenset({"client_environments"})
+
+
+def round_format(m: dict[str, Any]) -> int:
+    """The format a round manifest written now declares: the oldest that has its fields.
+
+    Example:
+        >>> round_format({"round": 1}), round_format({"client_environments": {}})
+        (3, 4)
+    """
+    return NEWEST_FORMAT if _FORMAT_4_FIELDS & m.keys() else MANIFEST_FORMAT
+
+
+def is_current_format(m: dict[str, Any]) -> bool:
+    """Whether this package re-executes a (schema-checked) manifest: format 3 or 4."""
+    return manifest_format(m) in CURRENT_FORMATS
+
 
 #: Store manifests of format 1, by kind.
 LEGACY_STORE_FIELDS: dict[str, dict[str, Field]] = {
@@ -268,8 +299,16 @@ def _rule_config_sha(m: dict[str, Any], _: int | None) -> str | None:
 
 
 def _rule_client_settings(m: dict[str, Any], _: int | None) -> str | None:
-    if not set(m.get("client_settings", {})) <= set(m["uplinks"]):
-        return "client_settings may name only clients of the round"
+    for name in ("client_settings", "client_environments"):
+        if not set(m.get(name, {})) <= set(m["uplinks"]):
+            return f"{name} may name only clients of the round"
+    return None
+
+
+def _rule_format_fields(m: dict[str, Any], _: int | None) -> str | None:
+    newer = sorted(_FORMAT_4_FIELDS & m.keys())
+    if newer and manifest_format(m) < NEWEST_FORMAT:
+        return f"field {newer[0]} needs format {NEWEST_FORMAT}, the manifest says {m['format']}"
     return None
 
 
@@ -287,6 +326,7 @@ ROUND_RULES: tuple[Rule, ...] = (
     _rule_config_sha,
     _rule_sizes,
     _rule_client_settings,
+    _rule_format_fields,
 )
 
 
@@ -303,10 +343,10 @@ def _format_of(m: Any, where: str) -> int:
     if "format" not in m:
         return 1
     fmt = m["format"]
-    if isinstance(fmt, int) and not isinstance(fmt, bool) and MANIFEST_FORMAT < fmt < 1000:
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and NEWEST_FORMAT < fmt < 1000:
         raise NewerFormatError(
             f"{where} has manifest format {fmt}, written by a newer blazefl (this one reads "
-            f"formats 1-{MANIFEST_FORMAT}): upgrade blazefl (pip install -U blazefl) to read it"
+            f"formats 1-{NEWEST_FORMAT}): upgrade blazefl (pip install -U blazefl) to read it"
         )
     return MANIFEST_FORMAT  # anything else is checked as the current format's field
 

@@ -28,7 +28,11 @@ from blazefl.stages.config import (
     config_sha256,
     partition_keys,
 )
-from blazefl.stages.manifest_schema import MANIFEST_FORMAT, manifest_format
+from blazefl.stages.manifest_schema import (
+    CURRENT_FORMATS,
+    is_current_format,
+    manifest_format,
+)
 from blazefl.stages.untrusted import resolve_inside
 from blazefl.stages.user_code import code_differences, config_code
 
@@ -96,8 +100,8 @@ def older_format_message(m: dict[str, Any], where: str) -> str:
     return (
         f"{where} was made by {made} with torch {torch_build or 'unknown'} (manifest format "
         f"{manifest_format(m)}); this is blazefl {code_version()['version']}, which re-executes "
-        f"format {MANIFEST_FORMAT} only: to re-execute it, {how}; its files and chain are still "
-        "checked here"
+        f"formats {CURRENT_FORMATS[0]}-{CURRENT_FORMATS[-1]} only: to re-execute it, {how}; its "
+        "files and chain are still checked here"
     )
 
 
@@ -108,7 +112,7 @@ def check_format(m: dict[str, Any], where: str) -> None:
     Raises:
         OlderFormatError: `m` is of an earlier manifest format.
     """
-    if manifest_format(m) != MANIFEST_FORMAT:
+    if not is_current_format(m):
         raise OlderFormatError(older_format_message(m, where))
 
 

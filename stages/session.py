@@ -43,7 +43,7 @@ from blazefl.stages.client_index import (
 from blazefl.stages.client_load import ManifestChain, load_clients
 from blazefl.stages.config import RunConfig, byte_config, config_sha256
 from blazefl.stages.evaluate import round_metrics, round_summary
-from blazefl.stages.manifest_schema import MANIFEST_FORMAT
+from blazefl.stages.manifest_schema import MANIFEST_FORMAT, round_format
 from blazefl.stages.provenance import check_round_provenance, check_stores
 from blazefl.stages.snapshot import (
     CODE,
@@ -336,6 +336,11 @@ class Session:
             manifest["client_settings"] = {
                 f"{c:05d}": s for c, s in sorted(result.client_settings.items())
             }
+        if result.client_environments:  # mixed Ray nodes: the run never claims one environment
+            manifest["client_environments"] = {
+                f"{c:05d}": e for c, e in sorted(result.client_environments.items())
+            }
+            manifest["format"] = round_format(manifest)
         metrics = round_metrics(
             t, summary.get("test_accuracy"), summary.get("test_loss"), manifest["summary"]
         )

@@ -30,6 +30,9 @@ class RoundResult:
     client_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
     #: every client's step trace (`blazefl.core.step_trace`), by client id
     traces: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: clients that ran where the environment differs from the driver's (mixed Ray nodes):
+    #: client id -> {"node": label, differing field: the node's value}
+    client_environments: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class SamplingError(ValueError):
@@ -153,6 +156,9 @@ def run_round(
         result.uplink_sha256[client.cid] = client.sha256
         if client.trace is not None:
             result.traces[client.cid] = client.trace
+        where = getattr(client, "environment", None)  # an original-style result has none
+        if where:
+            result.client_environments[client.cid] = where
         if on_client is not None:
             on_client(i, len(clients))
     server.global_update()

@@ -97,6 +97,9 @@ class ClientResult:
         state: the client's new persistent state, or None.
         sha256: hash of the uplink's canonical bytes (see `package_sha256`).
         trace: the client's step trace (`blazefl.core.step_trace`), or None.
+        environment: where the client ran when that environment differs from the driver's
+            (a Ray node allowed with `allow_mixed_env`): `{"node": label, field: the node's
+            value, ...}` for each differing field; None where it ran in the driver's.
     """
 
     cid: int
@@ -105,6 +108,7 @@ class ClientResult:
     state: dict[str, torch.Tensor] | None = None
     sha256: str = ""
     trace: dict[str, torch.Tensor] | None = None
+    environment: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from blazefl.core.pool_worker import tensors_to_wire
 __all__ = [
     "NODE_IGNORED_FIELDS",
     "ClientActor",
+    "differing_fields",
     "environment_differences",
     "environment_digest",
     "node_label",
@@ -64,13 +65,22 @@ def environment_differences(driver: dict[str, Any], node: dict[str, Any]) -> lis
         >>> environment_differences({"cpu_isa": "AVX512"}, {"cpu_isa": "AVX2"})
         ["cpu_isa 'AVX2' (driver 'AVX512')"]
     """
-    keys = sorted((set(driver) | set(node)) - NODE_IGNORED_FIELDS)
     absent = "(absent)"
     return [
         f"{k} {node.get(k, absent)!r} (driver {driver.get(k, absent)!r})"
-        for k in keys
-        if driver.get(k) != node.get(k)
+        for k in differing_fields(driver, node)
     ]
+
+
+def differing_fields(driver: dict[str, Any], node: dict[str, Any]) -> list[str]:
+    """The compared fields (sorted) whose values differ between two environment records.
+
+    Example:
+        >>> differing_fields({"cpu_isa": "AVX512", "pid": 1}, {"cpu_isa": "AVX2", "pid": 2})
+        ['cpu_isa']
+    """
+    keys = sorted((set(driver) | set(node)) - NODE_IGNORED_FIELDS)
+    return [k for k in keys if driver.get(k) != node.get(k)]
 
 
 def environment_digest(env: dict[str, Any]) -> str:

@@ -13,7 +13,9 @@ the very same bytes as every other execution mode.
 - The driver alone writes the run directory: actors never see a path of it.
 - Each actor compares its node's bit-relevant environment with the driver's before it runs a
   client (refused in one line naming the node and the field, or a warning line with
-  `allow_mixed_env`; `client_nodes` then says which node ran which client).
+  `allow_mixed_env`; each result of a client that ran on such a node then carries the node
+  and its differing fields in `ClientResult.environment`, which the round records, and
+  `client_nodes` says which node ran which client).
 - Faults: an actor whose node dies is restarted by Ray (on another node if one has room) and
   the client it was training is run again, from the same task: same bytes. When Ray gives
   up, the round stops with `RayWorkerLostError` naming the client; completed rounds are kept.
@@ -40,6 +42,7 @@ from blazefl.core.pool_worker import WorkerCrashedError
 from blazefl.core.protocols import ClientWorkload
 from blazefl.core.ray_actor import (
     ClientActor,
+    differing_fields,
     pickle_workload,
     read_uplink,
     tensors_from_reply,
@@ -135,6 +138,9 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self._round_open = False
         #: Ray node id -> label, for every node an actor reported from.
         self.nodes: dict[str, str] = {}
+        #: Ray node id -> {"node": label, field: the node's value} for each field in which a
+        #: node (allowed with `allow_mixed_env`) differs from the driver.
+        self.node_differences: dict[str, dict[str, Any]] = {}
         #: client id -> the label of the node that ran it last (filled in every round).
         self.client_nodes: dict[int, str] = {}
         self._warned: set[str] = set()
@@ -245,6 +251,12 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             raise error
         node = reply[1]
         self.nodes[node["node_id"]] = node["label"]
+        fields = differing_fields(self.driver_environment, node["env"])
+        if fields:
+            self.node_differences[node["node_id"]] = {
+                "node": node["label"],
+                **{k: node["env"].get(k) for k in fields},
+            }
         if kind == "mismatch":
             first = node["differs"][0]
             more = len(node["differs"]) - 1
@@ -324,6 +336,8 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             tensors_from_reply(state),
             sha,
             tensors_from_reply(trace),
+            # the round records where such a client ran: its bytes are not promised
+            self.node_differences.get(node_id),
         )
 
     # -- ending ------------------------------------------------------------------------------

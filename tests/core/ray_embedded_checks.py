@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import psutil
+import torch
 
 from blazefl import ExperimentSpec, simulate
 from blazefl.core.client_task import ClientTrainingError
@@ -80,8 +81,11 @@ def main(out: str) -> None:
     mixed.driver_environment = {**mixed.driver_environment, "cpu_isa": "NOT-THIS-ONE"}
     payload = tiny_experiment().server().downlink_package()
     with mixed:
-        got = {r.cid: r.sha256 for r in mixed.train_round(payload, all_clients(), 1)}
+        results = list(mixed.train_round(payload, all_clients(), 1))
+    got = {r.cid: r.sha256 for r in results}
     seen["mixed"] = {
+        "environments": {str(r.cid): r.environment for r in results},
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),  # the node's, recorded per client
         "warnings": warnings,
         "client_nodes": {str(k): v for k, v in mixed.client_nodes.items()},
         "sha": {str(k): v for k, v in got.items()},

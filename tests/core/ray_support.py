@@ -152,11 +152,18 @@ class LocalCluster:
         done = self.ns.run([str(BIN / "ray"), *args], timeout=120)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
-    def add_worker(self) -> None:
-        self._ray(
-            "start", f"--address={self.address}", f"--num-cpus={self.cpus}",
-            "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+    def add_worker(self, **env: str) -> None:
+        """One more worker node; `env`: variables its processes (and so its actors) see."""
+        done = self.ns.run(
+            [
+                str(BIN / "ray"), "start", f"--address={self.address}",
+                f"--num-cpus={self.cpus}", "--node-ip-address=127.0.0.1",
+                "--disable-usage-stats",
+            ],
+            timeout=120,
+            **env,
         )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     def processes(self) -> list[psutil.Process]:
         found = []

@@ -173,6 +173,9 @@ def test_a_node_of_another_environment_is_refused_unless_allowed(
     assert set(mixed["client_nodes"]) == set(mixed["sha"])  # which node ran each client
     assert all(v.startswith("Ray node 127.0.0.1") for v in mixed["client_nodes"].values())
     assert mixed["sha"] == embedded["plain_sha"]  # the node really is the same
+    # every result says where it ran and what differs there: the round records it
+    for cid, where in mixed["environments"].items():
+        assert where == {"node": mixed["client_nodes"][cid], "cpu_isa": mixed["cpu_isa"]}
 
 
 @needs_ray

@@ -12,13 +12,16 @@ from hypothesis import strategies as st
 
 from blazefl.stages.manifest_schema import (
     MANIFEST_FORMAT,
+    NEWEST_FORMAT,
     ROUND_FIELDS,
     Field,
     ManifestError,
     NewerFormatError,
     config_digest,
+    is_current_format,
     manifest_format,
     parse_manifest_json,
+    round_format,
     validate_round_manifest,
     validate_store_manifest,
 )
@@ -86,12 +89,35 @@ def test_format_1_still_checks_its_fields() -> None:
 
 
 def test_newer_format_is_named_not_called_corrupt() -> None:
-    for m in ({**_round(), "format": MANIFEST_FORMAT + 1}, {**_store("dataset"), "format": 9}):
+    for m in ({**_round(), "format": NEWEST_FORMAT + 1}, {**_store("dataset"), "format": 9}):
         validate = validate_round_manifest if "round" in m else validate_store_manifest
         with pytest.raises(NewerFormatError) as info:
             validate(m, "round-0002/manifest.json")
         text = str(info.value)
         assert "newer blazefl" in text and "upgrade" in text and "corrupt" not in text
+
+
+def test_client_environments_declare_format_4_and_only_they() -> None:
+    """A round of clients run on mixed Ray nodes records them; it alone says format 4, so
+    every other manifest keeps the bytes of format 3 and a reader older than the field says
+    "newer" instead of "corrupt"."""
+    where = {"00004": {"node": "Ray node 10.0.0.2 (id 0123abcd)", "cpu_isa": "AVX2"}}
+    plain = _round()
+    assert round_format(plain) == MANIFEST_FORMAT == 3
+    mixed = {**_round(), "client_environments": where}
+    assert round_format(mixed) == NEWEST_FORMAT == 4
+    mixed["format"] = 4
+    assert validate_round_manifest(mixed, "m") is mixed and is_current_format(mixed)
+    assert is_current_format(plain) and not is_current_format(_legacy(_round()))
+    _refused(
+        validate_round_manifest,
+        {**mixed, "format": 3},
+        "field client_environments needs format 4, the manifest says 3",
+    )
+    other = {**mixed, "client_environments": {"00002": {"node": "n"}}}
+    _refused(validate_round_manifest, other, "client_environments may name only clients")
+    bad = {**mixed, "client_environments": {"00004": {"node": ["n"]}}}
+    _refused(validate_round_manifest, bad, "field client_environments must be")
 
 
 def test_sizes_must_list_exactly_the_outputs() -> None:
