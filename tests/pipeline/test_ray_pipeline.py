@@ -3,16 +3,17 @@
 so every client actor runs on a worker node, while the driver alone writes the run.
 
 Compared byte for byte (`blazefl diff`, exit 0) with sequential runs: FedAvg, SCAFFOLD,
-DS-FL and the custom-algorithm example; `verify --mode ray` re-executes a run. Faults: the
-driver SIGKILLed then resumed, and a worker node killed mid-round (Ray restarts its actor on
-the other node and retries the client, or the run stops with one line and a resume
-finishes it): both end with the bytes of the sequential run.
+DS-FL, the custom-algorithm example and 10,000 clients (10 sampled per round); `verify --mode
+ray` re-executes runs. Faults: the driver SIGKILLed then resumed, and a worker node killed
+mid-round (Ray restarts its actor on the other node and retries the client, or the run stops
+with one line and a resume finishes it): both end with the bytes of the sequential run.
 
-These are the slow multi-node tests (about 2 minutes in all on 2 cores).
+These are the slow multi-node tests (about 3 minutes in all on 2 cores).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -133,6 +134,32 @@ def test_the_custom_algorithm_example_runs_on_the_cluster(
         os.chdir(cwd)
     _ray_run(cluster, out, EXAMPLE_SETS, "--ray-address", cluster.address, cwd=EXAMPLE)
     _same(blazefl, ref, out)
+
+
+#: 10,000 clients (2 samples each), 10 sampled per round.
+MANY = [
+    *TINY_RAY_SETS,
+    "data.clients=10000",
+    "data.size=20000",
+    "fl.clients_per_round=10",
+    "fl.rounds=3",
+]
+
+
+def test_ten_thousand_clients_run_and_verify_on_the_cluster(
+    cluster: LocalCluster, runs: Path, blazefl: Callable[..., Result]
+) -> None:
+    ref = _sequential(blazefl, runs / "many-sequential", MANY)
+    out = runs / "many-ray"
+    _ray_run(cluster, out, MANY, "--ray-address", cluster.address)
+    _same(blazefl, ref, out)
+    args = [str(BIN / "blazefl"), "verify", str(out), "--mode", "ray", "--workers", "2"]
+    done = cluster.ns.run([*args, "--ray-address", cluster.address], ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "rounds 0-3: all OK", done.stdout
+    for t in (1, 2, 3):  # what a round records grows with the clients sampled, not with all
+        m = json.loads((out / f"round-{t:04d}" / "manifest.json").read_bytes())
+        assert len(m["clients"]) == 10 and sum(m["sizes"].values()) < 500_000, m["sizes"]
 
 
 LONG = [*TINY_RAY_SETS, "fl.rounds=4", "data.size=400", "train.local_epochs=2"]
