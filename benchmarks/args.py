@@ -1,13 +1,24 @@
-"""Command-line arguments of `python -m benchmarks.run`."""
+"""Command-line arguments of `python -m benchmarks.run`, and finding Flower's interpreter."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 from benchmarks.workloads import workloads
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Where benchmarks/README.md installs Flower (its ray pin clashes with the dev extra's ray).
+FLOWER_VENV_PYTHON = ROOT / ".venv-flower" / "bin" / "python"
+
+FLOWER_INSTALL = (
+    "python3.11 -m venv .venv-flower && .venv-flower/bin/pip install torch==2.14.1 "
+    "torchvision==0.29.1 && .venv-flower/bin/pip install -e '.[bench-flower,ray]'"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PSS measurement: extra untimed pass (default), during timed runs "
         "(default with --quick), or none",
     )
+    p.add_argument(
+        "--flower-python",
+        default=None,
+        metavar="PATH",
+        help="interpreter with flwr[simulation] for flower-2 (default: this one if it imports "
+        f"flwr, else {FLOWER_VENV_PYTHON.relative_to(ROOT)} if it does)",
+    )
+    p.add_argument(
+        "--ray-netns",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="run the variants that start Ray (ray-2, flower-2) in a network namespace with "
+        "only loopback (unshare -n): on, off, or auto (on where unshare works, e.g. as root)",
+    )
     p.add_argument("--workdir", default=None, help="parent of the scratch dir (default: $TMPDIR)")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     p.add_argument("--timeout", type=float, default=1800, help="per-run timeout, seconds")
@@ -45,3 +70,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.pss is None:
         a.pss = "inline" if a.quick else "pass"
     return a
+
+
+def _versions(python: str, modules: str) -> str | None:
+    """`python -c 'import MODULES'` and their versions, or None if that fails."""
+    code = f"import {modules}; print(' '.join(m.__version__ for m in ({modules},)))"
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def find_flower_python(arg: str | None) -> tuple[str | None, str]:
+    """(interpreter, "flwr X ray Y") for flower-2, or (None, one line saying what to do)."""
+    candidates = [arg] if arg else [sys.executable, str(FLOWER_VENV_PYTHON)]
+    for python in candidates:
+        if Path(python).exists() and (found := _versions(python, "flwr, ray")):
+            flwr, ray = found.split()
+            return python, f"flwr {flwr}, ray {ray}"
+    where = f"--flower-python {arg} cannot import flwr and ray" if arg else "flwr is not installed"
+    return None, f"flower-2: {where}; install the pinned extra: {FLOWER_INSTALL}"
+
+
+def ray_version() -> str | None:
+    """Ray's version for this interpreter (blazefl's ray mode runs here), None if missing."""
+    return _versions(sys.executable, "ray")

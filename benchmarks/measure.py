@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import subprocess
 import threading
 import time
@@ -30,6 +31,8 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, recursively (by parent pid, from /proc): for Ray also
+    gcs_server, raylet and the workers raylet starts."""
     kids, out, todo = _children_map(), [], [pid]
     while todo:
         p = todo.pop()
@@ -50,6 +53,30 @@ def _status_kb(pid: int) -> dict[str, int] | None:
             key, value = line.split(b":", 1)
             out[key.decode()] = int(value.split()[0])
     return out if "VmRSS" in out else None
+
+
+def _label(pid: int) -> tuple[str, int] | None:
+    """(what the process is, its start time in clock ticks) from /proc: the program's name, or
+    Ray's process title ("ray::ClientActor"); the start time tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            start = int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    first = argv[0].decode(errors="replace").split(" ")[0] if argv and argv[0] else "?"
+    return (first if first.startswith("ray::") else os.path.basename(first)), start
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User + system clock ticks the process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _pss_kb(pid: int) -> int | None:
@@ -88,7 +115,12 @@ class TreeSampler(threading.Thread):
         self.peak_unique_kb = 0  # sum of anonymous RSS + largest file RSS + largest shmem RSS
         self.peak_pss_kb = 0
         self.max_processes = 0
-        self.seen: set[int] = set()  # every pid of the tree ever seen (pool restarts show here)
+        # every pid of the tree ever seen, with its name and start time (pool restarts show
+        # here, and which processes were counted: python, gcs_server, raylet, ray::...)
+        self.seen: dict[int, tuple[str, int]] = {}
+        # the CPU ticks each last had: Ray's daemons are not all reaped by the process we
+        # wait for, so rusage alone would miss their CPU time
+        self.ticks: dict[int, int] = {}
         self.samples = 0
         self.pss_samples = 0
 
@@ -99,7 +131,12 @@ class TreeSampler(threading.Thread):
             now = time.perf_counter()
             if now >= next_tree:
                 pids = process_tree(self.pid)
-                self.seen.update(pids)
+                for p in pids:
+                    # re-read: exec and Ray's set-proctitle rename processes after start
+                    if (label := _label(p)) is not None:
+                        self.seen[p] = label
+                    if (ticks := _cpu_ticks(p)) is not None:
+                        self.ticks[p] = ticks
                 next_tree = now + self.tree_interval
             stats = [s for s in map(_status_kb, pids) if s is not None]
             if stats:
@@ -120,20 +157,54 @@ class TreeSampler(threading.Thread):
                 return
 
     def stop(self) -> dict[str, Any]:
+        """Stop sampling (after the root exited); peaks, and the tree's processes still alive
+        (a runtime that outlived its driver, e.g. Ray daemons not shut down)."""
         self._halt.set()
         self.join()
+        names: dict[str, int] = {}
+        for name, _ in self.seen.values():
+            names[name] = names.get(name, 0) + 1
+
+        def alive(p: int) -> bool:
+            now = _label(p)
+            return now is not None and now[1] == self.seen[p][1]
+
+        leftover = [p for p in self.seen if p != self.pid and alive(p)]
+        if leftover:  # a runtime may still be shutting down the moment its driver exits
+            time.sleep(1.0)
+            leftover = [p for p in leftover if alive(p)]
         return {
             "peak_rss_sum_mb": self.peak_rss_kb / 1024,
             "peak_unique_est_mb": self.peak_unique_kb / 1024,
             "peak_pss_mb": self.peak_pss_kb / 1024 if self.pss_samples else None,
             "max_processes": self.max_processes,
             "distinct_processes": len(self.seen),
+            "process_names": dict(sorted(names.items())),
+            "leftover_processes": [f"{p} {self.seen[p][0]}" for p in leftover],
+            "tree_cpu_sampled_s": sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK"),
             "samples": self.samples,
             "pss_samples": self.pss_samples,
         }
 
 
 # -- running one subprocess ----------------------------------------------------------------------
+#: `unshare -n` runs the command in a new network namespace with only loopback up: Ray (which
+#: otherwise binds the machine's outward address) then listens on 127.0.0.1 alone. `exec`
+#: keeps the command's pid the one launched, so the measured tree is the command's own.
+LOOPBACK_NETNS = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+def loopback_netns_available() -> bool:
+    """Whether LOOPBACK_NETNS works here (root, or a user allowed to unshare, and `ip`)."""
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    try:
+        done = subprocess.run(LOOPBACK_NETNS + ["true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 @dataclass
 class Proc:
     rc: int
@@ -143,6 +214,7 @@ class Proc:
     memory: dict[str, Any]
     rusage: dict[str, float]
     launched_at: float  # time.time() at launch
+    pid: int = 0  # the root of the measured tree
 
 
 def cpu_busy_seconds() -> float | None:
@@ -211,10 +283,12 @@ def run_measured(
         ),
     }
     if busy_before is not None and busy_after is not None:
-        # CPU used by anything else on the machine during the run: a noise indicator
+        # CPU used by anything else on the machine during the run: a noise indicator. The
+        # tree's own CPU is the larger of rusage (reaped descendants) and the per-process
+        # ticks sampled every 250 ms (also processes reaped by someone else, e.g. Ray's)
+        tree_cpu = max(rusage["user_s"] + rusage["sys_s"], memory["tree_cpu_sampled_s"])
         rusage["foreign_cpu_s"] = max(
-            0.0,
-            busy_after - busy_before - rusage["user_s"] - rusage["sys_s"] - rusage["harness_cpu_s"],
+            0.0, busy_after - busy_before - tree_cpu - rusage["harness_cpu_s"]
         )
         rusage["foreign_cpu_share"] = rusage["foreign_cpu_s"] / (wall * (os.cpu_count() or 1))
-    return Proc(rc, wall, "".join(out), lines, memory, rusage, launched_at)
+    return Proc(rc, wall, "".join(out), lines, memory, rusage, launched_at, p.pid)

@@ -96,6 +96,17 @@ def summarize(
                 ratios["peak_pss_mb"] = s["peak_pss_mb"] / ref["peak_pss_mb"]
         s["reference"] = v.reference
         s["ratios"] = ratios
+        # the second comparison (W: blazefl against Flower's simulation of the same experiment)
+        vs = out.get(v.versus) if v.versus else None
+        s["versus"] = v.versus
+        s["ratios_versus"] = {}
+        if vs is not None:
+            for key in ("wall_s", "steady_round_s", "peak_rss_sum_mb"):
+                a, b = s.get(key), vs.get(key)
+                if a and b:
+                    s["ratios_versus"][key] = a["median"] / b["median"]
+            if s.get("peak_pss_mb") and vs.get("peak_pss_mb"):
+                s["ratios_versus"]["peak_pss_mb"] = s["peak_pss_mb"] / vs["peak_pss_mb"]
     return out
 
 
@@ -107,16 +118,30 @@ def _ratio_cell(s: dict[str, Any]) -> str:
     return f"{r['steady_round_s']:.3f}x{wall}"
 
 
+def _versus_cell(s: dict[str, Any]) -> str:
+    r = s.get("ratios_versus") or {}
+    if "wall_s" not in r:
+        return "-"
+    steady = f" ({r['steady_round_s']:.2f}x)" if "steady_round_s" in r else ""
+    return f"{r['wall_s']:.3f}x{steady}"
+
+
 def table(summary: dict[str, Any], variants: list[Variant]) -> str:
+    # a column for the second comparison only where a variant has one (W: Flower)
+    versus = sorted({v.versus for v in variants if v.versus and v.versus in summary})
     head = (
         "| variant | wall s | steady round s | vs ref: steady (wall) | vs | start-up s | "
         "round 1 s | peak RSS-sum MB | peak PSS MB | write share % |"
     )
-    lines = [head, "|" + "---|" * 10]
+    cols = 10
+    if versus:
+        head += f" vs {'/'.join(versus)}: wall (steady) |"
+        cols += 1
+    lines = [head, "|" + "---|" * cols]
     for v in variants:
         s = summary[v.name]
         if s["runs_ok"] == 0:
-            lines.append(f"| {v.name} | FAILED | | | | | | | | |")
+            lines.append(f"| {v.name} | FAILED |" + " |" * (cols - 2))
             continue
         ws = s["write_share"]
         ws_cell = (
@@ -132,6 +157,7 @@ def table(summary: dict[str, Any], variants: list[Variant]) -> str:
             f"{_ratio_cell(s)} | {v.reference or '-'} | {fmt_stat(s['startup_s'])} | "
             f"{fmt_stat(s['round1_s'])} | "
             f"{rss['median']:.0f} [{rss['min']:.0f}-{rss['max']:.0f}] | {pss} | {ws_cell} |"
+            + (f" {_versus_cell(s)} |" if versus else "")
         )
     return "\n".join(lines)
 
@@ -149,6 +175,9 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
 
     def ratio(name: str, key: str) -> float | None:
         return summary.get(name, {}).get("ratios", {}).get(key)
+
+    def versus(name: str, key: str) -> float | None:
+        return (summary.get(name, {}).get("ratios_versus") or {}).get(key)
 
     def add(target: str, value: float | None, limit: float | None, unit: str = "x") -> None:
         """One line; `limit=None` makes it informative (status "info")."""
@@ -184,6 +213,14 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
             1.0,
         )
         write_share()
+        # the embedded Ray runtime against the process pool, and against Flower's Ray-based
+        # simulation of the same experiment (whole-run wall: Ray's start-up included)
+        steady("ray-2", 1.15, "processes-2-shm")
+        add("ray-2 whole run (wall) <= 1.15x processes-2-shm", ratio("ray-2", "wall_s"), 1.15)
+        for name in ("ray-2", "processes-2-shm"):
+            add(f"{name} whole run (wall) <= 0.50x flower-2", versus(name, "wall_s"), 0.5)
+        add("ray-2 steady round / flower-2", versus("ray-2", "steady_round_s"), None)
+        add("ray-2 peak PSS / flower-2 (process trees)", versus("ray-2", "peak_pss_mb"), None)
         for name in ("processes-2-shm", "processes-2-sto"):
             # main + 2 workers + multiprocessing's resource tracker; a pool rebuilt every round
             # would show up as more distinct pids (the tree is listed every 250 ms)
@@ -310,6 +347,19 @@ def render_markdown(result: dict[str, Any], variants: list[Variant]) -> str:
     consistency = check_consistency(result)
     if consistency:
         lines += ["", consistency]
+    # the floor and Flower share the data, partition and per-client shuffles, so Flower's
+    # accuracy should match the reference's (blazefl draws its own, reproducible, streams)
+    acc = {
+        name: sorted({r["final_metrics"]["test_accuracy"] for r in rs if "final_metrics" in r})
+        for name, rs in result["runs"].items()
+    }
+    if any(k != "blazefl" for k in {v["kind"] for v in result["variants"]}) and any(acc.values()):
+        lines += [
+            "",
+            "Final test accuracy: "
+            + ", ".join(f"{n} {'/'.join(f'{a:.4f}' for a in xs)}" for n, xs in acc.items() if xs)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,12 @@ repeat), on the same data and config:
     threads-2        blazefl run --mode threads --workers 2
     processes-2-shm  blazefl run --mode processes --workers 2 --ipc shared_memory
     processes-2-sto  blazefl run --mode processes --workers 2 --ipc storage
+    ray-2            blazefl run --mode ray --workers 2 (embedded local Ray runtime)   [W]
+    flower-2         Flower's Ray-based simulation (benchmarks/flower_sim.py)          [W]
+
+The variants that start Ray run in a network namespace with only loopback (``--ray-netns``),
+with RAY_USAGE_STATS_ENABLED=0 and FLWR_TELEMETRY_ENABLED=0, and RAY_ADDRESS unset (ray-2
+starts its own local runtime, never joins a cluster).
 
 Measured per run (definitions are also written into the JSON):
 
@@ -35,9 +41,11 @@ Measured per run (definitions are also written into the JSON):
   its model and optimizer). blazefl builds its workers (and starts a process pool) lazily,
   inside round 1, so that cost shows in the ``round 1`` column, not in start-up.
 - round 1: seconds of round 1 (blazefl: incl. its artifacts), to show one-off costs.
-- peak RSS-sum: the largest sum of VmRSS over the subprocess and all its descendants, sampled
-  every 50 ms from /proc (cheap). Shared pages (torch's libraries, shared-memory tensors)
-  count once per process, so multi-process trees are over-counted.
+- peak RSS-sum: the largest sum of VmRSS over the subprocess and all its descendants
+  (recursively: for Ray, gcs_server, raylet and its workers too), sampled every 50 ms from
+  /proc (cheap); the names of the processes counted are in the JSON (``process_names``).
+  Shared pages (torch's libraries, shared-memory tensors) count once per process, so
+  multi-process trees are over-counted.
 - peak PSS: the largest sum of PSS over the tree (shared pages split between the processes that
   map them), read from /proc/PID/smaps_rollup every 100 ms. Reading smaps_rollup walks the page
   tables (~10 ms per GB of RSS), too costly for timed runs on 2 cores, so by default PSS comes
@@ -65,7 +73,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -76,8 +83,8 @@ from typing import Any
 
 import yaml
 
-from benchmarks.args import parse_args
-from benchmarks.measure import Proc, run_measured
+from benchmarks.args import find_flower_python, parse_args, ray_version
+from benchmarks.measure import LOOPBACK_NETNS, Proc, loopback_netns_available, run_measured
 from benchmarks.report import (
     ROOT,
     check_targets,
@@ -87,21 +94,11 @@ from benchmarks.report import (
     summarize,
     update_readme,
 )
+from benchmarks.run_parse import PROGRESS, floor_flags, mean, mode_args, parse_blazefl
 from benchmarks.workloads import Variant, Workload, apply_quick, workloads
 
+
 # -- running the variants ----------------------------------------------------------------------
-_PROGRESS = re.compile(r"^round\s+(\d+)/(\d+)\s.*?\s([0-9.]+)s\s*$")
-
-
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def _mode_args(v: Variant) -> list[str]:
-    """The `blazefl run` options that select the variant's execution mode."""
-    return ["--mode", v.mode, "--workers", str(v.workers), "--ipc", v.ipc]
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, wl: Workload) -> None:
         self.args = args
@@ -112,6 +109,11 @@ class Bench:
             [str(ROOT)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else [])
         )
         self.env.pop("BLAZEFL_TEST_PERTURB_UPLINK", None)
+        self.env.pop("RAY_ADDRESS", None)  # ray-2 is the embedded runtime, never a cluster
+        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        self.env["FLWR_TELEMETRY_ENABLED"] = "0"
+        self.flower_python = sys.executable  # set by bench_workload when flower-2 runs
+        self.netns = False  # run Ray variants on loopback only (set by bench_workload)
         script = Path(sys.executable).parent / "blazefl"
         self.blazefl = (
             [str(script)] if script.exists() else [sys.executable, "-m", "blazefl.pipeline.cli"]
@@ -138,31 +140,26 @@ class Bench:
     def run_variant(self, v: Variant, pss_interval: float | None) -> dict[str, Any]:
         cfg = v.config(self.wl.config)
         if v.kind == "ref":
-            return self._run_reference(v, cfg, pss_interval)
+            return self._run_script(v, cfg, pss_interval, sys.executable, "benchmarks.reference")
+        if v.kind == "flower":
+            return self._run_script(
+                v, cfg, pss_interval, self.flower_python, "benchmarks.flower_sim"
+            )
         return self._run_blazefl(v, cfg, pss_interval)
 
-    def _run_reference(self, v: Variant, cfg: dict[str, Any], pss: float | None) -> dict[str, Any]:
-        out = self.workdir / f"ref-{self.counter}.json"
+    def _measure(self, v: Variant, cmd: list[str], pss: float | None) -> Proc:
+        if v.uses_ray and self.netns:
+            cmd = LOOPBACK_NETNS + cmd
+        return run_measured(cmd, self.workdir, self.env, pss, self.timeout)
+
+    def _run_script(
+        self, v: Variant, cfg: dict[str, Any], pss: float | None, python: str, module: str
+    ) -> dict[str, Any]:
+        """The reference or Flower's simulation: both print the same JSON shape."""
+        out = self.workdir / f"{v.kind}-{self.counter}.json"
         self.counter += 1
-        flags = [
-            ("--model", cfg["model.name"]),
-            ("--size", cfg["data.size"]),
-            ("--test-size", cfg["data.test_size"]),
-            ("--clients", cfg["data.clients"]),
-            ("--rounds", cfg["fl.rounds"]),
-            ("--epochs", cfg["train.local_epochs"]),
-            ("--batch", cfg["train.batch_size"]),
-            ("--lr", cfg["train.lr"]),
-            ("--momentum", cfg["train.momentum"]),
-            ("--weight-decay", cfg["train.weight_decay"]),
-            ("--seed", cfg["seed"]),
-            ("--workers", v.workers),
-            ("--threads", cfg["runtime.threads_per_client"]),
-            ("--json", out),
-        ]
-        cmd = [sys.executable, "-m", "benchmarks.reference"]
-        cmd += [arg for flag, value in flags for arg in (flag, str(value))]
-        p = run_measured(cmd, self.workdir, self.env, pss, self.timeout)
+        cmd = [python, "-m", module, *floor_flags(cfg, v), "--json", str(out)]
+        p = self._measure(v, cmd, pss)
         rec = self._base_record(v, p)
         if p.rc != 0 or not out.exists():
             return self._failed(rec, p)
@@ -172,85 +169,36 @@ class Bench:
         rec.update(
             {
                 "round_seconds": [r["seconds"] for r in rounds],
-                "steady_round_s": _mean([r["seconds"] for r in rounds[1:]]),
-                "steady_total_s": _mean([r["seconds"] for r in rounds[1:]]),
+                "steady_round_s": mean([r["seconds"] for r in rounds[1:]]),
+                "steady_total_s": mean([r["seconds"] for r in rounds[1:]]),
                 "startup_s": data["startup_seconds"],
                 "round1_s": rounds[0]["seconds"] if rounds else None,
                 "self_reported_wall_s": data["wall_seconds"],
-                "self_reported_peak_rss_sum_mb": data["peak_rss_sum_mb"],
-                "pool_start_s": data["pool_seconds"],
+                "self_reported_peak_rss_sum_mb": data.get("peak_rss_sum_mb"),
+                "pool_start_s": data.get("pool_seconds"),
                 "final_metrics": data["final_metrics"],
                 "malloc_tuned": data["malloc_tuned"],
             }
         )
+        for key in ("flwr", "ray", "simulation_seconds"):
+            if key in data:
+                rec[key] = data[key]
         return rec
 
     def _run_blazefl(self, v: Variant, cfg: dict[str, Any], pss: float | None) -> dict[str, Any]:
         params = self.write_config(cfg)
         run_dir = self.workdir / f"run-{self.counter}"
         cmd = self.blazefl + ["run", "--config", str(params), "--out", str(run_dir)]
-        cmd += _mode_args(v)
-        p = run_measured(cmd, self.workdir, self.env, pss, self.timeout)
+        cmd += mode_args(v)
+        p = self._measure(v, cmd, pss)
         rec = self._base_record(v, p)
         try:
             if p.rc != 0:
                 return self._failed(rec, p)
-            rec.update(self._parse_blazefl(run_dir, p, cfg["fl.rounds"]))
+            rec.update(parse_blazefl(run_dir, p, cfg["fl.rounds"]))
         finally:
             if not self.args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
-        return rec
-
-    def _parse_blazefl(self, run_dir: Path, p: Proc, rounds: int) -> dict[str, Any]:
-        timings = []
-        for t in range(1, rounds + 1):
-            timings.append(json.loads((run_dir / "timings" / f"round-{t:04d}.json").read_text()))
-        progress: dict[int, tuple[float, float]] = {}
-        for at, line in p.stderr_lines:
-            m = _PROGRESS.match(line)
-            if m:
-                progress[int(m.group(1))] = (at, float(m.group(3)))
-        # Whole round period incl. serialising, hashing and committing the snapshot: the time
-        # between consecutive timings files (written last in every round; ns mtimes) for
-        # rounds 2+, the progress line's seconds (10 ms resolution) for round 1.
-        mtimes = [
-            (run_dir / "timings" / f"round-{t:04d}.json").stat().st_mtime_ns
-            for t in range(1, rounds + 1)
-        ]
-        total: list[float | None] = [progress[1][1] if 1 in progress else None]
-        total += [(mtimes[i] - mtimes[i - 1]) / 1e9 for i in range(1, rounds)]
-        comp = [x["round_seconds"] for x in timings]
-        write = [x["write_seconds"] for x in timings]
-        steady_total = [x for x in total[1:] if x is not None]
-        rec: dict[str, Any] = {
-            "round_seconds": comp,
-            "write_seconds": write,
-            "round_total_seconds": total,
-            "steady_round_s": _mean(comp[1:]),
-            "steady_total_s": _mean(steady_total) if len(steady_total) == len(comp[1:]) else None,
-            "startup_s": progress[1][0] - progress[1][1] if 1 in progress else None,
-            "round1_s": total[0],
-            "final_metrics": json.loads(
-                (run_dir / "metrics" / f"round-{rounds:04d}.json").read_text()
-            ),
-        }
-        steady_c, steady_w = sum(comp[1:]), sum(write[1:])
-        rec["write_share_timings"] = steady_w / (steady_c + steady_w) if comp[1:] else None
-        if rec["steady_total_s"] is not None and comp[1:]:
-            rec["write_share"] = 1.0 - steady_c / sum(steady_total)
-        else:
-            rec["write_share"] = None
-        # stage completion times (launch-relative) from manifest mtimes
-        stages = {}
-        for name, rel in (
-            ("prepare", "dataset/manifest.json"),
-            ("partition", "partitions/manifest.json"),
-            ("init", "round-0000/manifest.json"),
-        ):
-            f = run_dir / rel
-            if f.exists():
-                stages[name] = f.stat().st_mtime - p.launched_at
-        rec["stage_done_at_s"] = stages
         return rec
 
     def _base_record(self, v: Variant, p: Proc) -> dict[str, Any]:
@@ -304,12 +252,12 @@ class Bench:
         self.counter += 1
         shutil.copytree(base, run_dir)
         cmd = self.blazefl + ["run", "--config", str(params), "--out", str(run_dir)]
-        cmd += ["--set", "fl.rounds=1", *_mode_args(v)]
+        cmd += ["--set", "fl.rounds=1", *mode_args(v)]
         p = run_measured(cmd, self.workdir, self.env, None, self.timeout)
         shutil.rmtree(run_dir, ignore_errors=True)
         rec = {"variant": v.name, "rc": p.rc, "wall_s": p.wall}
         for at, line in p.stderr_lines:
-            m = _PROGRESS.match(line)
+            m = PROGRESS.match(line)
             if m and m.group(1) == "1":
                 rec["startup_s"] = at - float(m.group(3))
                 rec["round1_s"] = float(m.group(3))
@@ -333,6 +281,42 @@ def loadavg() -> list[float] | None:
         return None
 
 
+def _ray_setup(
+    args: argparse.Namespace, variants: list[Variant], bench: Bench
+) -> tuple[list[Variant], dict[str, Any]]:
+    """Find Ray (ray-2) and Flower's interpreter (flower-2), decide on the loopback network
+    namespace. A variant asked for by name that cannot run is one line (SystemExit); one that
+    is only in the default list is skipped with a line saying how to get it."""
+    info: dict[str, Any] = {}
+
+    def drop(kind: str, why: str) -> None:
+        nonlocal variants
+        if args.variants:
+            raise SystemExit(why)
+        log(f"skipping: {why}")
+        variants = [v for v in variants if not (v.uses_ray and (v.kind == kind))]
+
+    if any(v.uses_ray and v.kind == "blazefl" for v in variants):
+        info["blazefl_ray"] = ray_version()
+        if info["blazefl_ray"] is None:
+            drop("blazefl", "ray-2: Ray is not installed here; pip install -e '.[ray]'")
+    if any(v.kind == "flower" for v in variants):
+        python, what = find_flower_python(args.flower_python)
+        if python is None:
+            drop("flower", what)
+        else:
+            bench.flower_python = python
+            info["flower_python"], info["flower"] = python, what
+    if any(v.uses_ray for v in variants) and args.ray_netns != "off":
+        bench.netns = loopback_netns_available()
+        if not bench.netns:
+            if args.ray_netns == "on":
+                raise SystemExit("--ray-netns on: `unshare -n` does not work here (needs root)")
+            log("warning: cannot unshare a network namespace: Ray binds this machine's address")
+    info["loopback_netns"] = bench.netns
+    return variants, info
+
+
 def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
     if args.quick:
         wl = apply_quick(wl)
@@ -346,6 +330,7 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
             )
         variants = [v for v in variants if v.name in keep]
     bench = Bench(args, wl)
+    variants, ray_info = _ray_setup(args, variants, bench)
     started = _dt.datetime.now(_dt.UTC)
     load_before = loadavg()
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
@@ -394,6 +379,8 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
                         "peak_rss_sum_mb",
                         "peak_unique_est_mb",
                         "max_processes",
+                        "process_names",
+                        "leftover_processes",
                         "pss_samples",
                         "rc",
                     )
@@ -426,11 +413,13 @@ def bench_workload(args: argparse.Namespace, wl: Workload) -> dict[str, Any]:
                 "ipc": v.ipc,
                 "overrides": dict(v.overrides),
                 "reference": v.reference,
+                "versus": v.versus,
             }
             for v in variants
         ],
         "repeats": args.repeats,
         "pss_mode": args.pss,
+        "ray": ray_info,
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
         "loadavg_before": load_before,

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Workload W: the published BlazeFL benchmark scaled to 2 cores.
@@ -43,17 +43,26 @@ SHAPE_CONFIG: dict[str, Any] = {
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kind: str  # "ref" | "blazefl"
+    kind: str  # "ref" | "blazefl" | "flower" (benchmarks/flower_sim.py)
     workers: int = 1
     mode: str = "sequential"
     ipc: str = "shared_memory"
     overrides: tuple[tuple[str, Any], ...] = ()  # config keys that differ from the workload's
     reference: str | None = None  # the variant its ratios are taken against
+    versus: str | None = None  # a second variant to compare with (W: Flower's simulation)
 
     @property
     def multiprocess(self) -> bool:
-        """More than one process: PSS differs from RSS only then."""
-        return (self.kind == "ref" and self.workers > 1) or self.mode == "processes"
+        """More than one process: PSS differs from RSS only then. Ray (blazefl's ray mode and
+        Flower) runs gcs_server, raylet and worker processes under the driver."""
+        return (
+            (self.kind == "ref" and self.workers > 1) or self.uses_ray or (self.mode == "processes")
+        )
+
+    @property
+    def uses_ray(self) -> bool:
+        """Starts a local Ray runtime (the harness runs it on loopback, see run.py)."""
+        return self.kind == "flower" or (self.kind == "blazefl" and self.mode == "ray")
 
     def config(self, base: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(base)
@@ -112,13 +121,22 @@ def workloads() -> dict[str, Workload]:
         "fl.rounds": 2,
         "train.local_epochs": 1,
     }
+    # W also runs blazefl on the embedded Ray runtime (against processes-2-shm) and Flower's
+    # Ray-based simulation of the same experiment, which every blazefl variant is compared with
+    w_variants = [
+        replace(v, versus="flower-2") if v.kind == "blazefl" else v for v in _std_variants()
+    ]
+    w_variants += [
+        Variant("ray-2", "blazefl", 2, "ray", reference="processes-2-shm", versus="flower-2"),
+        Variant("flower-2", "flower", 2, "ray"),
+    ]
     w = Workload(
         "W",
         "CNN (62,006 params), synthetic CIFAR-shaped data, 100 clients x 200 samples, all "
         "clients every round, 3 rounds, 2 local epochs, batch 50, SGD lr 0.1 (no momentum, "
         "no weight decay, no augmentation), IID, test set 2,000, 1 intra-op thread per client",
         dict(W_CONFIG),
-        _std_variants(),
+        w_variants,
         quick_config=quick_w,
     )
     resnet = Workload(
@@ -217,9 +235,7 @@ def apply_quick(wl: Workload) -> Workload:
         for tag, repl in wl.quick_overrides.items():
             if v.name.endswith(tag):
                 over.update(repl)
-        variants.append(
-            Variant(v.name, v.kind, v.workers, v.mode, v.ipc, tuple(over.items()), v.reference)
-        )
+        variants.append(replace(v, overrides=tuple(over.items())))
     shrunk = ", ".join(f"{k}={v}" for k, v in wl.quick_config.items())
     per_variant = "; ".join(
         f"*{tag}: " + ", ".join(f"{k}={v}" for k, v in repl.items())

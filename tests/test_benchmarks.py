@@ -197,3 +197,172 @@ def test_model_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
         and "textbook channels-last" in out
         and "blazefl CNN" in out
     )
+
+
+# -- ray-2 and flower-2 (issue 18, part 3): no Ray is started here --------------------------
+def test_w_runs_ray_and_flower_variants_against_the_right_references() -> None:
+    from benchmarks.run_parse import mode_args
+
+    variants = {v.name: v for v in workloads()["W"].variants}
+    ray2, flower2 = variants["ray-2"], variants["flower-2"]
+    assert (ray2.kind, ray2.mode, ray2.workers) == ("blazefl", "ray", 2)
+    assert (ray2.reference, ray2.versus) == ("processes-2-shm", "flower-2")
+    assert mode_args(ray2) == ["--mode", "ray", "--workers", "2"]  # no address: embedded
+    assert mode_args(variants["processes-2-shm"])[-2:] == ["--ipc", "shared_memory"]
+    assert (flower2.kind, flower2.workers, flower2.reference) == ("flower", 2, None)
+    # PSS is measured for the whole Ray process tree, which runs on loopback
+    assert ray2.multiprocess and flower2.multiprocess and ray2.uses_ray and flower2.uses_ray
+    assert not variants["threads-2"].multiprocess and not variants["threads-2"].uses_ray
+    blazefl = [v for v in variants.values() if v.kind == "blazefl"]
+    assert all(v.versus == "flower-2" for v in blazefl)
+    quick = {v.name: v for v in apply_quick(workloads()["W"]).variants}
+    assert quick["ray-2"].versus == "flower-2" and quick["ray-2"].reference == "processes-2-shm"
+    for name in ("resnet18", "clients1000", "shape"):
+        assert not any(v.uses_ray for v in workloads()[name].variants)
+
+
+def test_flower_client_trains_the_reference_model_on_the_reference_data() -> None:
+    from benchmarks import flower_sim
+    from benchmarks.reference import (
+        LocalTrainer,
+        _load_source,
+        build_model,
+        client_generator,
+        flatten_,
+    )
+
+    cfg = {
+        **dict(model="cnn", size=120, clients=3, epochs=1, batch=25, lr=0.1, momentum=0.0),
+        **dict(weight_decay=0.0, seed=5, threads=1, tune_malloc=False, test_size=30),
+    }
+    # the data, partition and normalisation: the very bits reference.run builds
+    datasets = _load_source("blazefl/data/datasets.py", "_benchref_datasets")
+    partitioners = _load_source("blazefl/data/partitioners.py", "_benchref_partitioners")
+    train = datasets.synthetic_dataset(120, 5)
+    test = datasets.synthetic_dataset(30, 5, train=False)
+    parts = partitioners.partition_indices(train.labels.numpy(), 3, "iid", 5)
+    data = flower_sim.load_data(cfg, test=True)
+    assert torch.equal(data["images"], train.images) and torch.equal(data["labels"], train.labels)
+    assert torch.equal(data["test"].images, test.images)
+    assert all((a == b).all() for a, b in zip(data["parts"], parts, strict=True))
+    # a client's round: same bits as the reference's loop on the same client and round
+    server = build_model("cnn", 5)
+    state, loss, n = flower_sim.train_partition(server.state_dict(), cfg, cid=2, rnd=3)
+    trainer = LocalTrainer(cfg, train.images, train.labels, data["scale"], data["shift"])
+    gflat = flatten_(build_model("cnn", 5))
+    ref_loss, steps = trainer.train_client(
+        gflat, torch.from_numpy(parts[2]), client_generator(5, 3, 2)
+    )
+    assert n == len(parts[2]) and loss == ref_loss / steps
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(_bits(value), _bits(state[key])), key
+
+
+def test_flower_clientapp_replies_with_the_trained_model() -> None:
+    pytest.importorskip("flwr")
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from benchmarks import flower_sim
+    from benchmarks.reference import build_model
+
+    cfg = dict(model="cnn", size=60, clients=2, epochs=1, batch=30, lr=0.1, momentum=0.0)
+    cfg.update(weight_decay=0.0, seed=1, threads=1, tune_malloc=False)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # as a run sets
+    model = build_model("cnn", 1)
+    record = {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({**cfg})}
+    record["config"]["server-round"] = 1
+    msg = Message(content=RecordDict(record), dst_node_id=7, message_type="train")
+    context = Context(1, 7, {"partition-id": 1}, RecordDict(), {})
+    reply = flower_sim.client_train(msg, context)
+    want, _, n = flower_sim.train_partition(model.state_dict(), cfg, cid=1, rnd=1)
+    got = reply.content["arrays"].to_torch_state_dict()
+    assert reply.content["metrics"]["num-examples"] == n == 30
+    assert all(torch.equal(_bits(got[k]), _bits(v)) for k, v in want.items())
+
+
+def test_flower_and_ray_argument_errors_are_one_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import flower_sim, run
+    from benchmarks.args import find_flower_python
+
+    python, why = find_flower_python(str(tmp_path / "no-python"))
+    assert python is None and "\n" not in why
+    assert "--flower-python" in why and "pip install -e '.[bench-flower,ray]'" in why
+    with pytest.raises(SystemExit):
+        parse_args(["--ray-netns", "sometimes"])
+    with pytest.raises(SystemExit, match=r"^need 1 <= workers <= clients[^\n]*$"):
+        flower_sim.config(flower_sim.parse_args(["--workers", "3", "--clients", "2"]))
+    # asked for by name: one line; only in the default list: skipped, said in one line
+    monkeypatch.setattr(run, "ray_version", lambda: "2.x")
+    wl = workloads()["W"]
+    for variants in ("flower-2", None):
+        argv = ["--flower-python", str(tmp_path / "none"), "--ray-netns", "off"]
+        argv += ["--workdir", str(tmp_path)] + (["--variants", variants] if variants else [])
+        args = parse_args(argv)
+        bench = run.Bench(args, wl)
+        try:
+            chosen = [v for v in wl.variants if not variants or v.name == variants]
+            if variants:
+                with pytest.raises(SystemExit) as err:
+                    run._ray_setup(args, chosen, bench)
+                assert "\n" not in str(err.value) and "flower-2" in str(err.value)
+            else:
+                kept, info = run._ray_setup(args, chosen, bench)
+                assert "flower-2" not in {v.name for v in kept} and "ray-2" in {
+                    v.name for v in kept
+                }
+                assert info["loopback_netns"] is False
+                assert "skipping: flower-2" in capsys.readouterr().err
+        finally:
+            bench.close()
+
+
+def test_versus_ratios_column_and_targets() -> None:
+    from benchmarks.report import summarize, table
+
+    wl = workloads()["W"]
+    chosen = [v for v in wl.variants if v.name in ("processes-2-shm", "ray-2", "flower-2")]
+
+    def rec(wall: float, steady: float) -> dict[str, Any]:
+        keys = ("peak_rss_sum_mb", "peak_unique_est_mb", "user_s", "sys_s", "minflt")
+        return {"rc": 0, "repeat": 0, "wall_s": wall, "steady_round_s": steady} | dict.fromkeys(
+            keys, 100.0
+        )
+
+    runs = {
+        "processes-2-shm": [rec(10.0, 1.0)],
+        "ray-2": [rec(12.0, 1.1)],
+        "flower-2": [rec(30.0, 2.0)],
+    }
+    summary = summarize(runs, {}, chosen)
+    assert summary["ray-2"]["ratios"]["steady_round_s"] == pytest.approx(1.1)
+    assert summary["ray-2"]["ratios_versus"]["wall_s"] == pytest.approx(0.4)
+    assert summary["flower-2"]["ratios_versus"] == {}
+    md = table(summary, chosen)
+    assert "vs flower-2: wall (steady)" in md and "| 0.400x (0.55x) |" in md
+    targets = check_targets(wl, summary, {"help": None, "prepared": {}})
+    status = {t["target"]: t["status"] for t in targets}
+    assert status["ray-2 steady round <= 1.15x processes-2-shm"] == "PASS"
+    assert status["ray-2 whole run (wall) <= 1.15x processes-2-shm"] == "FAIL"
+    assert status["ray-2 whole run (wall) <= 0.50x flower-2"] == "PASS"
+    assert status["processes-2-shm whole run (wall) <= 0.50x flower-2"] == "PASS"
+
+
+def test_memory_sampling_covers_descendants_recursively(tmp_path: Any) -> None:
+    import sys
+
+    from benchmarks.measure import LOOPBACK_NETNS, loopback_netns_available, run_measured
+
+    # python -> python -> sleep: the grandchild is in the tree and counted
+    inner = "import subprocess; subprocess.run(['sleep', '0.8'])"
+    outer = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {inner!r}])"
+    p = run_measured([sys.executable, "-c", outer], tmp_path, {}, 0.1, 30)
+    assert p.rc == 0 and p.memory["max_processes"] == 3
+    assert p.memory["process_names"].get("sleep") == 1 and p.memory["leftover_processes"] == []
+    assert p.memory["peak_pss_mb"] and p.memory["peak_rss_sum_mb"] >= p.memory["peak_pss_mb"] / 2
+    if loopback_netns_available():  # what Ray sees: loopback alone; the tree's root is its own
+        links = "import os, socket; print(os.getpid(), [n for _, n in socket.if_nameindex()])"
+        p = run_measured(LOOPBACK_NETNS + [sys.executable, "-c", links], tmp_path, {}, None, 30)
+        assert p.rc == 0 and p.stdout.split(" ", 1) == [str(p.pid), "['lo']\n"]
