@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", default=None, help="parent of the scratch dir (default: $TMPDIR)")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
+    p.add_argument(
+        "--label",
+        default=None,
+        help="results as <workload>-LABEL.md/.json, so a subset run (e.g. --variants) does not "
+        "replace the full table",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="per-run timeout, seconds")
     p.add_argument("--keep", action="store_true", help="keep run directories")
     p.add_argument(
@@ -65,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and '<!-- benchmark:WORKLOAD:end -->' in this markdown file",
     )
     a = p.parse_args(argv)
+    if a.label is not None and not a.label.replace("-", "").replace("_", "").isalnum():
+        p.error(f"--label {a.label!r}: letters, digits, '-' and '_' only")
     if a.repeats is None:
         a.repeats = 1 if a.quick else 3
     if a.pss is None:

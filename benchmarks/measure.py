@@ -66,7 +66,19 @@ def _label(pid: int) -> tuple[str, int] | None:
     except (OSError, ValueError, IndexError):
         return None
     first = argv[0].decode(errors="replace").split(" ")[0] if argv and argv[0] else "?"
-    return (first if first.startswith("ray::") else os.path.basename(first)), start
+    if first.startswith("ray::"):
+        return first, start
+    name = os.path.basename(first)
+    if name.startswith("python"):  # which script: Ray runs several Python daemons
+        rest = [a.decode(errors="replace") for a in argv[1:] if a]
+        for i, arg in enumerate(rest):
+            if arg in ("-m", "-c"):
+                name += f" {arg} {rest[i + 1] if arg == '-m' and i + 1 < len(rest) else ''}"
+                break
+            if not arg.startswith("-"):
+                name += " " + os.path.basename(arg)
+                break
+    return name.strip(), start
 
 
 def _cpu_ticks(pid: int) -> int | None:
@@ -132,8 +144,10 @@ class TreeSampler(threading.Thread):
             if now >= next_tree:
                 pids = process_tree(self.pid)
                 for p in pids:
-                    # re-read: exec and Ray's set-proctitle rename processes after start
-                    if (label := _label(p)) is not None:
+                    # re-read: exec and Ray's set-proctitle rename processes after start;
+                    # an exiting process (zombie) has no command line left: keep its name
+                    label = _label(p)
+                    if label is not None and (label[0] != "?" or p not in self.seen):
                         self.seen[p] = label
                     if (ticks := _cpu_ticks(p)) is not None:
                         self.ticks[p] = ticks
@@ -162,8 +176,11 @@ class TreeSampler(threading.Thread):
         self._halt.set()
         self.join()
         names: dict[str, int] = {}
-        for name, _ in self.seen.values():
+        cpu: dict[str, float] = {}  # where the tree's CPU went, by process name
+        hz = os.sysconf("SC_CLK_TCK")
+        for pid, (name, _) in self.seen.items():
             names[name] = names.get(name, 0) + 1
+            cpu[name] = cpu.get(name, 0.0) + self.ticks.get(pid, 0) / hz
 
         def alive(p: int) -> bool:
             now = _label(p)
@@ -181,7 +198,8 @@ class TreeSampler(threading.Thread):
             "distinct_processes": len(self.seen),
             "process_names": dict(sorted(names.items())),
             "leftover_processes": [f"{p} {self.seen[p][0]}" for p in leftover],
-            "tree_cpu_sampled_s": sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK"),
+            "tree_cpu_sampled_s": sum(self.ticks.values()) / hz,
+            "cpu_s_by_process": {k: round(v, 2) for k, v in sorted(cpu.items())},
             "samples": self.samples,
             "pss_samples": self.pss_samples,
         }

@@ -337,12 +337,25 @@ def render_markdown(result: dict[str, Any], variants: list[Variant]) -> str:
         if shares and max(shares) > 0.05:
             noisy.append(f"{name} {100 * max(shares):.0f}%")
     if noisy:
+        # every run, so the quiet ones can be compared by hand (runs of one repeat ran back
+        # to back, so a quiet repeat of two variants is a fair pair)
+        per_run = "; ".join(
+            f"{name} "
+            + ", ".join(
+                f"{r['wall_s']:.2f}/{r['steady_round_s']:.2f} ({100 * r['foreign_cpu_share']:.0f}%)"
+                for r in sorted(rs, key=lambda r: r["repeat"])
+                if r.get("steady_round_s") and r.get("foreign_cpu_share") is not None
+            )
+            for name, rs in result["runs"].items()
+        )
         lines += [
             "",
             "WARNING: other processes used CPU during these runs (share of the "
             "machine's CPU time, worst run): "
             + ", ".join(noisy)
             + ". Ratios are unreliable; rerun on a quiet machine.",
+            "",
+            f"Every run, by repeat: wall/steady round s (other processes' CPU share): {per_run}.",
         ]
     consistency = check_consistency(result)
     if consistency:

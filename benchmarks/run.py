@@ -447,12 +447,12 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         result = bench_workload(args, workloads()[name])
-        stem = f"{name}-quick" if args.quick else name
+        stem = name + (f"-{args.label}" if args.label else "") + ("-quick" if args.quick else "")
         (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
         (out_dir / f"{stem}.md").write_text(result["markdown"])
         print(result["markdown"])
         log(f"wrote {out_dir / (stem + '.md')} and {out_dir / (stem + '.json')}")
-        if args.readme and not args.quick:
+        if args.readme and not args.quick and not args.label:
             if update_readme(Path(args.readme), name, result["markdown"]):
                 log(f"updated {args.readme}")
             else:

@@ -290,8 +290,9 @@ def test_flower_and_ray_argument_errors_are_one_line(
     python, why = find_flower_python(str(tmp_path / "no-python"))
     assert python is None and "\n" not in why
     assert "--flower-python" in why and "pip install -e '.[bench-flower,ray]'" in why
-    with pytest.raises(SystemExit):
-        parse_args(["--ray-netns", "sometimes"])
+    for bad in (["--ray-netns", "sometimes"], ["--label", "../W"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
     with pytest.raises(SystemExit, match=r"^need 1 <= workers <= clients[^\n]*$"):
         flower_sim.config(flower_sim.parse_args(["--workers", "3", "--clients", "2"]))
     # asked for by name: one line; only in the default list: skipped, said in one line
