@@ -81,24 +81,24 @@ CLIENT_KEYS = (
 )
 
 
-def load_data(cfg: dict[str, Any], test: bool = False) -> dict[str, Any]:
-    """The reference's data: synthetic train (and test) set, IID partition, normalisation."""
+def load_data(cfg: dict[str, Any], train: bool = True, test: bool = False) -> dict[str, Any]:
+    """The reference's data: the synthetic train set and its IID partition (clients), the
+    test set (server), and the normalisation x * scale + shift (the reference's, from the
+    data set's mean and std)."""
     datasets = _load_source("blazefl/data/datasets.py", "_benchref_datasets")
-    partitioners = _load_source("blazefl/data/partitioners.py", "_benchref_partitioners")
-    train = datasets.synthetic_dataset(cfg["size"], cfg["seed"])
-    std = torch.tensor(train.std, dtype=torch.float64)  # x * scale + shift, as the reference
-    mean = torch.tensor(train.mean, dtype=torch.float64)
-    out: dict[str, Any] = {
-        "images": train.images,
-        "labels": train.labels,
-        "scale": (1.0 / (255.0 * std)).to(torch.float32).view(-1, 1, 1),
-        "shift": (-mean / std).to(torch.float32).view(-1, 1, 1),
-        "parts": partitioners.partition_indices(
-            train.labels.numpy(), cfg["clients"], "iid", cfg["seed"]
-        ),
-    }
-    if test:
-        out["test"] = datasets.synthetic_dataset(cfg["test_size"], cfg["seed"], train=False)
+    out: dict[str, Any] = {}
+    if train:
+        partitioners = _load_source("blazefl/data/partitioners.py", "_benchref_partitioners")
+        ds = out["train"] = datasets.synthetic_dataset(cfg["size"], cfg["seed"])
+        out["parts"] = partitioners.partition_indices(
+            ds.labels.numpy(), cfg["clients"], "iid", cfg["seed"]
+        )
+    if test:  # the server needs only this one: no train set generated there
+        ds = out["test"] = datasets.synthetic_dataset(cfg["test_size"], cfg["seed"], train=False)
+    std = torch.tensor(ds.std, dtype=torch.float64)
+    mean = torch.tensor(ds.mean, dtype=torch.float64)
+    out["scale"] = (1.0 / (255.0 * std)).to(torch.float32).view(-1, 1, 1)
+    out["shift"] = (-mean / std).to(torch.float32).view(-1, 1, 1)
     return out
 
 
@@ -115,7 +115,8 @@ def _actor_state(cfg: dict[str, Any]) -> tuple[LocalTrainer, list[torch.Tensor]]
         if cfg["tune_malloc"]:
             tune_malloc()
         data = load_data(cfg)
-        trainer = LocalTrainer(cfg, data["images"], data["labels"], data["scale"], data["shift"])
+        images, labels = data["train"].images, data["train"].labels
+        trainer = LocalTrainer(cfg, images, labels, data["scale"], data["shift"])
         state = (trainer, [torch.from_numpy(p) for p in data["parts"]])
         _ACTOR_STATE[key] = state
     return state
@@ -168,7 +169,7 @@ def server_app(cfg: dict[str, Any], out: dict[str, Any]) -> Any:
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
-        data = load_data(cfg, test=True)
+        data = load_data(cfg, train=False, test=True)
         test = data["test"]
         model = build_model(cfg["model"], cfg["seed"])
         marks: list[float] = []

@@ -241,10 +241,18 @@ def test_flower_client_trains_the_reference_model_on_the_reference_data() -> Non
     train = datasets.synthetic_dataset(120, 5)
     test = datasets.synthetic_dataset(30, 5, train=False)
     parts = partitioners.partition_indices(train.labels.numpy(), 3, "iid", 5)
-    data = flower_sim.load_data(cfg, test=True)
-    assert torch.equal(data["images"], train.images) and torch.equal(data["labels"], train.labels)
-    assert torch.equal(data["test"].images, test.images)
+    data = flower_sim.load_data(cfg)
+    mine = data["train"]
+    assert torch.equal(mine.images, train.images) and torch.equal(mine.labels, train.labels)
     assert all((a == b).all() for a, b in zip(data["parts"], parts, strict=True))
+    on_server = flower_sim.load_data(cfg, train=False, test=True)  # test set only
+    assert "train" not in on_server and torch.equal(on_server["test"].images, test.images)
+    std = torch.tensor(train.std, dtype=torch.float64)  # the reference's normalisation
+    mean = torch.tensor(train.mean, dtype=torch.float64)
+    scale, shift = (1.0 / (255.0 * std)).to(torch.float32), (-mean / std).to(torch.float32)
+    for got in (data, on_server):
+        assert torch.equal(got["scale"].flatten(), scale)
+        assert torch.equal(got["shift"].flatten(), shift)
     # a client's round: same bits as the reference's loop on the same client and round
     server = build_model("cnn", 5)
     state, loss, n = flower_sim.train_partition(server.state_dict(), cfg, cid=2, rnd=3)
