@@ -183,8 +183,14 @@ class TreeSampler(threading.Thread):
             cpu[name] = cpu.get(name, 0.0) + self.ticks.get(pid, 0) / hz
 
         def alive(p: int) -> bool:
-            now = _label(p)
-            return now is not None and now[1] == self.seen[p][1]
+            """Still running: same start time, and not a zombie (an orphan that exited and
+            waits for init to reap it, which is not a process left running)."""
+            try:
+                with open(f"/proc/{p}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                return fields[0] not in (b"Z", b"X") and int(fields[19]) == self.seen[p][1]
+            except (OSError, ValueError, IndexError):
+                return False
 
         leftover = [p for p in self.seen if p != self.pid and alive(p)]
         if leftover:  # a runtime may still be shutting down the moment its driver exits
