@@ -241,7 +241,25 @@ def run_experiment(
     clean_stale_pymp_dirs()  # what a SIGKILLed earlier run left in the temp folder
     run.clean_partials()
     total = config.spec.fl.rounds
+    runtime = config.spec.runtime
+    how = execution or ExecutionSettings.of(runtime)
     progress = Progress(total, stream, quiet)
+    if (run.last_complete_round() or 0) >= total:  # nothing to train: nothing to start
+        return _run_stages(config, run, how, progress, track)
+    # in ray mode, Ray and its actors start while the stores and round 0 are built
+    with how.started(runtime.threads_per_client, runtime.device) as how:
+        return _run_stages(config, run, how, progress, track)
+
+
+def _run_stages(
+    config: RunConfig,
+    run: RunDir,
+    execution: ExecutionSettings,
+    progress: Progress,
+    track: TrackOptions | None,
+) -> dict[str, Any]:
+    """`run_experiment` once the execution is settled: stores, round 0, rounds, report."""
+    total = config.spec.fl.rounds
     data = _ensure_stores(config, run, progress)
     if not (run.round_dir(0) / MANIFEST).exists():
         init(config, run, data)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from blazefl.core.devices import is_cuda
 from blazefl.core.process_pool import IPC_MODES, ProcessPoolClientTrainer
 from blazefl.core.protocols import ClientWorkload, ServerHandler
 from blazefl.core.trainers import BaseClientTrainer, ThreadPoolClientTrainer
@@ -216,6 +218,8 @@ class ExecutionSettings:
     ipc: str = "shared_memory"
     ray_address: str | None = None
     ray_allow_mixed_env: bool = False
+    #: a `RayStart` begun by `started()`, adopted by the trainer these settings make
+    ray_start: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in EXECUTION_MODES:
@@ -249,6 +253,38 @@ class ExecutionSettings:
             self, ray_address=address, ray_allow_mixed_env=bool(allow_mixed_env)
         )
 
+    @contextlib.contextmanager
+    def started(self, threads_per_client: int = 1, device: str = "cpu") -> Iterator[Any]:
+        """These settings, with what their trainer needs and can start before the workload
+        exists already starting in the background: in `ray` mode, Ray and the actors
+        (`blazefl.core.ray_runtime`), so their start-up overlaps the caller's data building.
+        The trainer made inside the block adopts it; what no trainer adopted is stopped when
+        the block ends. Other modes: the settings as they are.
+
+        Example:
+            >>> with ExecutionSettings("ray", 2).started() as how:
+            ...     data = build_data()  # while Ray starts
+            ...     with how.make_trainer(workload(data), seed=0) as trainer: ...
+        """
+        if self.mode != "ray" or self.ray_start is not None:
+            yield self
+            return
+        from blazefl.core.devices import run_devices
+        from blazefl.core.ray_runtime import RayStart  # lazy: Ray is an optional extra
+
+        start = RayStart(
+            num_workers=self.workers,
+            threads_per_client=threads_per_client,
+            device=device,
+            local_gpus=len(run_devices(device)) if is_cuda(device) else 0,
+            address=self.ray_address,
+            allow_mixed_env=self.ray_allow_mixed_env,
+        ).begin()
+        try:
+            yield dataclasses.replace(self, ray_start=start)
+        finally:
+            start.close()
+
     def make_trainer(
         self,
         workload: ClientWorkload[Any, Any],
@@ -272,6 +308,7 @@ class ExecutionSettings:
             storage_dir=storage_dir,
             ray_address=self.ray_address,
             ray_allow_mixed_env=self.ray_allow_mixed_env,
+            ray_start=self.ray_start,
         )
 
 
@@ -287,6 +324,7 @@ def make_trainer(
     storage_dir: str | os.PathLike[str] | None = None,
     ray_address: str | None = None,
     ray_allow_mixed_env: bool = False,
+    ray_start: Any = None,
 ) -> BaseClientTrainer[Any, Any]:
     """Build the trainer for an execution mode (all modes give the same bytes).
 
@@ -305,6 +343,7 @@ def make_trainer(
             runtime started for this trainer and stopped by `close()`).
         ray_allow_mixed_env: `ray` mode: warn about, instead of refusing, nodes whose
             bit-relevant environment differs from this process's.
+        ray_start: `ray` mode: a `RayStart` begun earlier for the same settings (adopted).
 
     Returns:
         A trainer; use it as a context manager so pools are released.
@@ -357,5 +396,6 @@ def make_trainer(
             device=device,
             address=ray_address,
             allow_mixed_env=ray_allow_mixed_env,
+            prestarted=ray_start,
         )
     raise ValueError(f"mode must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}")

@@ -24,7 +24,6 @@ the very same bytes as every other execution mode.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -36,17 +35,16 @@ import torch
 
 from blazefl.core.client_task import ClientTrainingError, WorkerStartError
 from blazefl.core.devices import is_cuda
-from blazefl.core.environment import environment
 from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_layout
 from blazefl.core.pool_worker import WorkerCrashedError
 from blazefl.core.protocols import ClientWorkload
 from blazefl.core.ray_actor import (
-    ClientActor,
     differing_fields,
     pickle_workload,
     read_uplink,
     tensors_from_reply,
 )
+from blazefl.core.ray_runtime import RayStart
 from blazefl.core.trainers import BaseClientTrainer
 
 __all__ = ["NodeEnvironmentError", "RayClientTrainer", "RayWorkerLostError"]
@@ -57,6 +55,8 @@ START_TIMEOUT_ENV = "BLAZEFL_RAY_START_TIMEOUT"
 
 #: How often the driver wakes from waiting on Ray, so Ctrl-C is handled at once.
 _POLL_S = 0.2
+#: Calls in flight per actor: the one it runs and the next one, already delivered.
+_CALLS_PER_ACTOR = 2
 
 
 class NodeEnvironmentError(ValueError):
@@ -100,6 +100,8 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         allow_mixed_env: warn about (instead of refusing) nodes whose environment differs.
         max_restarts: how often Ray restarts a lost actor and retries its client.
         warn: where warning lines go (default: stderr, prefixed "warning: ").
+        prestarted: a `RayStart` begun earlier with the same workers, threads, device and
+            address (`ExecutionSettings.started`): adopted instead of starting Ray again.
 
     Raises:
         DeviceUnavailableError: a GPU is asked for and the driver has none.
@@ -122,6 +124,7 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         allow_mixed_env: bool = False,
         max_restarts: int = 3,
         warn: Callable[[str], None] | None = None,
+        prestarted: RayStart | None = None,
     ) -> None:
         super().__init__(workload, seed=seed, threads_per_client=threads_per_client, device=device)
         if num_workers <= 0:
@@ -132,6 +135,20 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self.max_restarts = max_restarts
         self._warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
         self._owns_runtime = False
+        self._launch = prestarted or RayStart(
+            num_workers=num_workers,
+            threads_per_client=threads_per_client,
+            device=device,
+            local_gpus=len(self.devices) if is_cuda(device) else 0,
+            address=address,
+            allow_mixed_env=allow_mixed_env,
+            max_restarts=max_restarts,
+        )
+        if self._launch.key() != (num_workers, threads_per_client, device, self.address):
+            raise ValueError(
+                f"the Ray start given was begun for {self._launch.key()}, not for this "
+                "trainer's (workers, threads per client, device, address)"
+            )
         self._actors: list[Any] = []
         self._workload_ref: Any = None
         self._version = 0
@@ -144,67 +161,25 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         #: client id -> the label of the node that ran it last (filled in every round).
         self.client_nodes: dict[int, str] = {}
         self._warned: set[str] = set()
-        self.driver_environment = environment(threads_per_client, device)
+
+    @property
+    def driver_environment(self) -> dict[str, Any]:
+        """The environment record the actors compare their node's with (the driver's)."""
+        return self._launch.driver_environment
+
+    @driver_environment.setter
+    def driver_environment(self, env: dict[str, Any]) -> None:
+        self._launch.driver_environment = env
 
     # -- the runtime and the actors ------------------------------------------------------------
-    def _connect(self) -> Any:
-        ray = _ray()
-        if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
-            return ray
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
-        if self.address:
-            try:
-                ray.init(address=self.address, **quiet)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                text = " ".join(str(exc).split())[:200]
-                raise ValueError(
-                    f"cannot join the Ray cluster at {self.address}: {text} (start one with "
-                    "`ray start --head`, or leave --ray-address out for a local Ray runtime)"
-                ) from None
-            return ray
-        gpus = len(self.devices) if is_cuda(self.device) else 0
-        ray.init(
-            num_cpus=self.num_workers * self.threads_per_client,
-            num_gpus=gpus,
-            include_dashboard=False,
-            **quiet,
-        )
-        self._owns_runtime = True
-        return ray
-
-    def _gpu_share(self, ray: Any) -> float:
-        if not is_cuda(self.device):
-            return 0.0
-        total = float(ray.cluster_resources().get("GPU", 0))
-        if total <= 0:
-            raise ValueError(
-                "runtime.device is cuda but the Ray cluster has no GPU: start its nodes with "
-                "GPUs (ray start --num-gpus=N), or set runtime.device: cpu"
-            )
-        return min(1.0, total / self.num_workers)
-
     def _start(self) -> Any:
         ray = _ray()
         if self._actors:
             return ray
-        ray = self._connect()
         try:
+            ray, self._actors, owns = self._launch.adopt()  # waits for an early start
+            self._owns_runtime = self._owns_runtime or owns
             self._workload_ref = ray.put(pickle_workload(self.workload))  # once per run
-            remote = ray.remote(ClientActor).options(
-                num_cpus=self.threads_per_client,
-                num_gpus=self._gpu_share(ray),
-                max_restarts=self.max_restarts,
-                max_task_retries=self.max_restarts,
-                scheduling_strategy="SPREAD",  # one actor per node first: less lost per node
-            )
-            args = (
-                self.threads_per_client,
-                self.device,
-                list(sys.path),
-                self.driver_environment,
-                self.allow_mixed_env,
-            )
-            self._actors = [remote.remote(*args) for _ in range(self.num_workers)]
             box = [self._workload_ref]
             replies = self._wait_started(ray, [a.start.remote(box) for a in self._actors])
             for reply in replies:
@@ -289,7 +264,9 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         arena = torch.empty(layout.nbytes, dtype=torch.uint8)
         layout.write(payload, arena)
         downlink = [ray.put((layout, arena.numpy()))]  # once per round, read by every actor
-        idle = list(range(len(self._actors)))
+        # each actor holds its next client's call while it trains one, so it never waits for
+        # the driver's round trip between clients (Ray runs an actor's calls in order)
+        idle = [a for _ in range(_CALLS_PER_ACTOR) for a in range(len(self._actors))]
         inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (task index, actor)
         done: dict[int, Any] = {}
         submitted = yielded = 0
@@ -356,22 +333,10 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
             stop.set()
         self._kill_actors()
         self._workload_ref = None
+        self._launch.close()  # a start never adopted (the run ended before round 1)
         if self._owns_runtime:
             self._owns_runtime = False
-            _stop_local_runtime(_ray())
-
-
-def _stop_local_runtime(ray: Any) -> None:
-    """`ray.shutdown()` of the runtime this process started, in about 0.2 s instead of 1.2 s:
-    Ray stops its processes one after another, each given a second to exit on SIGTERM, and
-    its autoscaler monitor (a Python loop that owns nothing) always takes that whole second,
-    which Ctrl-C (exit within 2 s) cannot spare. It is killed first; the rest as Ray does."""
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    node = getattr(node, "_global_node", None)
-    with contextlib.suppress(Exception):  # Ray's internals moved: the plain shutdown below
-        for info in node.all_processes.get("monitor", []):  # type: ignore[union-attr]
-            info.process.kill()
-    ray.shutdown()
+            self._launch.stop_runtime()
 
 
 def _first_line(exc: BaseException) -> str:
