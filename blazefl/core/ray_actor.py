@@ -263,6 +263,26 @@ class ClientActor:
             tensors_to_wire(result.trace),
         )
 
+    def run_many(
+        self,
+        tasks: list[ClientTask],
+        version: int,
+        downlink_box: list[Any],
+        workload_box: list[Any],
+    ) -> list[tuple[Any, ...]]:
+        """Train consecutive clients in one call (fewer calls: less of Ray's per-call cost).
+
+        Returns:
+            One reply per client as `run` gives it, ending at the first that is not
+            "done" (the driver stops the round there).
+        """
+        replies = []
+        for task in tasks:
+            replies.append(self.run(task, version, downlink_box, workload_box))
+            if replies[-1][0] != "done":
+                break
+        return replies
+
 
 def read_uplink(layout: PackageLayout, data: np.ndarray) -> Any:
     """The uplink package from an actor's reply, in memory of its own (the object store's

@@ -57,6 +57,10 @@ START_TIMEOUT_ENV = "BLAZEFL_RAY_START_TIMEOUT"
 _POLL_S = 0.2
 #: Calls in flight per actor: the one it runs and the next one, already delivered.
 _CALLS_PER_ACTOR = 2
+#: Most clients in one call; fewer where that would leave an actor under 4 calls a round,
+#: or where the batch's downlink-sized uplinks would pass `_BATCH_BYTES`.
+_MAX_BATCH = 8
+_BATCH_BYTES = 32 << 20
 
 
 class NodeEnvironmentError(ValueError):
@@ -264,32 +268,45 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         arena = torch.empty(layout.nbytes, dtype=torch.uint8)
         layout.write(payload, arena)
         downlink = [ray.put((layout, arena.numpy()))]  # once per round, read by every actor
-        # each actor holds its next client's call while it trains one, so it never waits for
-        # the driver's round trip between clients (Ray runs an actor's calls in order)
+        # clients go in batches of consecutive ones (fewer calls: Ray costs milliseconds per
+        # call), and each actor holds its next batch while it trains one, so it never waits
+        # for the driver's round trip (Ray runs an actor's calls in the order sent)
+        # (a batch's uplinks are held until their turn: batches of large models stay small)
+        size = min(
+            _MAX_BATCH, len(tasks) // (len(self._actors) * 4), _BATCH_BYTES // max(1, layout.nbytes)
+        )
+        size = max(1, size)
+        batches = [(i, min(i + size, len(tasks))) for i in range(0, len(tasks), size)]
         idle = [a for _ in range(_CALLS_PER_ACTOR) for a in range(len(self._actors))]
-        inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (task index, actor)
-        done: dict[int, Any] = {}
+        inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (batch index, actor)
+        done: dict[int, list[Any]] = {}
+        window = 3 * len(self._actors)  # batches held for in-order delivery stay bounded
         submitted = yielded = 0
-        window = 4 * len(self._actors)  # results held for in-order delivery stay bounded
         finished = False
         try:
-            while yielded < len(tasks):
-                while idle and submitted < len(tasks) and submitted - yielded < window:
+            while yielded < len(batches):
+                while idle and submitted < len(batches) and submitted - yielded < window:
                     a = idle.pop()
-                    actor, task = self._actors[a], tasks[submitted]
-                    ref = actor.run.remote(task, self._version, downlink, [self._workload_ref])
+                    first, end = batches[submitted]
+                    ref = self._actors[a].run_many.remote(
+                        tasks[first:end], self._version, downlink, [self._workload_ref]
+                    )
                     inflight[ref] = (submitted, a)
                     submitted += 1
                 if yielded in done:
-                    yield self._result(done.pop(yielded), tasks[yielded])
+                    first, _ = batches[yielded]
+                    for i, reply in enumerate(done.pop(yielded)):
+                        yield self._result(reply, tasks[first + i])
                     yielded += 1
                     continue
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
                 for ref in ready:
-                    index, a = inflight.pop(ref)
-                    reply = self._get(ray, ref, tasks[index])
-                    self._check_reply(reply, tasks[index])
-                    done[index] = reply
+                    b, a = inflight.pop(ref)
+                    first, end = batches[b]
+                    replies = self._get(ray, ref, tasks[first])
+                    for i, reply in enumerate(replies):
+                        self._check_reply(reply, tasks[first + i])
+                    done[b] = replies
                     idle.append(a)
             finished = True
         finally:
