@@ -46,9 +46,7 @@ import importlib
 import json
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,11 +54,14 @@ import torch
 from benchmarks.reference import (
     LocalTrainer,
     _load_source,
-    add_workload_args,
+    add_run_args,
     build_model,
     client_generator,
+    emit,
     evaluate,
     process_age,
+    round_line,
+    run_config,
     tune_malloc,
 )
 
@@ -186,12 +187,7 @@ def server_app(cfg: dict[str, Any], out: dict[str, Any]) -> Any:
             out["rounds"].append({"round": server_round, "seconds": seconds})
             out["final_metrics"] = dict(metrics)
             if not cfg["quiet"]:
-                print(
-                    f"round {server_round:>3}/{cfg['rounds']}  "
-                    f"test_acc {metrics['test_accuracy']:.4f}  {seconds:.2f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                round_line(server_round, cfg["rounds"], metrics["test_accuracy"], seconds)
             return MetricRecord(metrics)
 
         n = cfg["clients"]
@@ -264,41 +260,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.flower_sim",
         description=(__doc__ or "").split("\n\n")[0],
     )
-    add_workload_args(p)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--workers", type=int, default=2, help="ClientApps running at once")
-    p.add_argument("--no-tune-malloc", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no per-round lines on stderr")
-    p.add_argument("--json", default=None, help="write the result here (default: stdout)")
+    add_run_args(p, 2, "ClientApps running at once")
     return p.parse_args(argv)
-
-
-def config(a: argparse.Namespace) -> dict[str, Any]:
-    if a.workers < 1 or a.clients < a.workers or a.threads < 1:
-        raise SystemExit("need 1 <= workers <= clients and threads >= 1")
-    return {
-        "model": a.model,
-        "size": a.size,
-        "test_size": a.test_size,
-        "clients": a.clients,
-        "rounds": a.rounds,
-        "epochs": a.epochs,
-        "batch": a.batch,
-        "lr": a.lr,
-        "momentum": a.momentum,
-        "weight_decay": a.weight_decay,
-        "seed": a.seed,
-        "workers": a.workers,
-        "threads": a.threads,
-        "tune_malloc": not a.no_tune_malloc,
-        "quiet": a.quiet,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cfg = config(args)
+    cfg = run_config(args)
     # before flwr is imported (it reads them then): Flower's telemetry and Ray's usage stats
     # would otherwise reach for the network at start and exit
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -310,11 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             "flwr is not installed for this interpreter: pip install -e '.[bench-flower,ray]' "
             "(in a venv of its own, see benchmarks/README.md)"
         ) from None
-    text = json.dumps(run(cfg), indent=1)
-    if args.json:
-        Path(args.json).write_text(text)
-    else:
-        print(text)
+    emit(run(cfg), args.json)
 
 
 if __name__ == "__main__":

@@ -350,12 +350,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         rounds.append({"round": rnd, "seconds": time.perf_counter() - t0, "train_seconds": t_train})
         assert samples == total_samples
         if not cfg["quiet"]:
-            print(
-                f"round {rnd:>3}/{cfg['rounds']}  test_acc {metrics['test_accuracy']:.4f}  "
-                f"{rounds[-1]['seconds']:.2f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+            round_line(rnd, cfg["rounds"], metrics["test_accuracy"], rounds[-1]["seconds"])
     for c in conns:
         c.send(None)
         worker_stats.append(c.recv())
@@ -404,21 +399,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_workload_args(p)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--workers", type=int, default=1, help="1: one process; N: N worker processes")
-    p.add_argument("--no-tune-malloc", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no per-round lines on stderr")
-    p.add_argument("--json", default=None, help="write the result here (default: stdout)")
+    add_run_args(p, 1, "1: one process; N: N worker processes")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = parse_args(argv)
-    if a.workers < 1 or a.clients < a.workers:
-        raise SystemExit("need 1 <= workers <= clients")
-    cfg = {
+def add_run_args(p: argparse.ArgumentParser, workers: int, workers_help: str) -> None:
+    """The workload's arguments and the run's (shared with `benchmarks.flower_sim`)."""
+    add_workload_args(p)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--workers", type=int, default=workers, help=workers_help)
+    p.add_argument("--no-tune-malloc", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no per-round lines on stderr")
+    p.add_argument("--json", default=None, help="write the result here (default: stdout)")
+
+
+def run_config(a: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings from the parsed arguments (shared with `benchmarks.flower_sim`)."""
+    if a.workers < 1 or a.clients < a.workers or a.threads < 1:
+        raise SystemExit("need 1 <= workers <= clients and threads >= 1")
+    return {
         "model": a.model,
         "size": a.size,
         "test_size": a.test_size,
@@ -435,11 +435,25 @@ def main(argv: list[str] | None = None) -> None:
         "tune_malloc": not a.no_tune_malloc,
         "quiet": a.quiet,
     }
-    out = json.dumps(run(cfg), indent=1)
-    if a.json:
-        Path(a.json).write_text(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    emit(run(run_config(a)), a.json)
+
+
+def round_line(rnd: int, rounds: int, accuracy: float, seconds: float) -> None:
+    """A round's progress line on stderr (shared with `benchmarks.flower_sim`)."""
+    print(f"round {rnd:>3}/{rounds}  test_acc {accuracy:.4f}  {seconds:.2f}s", file=sys.stderr)
+
+
+def emit(result: dict[str, Any], path: str | None) -> None:
+    """The result as JSON, into `path` or on stdout (what the harness reads)."""
+    text = json.dumps(result, indent=1)
+    if path:
+        Path(path).write_text(text)
     else:
-        print(out)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -302,7 +302,7 @@ def test_flower_and_ray_argument_errors_are_one_line(
         with pytest.raises(SystemExit):
             parse_args(bad)
     with pytest.raises(SystemExit, match=r"^need 1 <= workers <= clients[^\n]*$"):
-        flower_sim.config(flower_sim.parse_args(["--workers", "3", "--clients", "2"]))
+        flower_sim.run_config(flower_sim.parse_args(["--workers", "3", "--clients", "2"]))
     # asked for by name: one line; only in the default list: skipped, said in one line
     monkeypatch.setattr(run, "ray_version", lambda: "2.x")
     wl = workloads()["W"]
