@@ -35,7 +35,13 @@ def round_stage(
         raise ArtifactError(
             f"cannot run round {t}: {have}; run round {0 if last is None else last + 1} first"
         )
-    with Session(config, run, execution) as session:
+    runtime = config.spec.runtime
+    how = execution or ExecutionSettings.of(runtime)
+    # in ray mode, Ray and its actors start while the session reads the stores and round t-1
+    with (
+        how.started(runtime.threads_per_client, runtime.device) as how,
+        Session(config, run, how) as session,
+    ):
         session.load(t - 1)
         session.commit(session.compute(t))
     return run.round_dir(t)
