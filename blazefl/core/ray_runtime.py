@@ -11,6 +11,9 @@ background, the same code runs: a trainer without an early start runs it in plac
 The thread that called `ray.init` must outlive the connection: when it ends, Ray (2.60)
 loses its object-store connection and the next `ray.put` of another thread ends the process
 (exit 1, no message). So the start thread parks until the runtime it started is stopped.
+
+`ray.init` cannot be cut short: Ctrl-C while Ray is still starting waits for the start to
+finish (up to about 3.5 s here), then stops the runtime, so no Ray process is left.
 """
 
 from __future__ import annotations

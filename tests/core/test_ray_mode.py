@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from tests.core.ray_support import (
     ROOT,
     TINY_RAY_SETS,
     Namespace,
+    descendants,
     interrupt_after_first_round,
     needs_namespace,
     needs_ray,
@@ -197,6 +200,32 @@ def test_ctrl_c_exits_130_within_2_s_and_leaves_no_ray_process(tmp_path: Path) -
     assert "raylet" in names.values(), names  # the runtime was there...
     gone, alive = psutil.wait_procs(children, timeout=0.5)
     assert not alive, [names[p.pid] for p in alive]  # ...and nothing of it is left
+
+
+@needs_ray
+@needs_namespace
+def test_ctrl_c_while_ray_is_still_starting_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ray and the actors start in the background while the stores are built: an interrupt
+    then waits for that start to finish (it cannot be cut short) and stops it."""
+    ns = Namespace()
+    try:
+        sets = [a for s in TINY_RAY_SETS for a in ("--set", s)]
+        args = [sys.executable, "-m", "blazefl.pipeline.cli", "run", "--out", str(tmp_path / "r")]
+        proc = ns.popen([*args, "--mode", "ray", "--workers", "2", *sets, "-q"], ROOT)
+        deadline = time.monotonic() + 60
+        while not any(p.info["name"] == "gcs_server" for p in descendants(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "Ray never started"
+            time.sleep(0.02)
+        children = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGINT)  # Ray is starting: round 1 has not begun
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        ns.close()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.rstrip().endswith("interrupted: completed rounds are kept; run again to resume")
+    assert not (tmp_path / "r" / "round-0001").exists()
+    gone, alive = psutil.wait_procs(children, timeout=2)
+    assert not alive, [p.info["name"] for p in alive]  # type: ignore[attr-defined]
 
 
 GPU_SCRIPT = textwrap.dedent(
