@@ -124,6 +124,27 @@ def _runtime_options(fn: F) -> F:
     return fn
 
 
+def _track_options(fn: F) -> F:
+    """`--track` and `--track-dir` (the commands that run experiments)."""
+    fn = click.option(
+        "--track-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Tracking folder: an MLflow store (mlflow.db, mlartifacts/) and tensorboard/ event "
+        "files (default: tracking/ next to --out, inside it for a sweep; for mlflow, "
+        "MLFLOW_TRACKING_URI when set).",
+    )(fn)
+    fn = click.option(
+        "--track",
+        "track",
+        multiple=True,
+        type=click.Choice((*TRACKERS, "none")),
+        help="Track runs with mlflow and/or tensorboard (repeatable; default: runtime.track). "
+        "Never changes a run's bytes; a tracker that fails is one warning line.",
+    )(fn)
+    return fn
+
+
 def _ray_options(fn: F) -> F:
     """`--ray-address` and `--ray-allow-mixed-env` (ray mode; the commands that run rounds)."""
     fn = click.option(
@@ -178,21 +199,7 @@ def main() -> None:
 @_config_options
 @_runtime_options
 @_ray_options
-@click.option(
-    "--track",
-    "track",
-    multiple=True,
-    type=click.Choice((*TRACKERS, "none")),
-    help="Track the run with mlflow and/or tensorboard (repeatable; default: runtime.track). "
-    "Never changes the run's bytes; a tracker that fails is one warning line.",
-)
-@click.option(
-    "--track-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Tracking folder: an MLflow store (mlflow.db, mlartifacts/) and tensorboard/ event "
-    "files (default: tracking/ next to --out; for mlflow, MLFLOW_TRACKING_URI when set).",
-)
+@_track_options
 @click.option(
     "--quiet",
     "-q",
@@ -447,7 +454,7 @@ def schema(algorithm: str) -> None:
 
 
 # sweep, sweep-table, plot: in a module of their own (this file keeps under 500 lines)
-for _command in experiment_commands(_user_errors, _runtime_options):
+for _command in experiment_commands(_user_errors, _runtime_options, _track_options):
     main.add_command(_command)
 
 

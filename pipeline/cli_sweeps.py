@@ -37,19 +37,22 @@ def _sweep_runs(plan: Any) -> list[Any]:
 
 
 def experiment_commands(
-    user_errors: Callable[[Any], Any], runtime_options: Callable[[Any], Any]
+    user_errors: Callable[[Any], Any],
+    runtime_options: Callable[[Any], Any],
+    track_options: Callable[[Any], Any],
 ) -> list[click.Command]:
     """The commands, wrapped in the CLI's error handling and runtime flags.
 
     Args:
         user_errors: turns user mistakes into one line and exit code 2 (`cli._user_errors`).
         runtime_options: adds --mode / --workers / --ipc ... (`cli._runtime_options`).
+        track_options: adds --track / --track-dir (`cli._track_options`).
 
     Returns:
         The `sweep`, `sweep-table` and `plot` commands, for `main.add_command`.
 
     Example:
-        >>> for command in experiment_commands(_user_errors, _runtime_options):
+        >>> for command in experiment_commands(_user_errors, _runtime_options, _track_options):
         ...     main.add_command(command)
     """
 
@@ -86,6 +89,7 @@ def experiment_commands(
         "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a key for every point."
     )
     @runtime_options
+    @track_options
     @click.option("--table", is_flag=True, help="Only print the table of a complete sweep.")
     @click.option("--quiet", "-q", is_flag=True, help="No line per point.")
     @user_errors
@@ -97,6 +101,8 @@ def experiment_commands(
         sets: tuple[str, ...],
         table: bool,
         quiet: bool,
+        track: tuple[str, ...],
+        track_dir: str | None,
         **runtime: Any,
     ) -> None:
         """Run a grid of config values times seeds, one run directory per point.
@@ -105,11 +111,14 @@ def experiment_commands(
         Each point is the run `blazefl run --set KEY=V ... --set seed=S` makes (same bytes),
         in OUT/KEY=V,KEY=V/seed=S. Complete points are skipped, incomplete ones resume. At the
         end: final metrics per grid point, mean ± std over seeds (OUT/sweep.md, OUT/sweep.json).
+        With --track (or runtime.track), every point is a tracked run named by its folder, in
+        one tracking folder (default OUT/tracking).
         Example:
           blazefl sweep --grid train.lr=0.01,0.05 --grid fl.algorithm=fedavg,fedprox \\
             --seeds 0,1,2 --out artifacts/sweep
         """
-        from blazefl.pipeline.sweep import plan_sweep, run_sweep  # lazy: --help skips torch
+        # lazy: --help skips torch
+        from blazefl.pipeline.sweep import plan_sweep, run_sweep, sweep_tracking
         from blazefl.pipeline.sweep_table import markdown_table, sweep_table, write_table
 
         def say(line: str) -> None:
@@ -119,7 +128,8 @@ def experiment_commands(
         plan = plan_sweep(config_path, sets, grid, seeds, out, say)
         runs = _sweep_runs(plan)
         if not table:
-            run_sweep(plan, functools.partial(_sweep_execution, runtime), say)
+            tracking = sweep_tracking(plan, track, track_dir)  # checked before any point runs
+            run_sweep(plan, functools.partial(_sweep_execution, runtime), say, tracking)
         got = sweep_table(plan.out, runs)
         if not table:
             md, js = write_table(plan.out, got)

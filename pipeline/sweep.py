@@ -22,6 +22,7 @@ reads back into the grid values.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import time
@@ -34,8 +35,10 @@ from typing import Any
 from blazefl.core.loop import ExecutionSettings
 from blazefl.pipeline import commands
 from blazefl.pipeline.runner import check_run_config
+from blazefl.pipeline.tracking import DEFAULT_TRACK_DIR, TrackOptions
 from blazefl.stages.artifacts import MANIFEST, ArtifactError, RunDir
 from blazefl.stages.config import ConfigError, RunConfig, load_config, parse_set
+from blazefl.trackers import parse_track
 
 __all__ = [
     "MAX_POINTS",
@@ -346,7 +349,10 @@ def is_complete(point: SweepPoint, run: RunDir) -> bool:
 
 
 def run_sweep(
-    plan: SweepPlan, execution: Callable[[RunConfig], ExecutionSettings], echo: Echo
+    plan: SweepPlan,
+    execution: Callable[[RunConfig], ExecutionSettings],
+    echo: Echo,
+    tracking: Callable[[SweepPoint, RunDir], TrackOptions | None] | None = None,
 ) -> list[str]:
     """Run every point of `plan` that is not complete, one after the other.
 
@@ -355,6 +361,7 @@ def run_sweep(
         execution: a point's config -> its execution settings (the command-line flags over
             the config's runtime section, as `blazefl run` makes them).
         echo: where the one line per point goes.
+        tracking: a point and its run directory -> its trackers (`sweep_tracking`), or None.
 
     Returns:
         The points run here (relative paths); skipped points are not listed.
@@ -378,7 +385,8 @@ def run_sweep(
         how = execution(point.config)
         start = time.perf_counter()
         try:
-            result = commands.run_command(point.config, str(run.root), how, quiet=True)
+            track = tracking(point, run) if tracking is not None else None
+            result = commands.run_command(point.config, str(run.root), how, True, track)
         except BaseException:
             echo(f"{where}: failed (run the sweep again to resume)")
             raise
@@ -391,3 +399,28 @@ def run_sweep(
         )
         ran.append(point.rel)
     return ran
+
+
+def sweep_tracking(
+    plan: SweepPlan, flags: tuple[str, ...], track_dir: str | None
+) -> Callable[[SweepPoint, RunDir], TrackOptions | None]:
+    """Every point's trackers (`--track` flags over its `runtime.track`), checked for every
+    point before any runs; one tracking folder for the sweep (default OUT/tracking), where
+    each point is a run named by its folder (`train.lr=0.01/seed=0`).
+
+    Raises:
+        TrackingError: as `blazefl run --track`, for the first point it concerns.
+
+    Example:
+        >>> run_sweep(plan, how, print, sweep_tracking(plan, ("mlflow",), None))
+    """
+    folder = track_dir if track_dir is not None else str(plan.out / DEFAULT_TRACK_DIR)
+    options = {}
+    for point in plan.points:
+        config_track = point.config.spec.runtime.track
+        if flags or parse_track(config_track):
+            found = TrackOptions.of(config_track, flags, folder, str(plan.path(point)))
+            options[point.rel] = dataclasses.replace(found, run_name=point.rel)
+        elif track_dir is not None:  # no tracker: --track-dir alone is refused as by `run`
+            TrackOptions.of(config_track, flags, folder, str(plan.path(point)))
+    return lambda point, _run: options.get(point.rel)

@@ -170,9 +170,10 @@ class Tracking:
         warn: prints one warning line (the run's progress stream).
     """
 
-    def __init__(self, sinks: list[Sink], warn: Callable[[str], None]) -> None:
+    def __init__(self, sinks: list[Sink], warn: Callable[[str], None], run_name: str = "") -> None:
         self._sinks = list(sinks)
         self._warn = warn
+        self._run_name = run_name  # "": the run directory's name
         self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._where: list[str] = []
@@ -190,7 +191,7 @@ class Tracking:
                 sinks.append(MLflowSink(options.mlflow_uri, options.folder / "mlartifacts"))
             if "tensorboard" in options.kinds:
                 sinks.append(TensorBoardSink(options.folder / "tensorboard" / options.run_name))
-        return cls(sinks, warn)
+        return cls(sinks, warn, options.run_name if options is not None else "")
 
     def start(self, config: RunConfig, run: RunDir, done: int) -> None:
         """Start the trackers and log rounds 1..`done` (already on disk: a resumed run's
@@ -205,7 +206,8 @@ class Tracking:
             "blazefl.version": str(code_version().get("version")),
             "blazefl.run_dir": str(run.root.resolve()),
         }
-        self._queue.put(("start", (RunStart(run.root.name, params, tags),)))
+        name = self._run_name or run.root.name
+        self._queue.put(("start", (RunStart(name, params, tags),)))
         for t in range(1, done + 1):
             self._queue.put(("backfill", (run, t)))
 

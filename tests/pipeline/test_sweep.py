@@ -288,3 +288,27 @@ def test_readme_commands_run_as_written(
     assert (tmp_path / "accuracy.pdf").read_bytes()[:5] == b"%PDF-"
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "identical: 2 rounds" in outputs[-1].output
+
+
+@pytest.mark.slow
+def test_a_tracked_sweep_logs_every_point_as_a_run_of_one_folder(
+    sweep_dir: Path, blazefl: Invoke, tmp_path: Path
+) -> None:
+    """`--track tensorboard` (or runtime.track): each point a run named by its folder, in
+    OUT/tracking; the points' bytes are those of the untracked sweep."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "tracked"
+    one = ["--grid", "train.lr=0.01,0.05", "--seeds", "0", "--out", str(out), *SETS]
+    result = blazefl("sweep", *one, "--set", "fl.algorithm=fedavg", "--track", "tensorboard")
+    assert result.exit_code == 0, result.output
+    for lr in ("0.01", "0.05"):
+        rel = f"train.lr={lr}/seed=0"
+        events = accumulator.EventAccumulator(str(out / "tracking" / "tensorboard" / rel))
+        events.Reload()
+        assert [s.step for s in events.Scalars("test_accuracy")] == [1, 2]
+        same = sweep_dir / f"train.lr={lr},fl.algorithm=fedavg" / "seed=0"
+        diff = blazefl("diff", str(same), str(out / rel))
+        assert diff.exit_code == 0, diff.output  # tracking never changes a byte
+    bad = blazefl("sweep", *one, "--out", str(tmp_path / "bad"), "--track-dir", str(tmp_path))
+    assert bad.exit_code == 2 and "--track-dir needs a tracker" in bad.output
+    assert not (tmp_path / "bad").exists()  # refused before any point ran
