@@ -9,6 +9,9 @@ time limit; the whole check is sized for under 8 minutes on one H200.
   every file of the run directory except ``timings/`` is hashed and compared.
 - (b) the same for ResNet-18 (tiny sizes; processes with storage IPC).
 - (c) ``blazefl verify`` of the sequential CNN run from (a) passes.
+- (e) Ray mode on the GPU (`--mode ray --workers 2`, an embedded Ray runtime whose actors
+  each ask for half a GPU): the CNN run of (a) again, byte-identical to sequential; an INFO
+  line where Ray is not installed.
 - (d) workload W and a ResNet-18 workload: wall time, steady round (mean ``round_seconds`` of
   rounds 2+) and peak GPU memory (``torch.cuda.max_memory_allocated`` in the run's process)
   for ``blazefl run`` sequential and threads (4 workers) on the GPU, the same run on the CPU
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="a,b,c,d", help="checks to run, e.g. a,c")
+    p.add_argument("--only", default="a,b,c,e,d", help="checks to run, e.g. a,c")
     p.add_argument("--device", default="cuda", help="runtime.device of the GPU runs")
     p.add_argument("--keep", default=None, help="keep the run directories under this folder")
     p.add_argument("--force", action="store_true", help="run even without CUDA (tests only)")
@@ -321,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         ("b", lambda: c.identity("b", RESNET_TINY, [("sequential", 1, ""), ("threads", 2, ""),
                                                     ("processes", 2, "storage")])),
         ("c", c.verify),
+        ("e", lambda: c.identity("e", CNN_SMALL, [("sequential", 1, ""), ("ray", 2, "")])
+         if importlib.util.find_spec("ray") else c.line("INFO", "e", "ray is not installed")),
         ("d", lambda: c.workload("W", W_GPU, _ref_args(W_GPU))),
         ("d", lambda: c.workload("resnet18", RESNET_WORK, _ref_args(RESNET_WORK))),
     ]  # fmt: skip
