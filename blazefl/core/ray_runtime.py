@@ -84,7 +84,6 @@ class RayStart:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._release = threading.Event()
-        self._adopted = False
 
     def key(self) -> tuple[Any, ...]:
         """What a trainer must ask for to adopt this start."""
@@ -188,7 +187,6 @@ class RayStart:
         ray = _ray()
         actors, self._actors = self._actors, []
         owns, self.owns_runtime = self.owns_runtime, False  # the adopter stops it now
-        self._adopted = True
         return ray, actors or self.create_actors(ray), owns
 
     def close(self) -> None:
