@@ -43,7 +43,6 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
 
@@ -64,6 +63,7 @@ from blazefl.pipeline.run_check import (
     differs,
     in_layout,
 )
+from blazefl.pipeline.user_files import atomic_file
 from blazefl.stages.untrusted import is_safe_relpath
 
 __all__ = [
@@ -95,20 +95,6 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    tmp = path.parent / f".{path.name}.partial"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _gzipped(name: str) -> bool:
     if name.endswith((".tar.gz", ".tgz")):
         return True
@@ -137,7 +123,7 @@ def pack_run(run_dir: Path, archive: Path) -> RunContents:
     gz = _gzipped(archive.name)
     contents = check_run(run_dir)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(archive) as raw:
+    with atomic_file(archive) as raw:
         out: IO[bytes] = raw
         with contextlib.ExitStack() as stack:
             if gz:

@@ -25,20 +25,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.tiny_configs import TWO_ROUNDS
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 #: The tiny experiment of the Ray tests (a round takes well under a second on 2 cores).
-TINY_RAY_SETS = [
-    "model.name=cnn_small",
-    "data.size=200",
-    "data.test_size=100",
-    "data.clients=4",
-    "fl.clients_per_round=4",
-    "fl.rounds=2",
-    "train.local_epochs=1",
-    "train.batch_size=25",
-]
+TINY_RAY_SETS = [*TWO_ROUNDS, "train.batch_size=25"]
 
 
 def _namespaces_work() -> bool:

@@ -24,16 +24,9 @@ from click.testing import Result
 
 from blazefl.pipeline import run_figures
 from blazefl.pipeline.run_figures import figure_series, render_figure
+from tests.tiny_configs import TWO_ROUNDS
 
-TINY = [
-    "model.name=cnn_small",
-    "data.size=200",
-    "data.test_size=100",
-    "data.clients=4",
-    "fl.clients_per_round=4",
-    "fl.rounds=2",
-    "train.local_epochs=1",
-]
+TINY = list(TWO_ROUNDS)
 SETS = [a for item in TINY for a in ("--set", item)]
 Invoke = Callable[..., Result]
 

@@ -177,13 +177,21 @@ def _after_round_1(proc) -> None:  # type: ignore[no-untyped-def]
     raise AssertionError(f"no round finished (exit {proc.wait()})")
 
 
+def _long_run_past_round_1(
+    cluster: LocalCluster, runs: Path, blazefl: Callable[..., Result], name: str
+):  # type: ignore[no-untyped-def]
+    """The sequential reference of LONG, and a Ray run of it that has finished round 1."""
+    ref = _sequential(blazefl, runs / "long-sequential", LONG)
+    out = runs / name
+    proc = _start(cluster, out)
+    _after_round_1(proc)
+    return ref, out, proc
+
+
 def test_the_driver_sigkilled_then_resumed_gives_the_same_bytes(
     cluster: LocalCluster, runs: Path, blazefl: Callable[..., Result]
 ) -> None:
-    ref = _sequential(blazefl, runs / "long-sequential", LONG)
-    out = runs / "long-driver-killed"
-    proc = _start(cluster, out)
-    _after_round_1(proc)
+    ref, out, proc = _long_run_past_round_1(cluster, runs, blazefl, "long-driver-killed")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -194,10 +202,7 @@ def test_the_driver_sigkilled_then_resumed_gives_the_same_bytes(
 def test_a_worker_node_killed_mid_round_costs_no_byte(
     cluster: LocalCluster, runs: Path, blazefl: Callable[..., Result]
 ) -> None:
-    ref = _sequential(blazefl, runs / "long-sequential", LONG)
-    out = runs / "long-node-killed"
-    proc = _start(cluster, out)
-    _after_round_1(proc)
+    ref, out, proc = _long_run_past_round_1(cluster, runs, blazefl, "long-node-killed")
     victim = cluster.worker_raylets()[0]
     victim.kill()  # the node's raylet; its worker processes go with it
     rest = proc.stderr.read()

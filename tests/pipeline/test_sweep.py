@@ -20,17 +20,10 @@ from click.testing import Result
 
 from blazefl.pipeline.sweep import MAX_POINTS, parse_seeds, point_name, value_text
 from blazefl.pipeline.sweep_table import find_sweep_runs, parse_point_name
+from tests.tiny_configs import TWO_ROUNDS
 
 #: The tiny experiment of these tests: about a second per run.
-TINY = [
-    "model.name=cnn_small",
-    "data.size=200",
-    "data.test_size=100",
-    "data.clients=4",
-    "fl.clients_per_round=4",
-    "fl.rounds=2",
-    "train.local_epochs=1",
-]
+TINY = list(TWO_ROUNDS)
 SETS = [a for item in TINY for a in ("--set", item)]
 GRID = ["--grid", "train.lr=0.01,0.05", "--grid", "fl.algorithm=fedavg,fedprox"]
 POINTS = [
