@@ -291,6 +291,31 @@ def test_cli_help_does_not_import_torch() -> None:
     assert "run" in result.stdout and "verify" in result.stdout
 
 
+def test_the_command_freezes_the_gc_at_exit_and_in_process_calls_do_not() -> None:
+    """`console_main` (the `blazefl` script) freezes what is left before the interpreter's
+    exit collections walk it; `main` called in-process (tests, notebooks) leaves the GC as is.
+    """
+    code = (
+        "import atexit, gc, sys\n"
+        "from blazefl.pipeline.cli import console_main, main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print('in-process frozen:', gc.get_freeze_count() > 0, flush=True)\n"
+        "atexit.register(lambda: print('at exit frozen:', gc.get_freeze_count() > 0))\n"
+        "sys.argv = ['blazefl', 'show', '/nonexistent-run']\n"
+        "console_main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
+    assert result.returncode != 0  # the command's own exit code passes through
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert "in-process frozen: False" in result.stdout
+    assert "at exit frozen: True" in result.stdout
+    script = Path(sys.executable).parent / "blazefl"
+    if script.exists():  # the installed command is this entry point
+        assert "console_main" in script.read_text()
+
+
 def test_rounds_left_from_another_config_are_refused(
     two_round_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
