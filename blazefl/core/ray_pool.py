@@ -11,6 +11,10 @@ the very same bytes as every other execution mode.
   its uplink, new RNG state, state and step trace come back as the call's value. Results are
   yielded in ascending client-id order, whatever order they complete in.
 - The driver alone writes the run directory: actors never see a path of it.
+- On a local runtime this trainer starts (no address, no Ray session of the caller's), the
+  driver trains the round's first clients itself, one at a time, until the actors are ready
+  (`blazefl.core.ray_driver_clients`): Ray's start takes seconds that it would otherwise wait
+  through, and a client's bytes do not depend on where it runs.
 - Each actor compares its node's bit-relevant environment with the driver's before it runs a
   client (refused in one line naming the node and the field, or a warning line with
   `allow_mixed_env`; each result of a client that ran on such a node then carries the node
@@ -28,11 +32,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import torch
 
+from blazefl.core.cancellation import ClientCancelledError
 from blazefl.core.client_task import ClientTrainingError, WorkerStartError
 from blazefl.core.devices import is_cuda
 from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_layout
@@ -44,6 +49,7 @@ from blazefl.core.ray_actor import (
     read_uplink,
     tensors_from_reply,
 )
+from blazefl.core.ray_driver_clients import DRIVER_LABEL, DriverClients
 from blazefl.core.ray_runtime import RayStart
 from blazefl.core.trainers import BaseClientTrainer
 
@@ -154,6 +160,12 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
                 "trainer's (workers, threads per client, device, address)"
             )
         self._actors: list[Any] = []
+        self._actors_ready = False  # started and their nodes checked
+        #: the start of the actors while the driver trains (`_train_while_starting`)
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self._cancel_start = threading.Event()
+        self._local: DriverClients | None = None
         self._workload_ref: Any = None
         self._version = 0
         self._round_open = False
@@ -162,7 +174,8 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         #: Ray node id -> {"node": label, field: the node's value} for each field in which a
         #: node (allowed with `allow_mixed_env`) differs from the driver.
         self.node_differences: dict[str, dict[str, Any]] = {}
-        #: client id -> the label of the node that ran it last (filled in every round).
+        #: client id -> the label of the node that ran it last (filled in every round;
+        #: `DRIVER_LABEL` for a client the driver trained while the actors started).
         self.client_nodes: dict[int, str] = {}
         self._warned: set[str] = set()
 
@@ -177,27 +190,86 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
 
     # -- the runtime and the actors ------------------------------------------------------------
     def _start(self) -> Any:
-        ray = _ray()
-        if self._actors:
-            return ray
+        """Ray and started actors: waits for the start begun by `_begin_start` (raising its
+        error here), or starts them in place."""
+        if self._actors_ready:
+            return _ray()
         try:
-            ray, self._actors, owns = self._launch.adopt()  # waits for an early start
-            self._owns_runtime = self._owns_runtime or owns
-            self._workload_ref = ray.put(pickle_workload(self.workload))  # once per run
-            box = [self._workload_ref]
-            replies = self._wait_started(ray, [a.start.remote(box) for a in self._actors])
-            for reply in replies:
-                self._check_reply(reply, None)
+            if self._starter is None:
+                self._start_actors()
+            else:
+                while self._starter.is_alive():  # in short waits: Ctrl-C is handled at once
+                    self._starter.join(_POLL_S)
+                self._starter = None
+                self._close_local()
+                if self._start_error is not None:
+                    error, self._start_error = self._start_error, None
+                    raise error
         except BaseException:
             self.close()
             raise
-        return ray
+        return _ray()
+
+    def _start_actors(self, workload: bytes | None = None) -> None:
+        ray, self._actors, owns = self._launch.adopt()  # waits for an early start
+        self._owns_runtime = self._owns_runtime or owns
+        workload = pickle_workload(self.workload) if workload is None else workload
+        self._workload_ref = ray.put(workload)  # once per run
+        box = [self._workload_ref]
+        replies = self._wait_started(ray, [a.start.remote(box) for a in self._actors])
+        for reply in replies:
+            self._check_reply(reply, None)
+        self._actors_ready = True
+
+    def _begin_start(self) -> None:
+        if self._starter is not None or self._actors_ready:
+            return
+        self._launch.begin()  # Ray's own start in its parked thread (ray_runtime's docstring)
+        workload = pickle_workload(self.workload)  # here, before the driver's worker uses it
+
+        def start() -> None:
+            try:
+                self._start_actors(workload)
+            except BaseException as exc:  # raised by `_start` in the driver's thread
+                self._start_error = exc
+
+        self._starter = threading.Thread(target=start, name="blazefl-ray-actors", daemon=True)
+        self._starter.start()
+
+    def _train_while_starting(
+        self, payload: DownlinkT, tasks: list[ClientTask], stop: threading.Event
+    ) -> Generator[ClientResult, None, int]:
+        """The round's first clients, trained by the driver until the actors are ready
+        (`blazefl.core.ray_driver_clients`); returns how many it trained."""
+        self._begin_start()
+        if self._local is None:
+            self._local = DriverClients(self.workload, self.threads_per_client, self.devices)
+        done = 0
+        finished = False
+        try:
+            while done < len(tasks) and self._starter is not None and self._starter.is_alive():
+                result = self._local.train(tasks[done], payload, stop)
+                self.client_nodes[result.cid] = DRIVER_LABEL
+                yield result
+                done += 1
+            finished = True
+        finally:
+            if not finished:  # abandoned: the client in the driver's thread stops too
+                stop.set()
+        return done
+
+    def _close_local(self) -> None:
+        local, self._local = self._local, None
+        if local is not None:
+            local.close()
 
     def _wait_started(self, ray: Any, refs: list[Any]) -> list[Any]:
         limit = float(os.environ.get(START_TIMEOUT_ENV, "120"))
         deadline = time.monotonic() + limit
         pending = list(refs)
         while pending:
+            if self._cancel_start.is_set():
+                raise ClientCancelledError("the trainer was closed while its actors started")
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=_POLL_S)
             if pending and time.monotonic() > deadline:
                 need = f"{self.threads_per_client} CPU(s)"
@@ -260,10 +332,15 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
     def _execute(self, payload: DownlinkT, tasks: list[ClientTask]) -> Iterator[ClientResult]:
         if self._round_open:  # the previous round was abandoned: its actors may be busy
             self._kill_actors()
-        ray = self._start()
-        self._round_open = True
         stop = self.stop_event = threading.Event()
         self._version += 1
+        if not self._actors_ready and self._launch.starts_local_runtime:
+            trained = yield from self._train_while_starting(payload, tasks, stop)
+            tasks = tasks[trained:]
+            if not tasks:
+                return
+        ray = self._start()
+        self._round_open = True
         layout = package_layout(payload)
         arena = torch.empty(layout.nbytes, dtype=torch.uint8)
         layout.write(payload, arena)
@@ -336,6 +413,7 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
 
     # -- ending ------------------------------------------------------------------------------
     def _kill_actors(self) -> None:
+        self._actors_ready = False
         actors, self._actors = self._actors, []
         if actors and "ray" in sys.modules and _ray().is_initialized():
             for actor in actors:
@@ -348,6 +426,11 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         stop = getattr(self, "stop_event", None)
         if stop is not None:
             stop.set()
+        self._cancel_start.set()
+        starter, self._starter = self._starter, None
+        if starter is not None:  # bounded: Ray's own start (seconds), then one poll
+            starter.join()
+        self._close_local()
         self._kill_actors()
         self._workload_ref = None
         self._launch.close()  # a start never adopted (the run ended before round 1)

@@ -42,6 +42,10 @@ def _ray() -> Any:
     return ray
 
 
+def _session_open() -> bool:
+    return "ray" in sys.modules and bool(_ray().is_initialized())
+
+
 class RayStart:
     """Ray joined or started, and `num_workers` client actors created.
 
@@ -78,6 +82,9 @@ class RayStart:
         self.allow_mixed_env = allow_mixed_env
         self.max_restarts = max_restarts
         self.driver_environment = environment(threads_per_client, device)
+        #: whether this start will begin a Ray runtime on this machine (no cluster address,
+        #: no Ray session of the caller's own): the driver may then train while it starts
+        self.starts_local_runtime = self.address is None and not _session_open()
         self.owns_runtime = False
         self._actors: list[Any] = []
         self._error: BaseException | None = None

@@ -15,7 +15,9 @@ import torch
 
 from blazefl import ExperimentSpec, simulate
 from blazefl.core.client_task import ClientTrainingError
+from blazefl.core.ray_driver_clients import DRIVER_LABEL
 from blazefl.core.ray_pool import NodeEnvironmentError, RayClientTrainer
+from blazefl.core.trainers import BaseClientTrainer
 from tests.core.workloads import TINY_SPEC, all_clients, faulty, run_all_clients, tiny_experiment
 
 SPEC = TINY_SPEC.updated({"model.dropout": 0.25})
@@ -31,6 +33,34 @@ def outcome(spec: ExperimentSpec, mode: str) -> dict[str, Any]:
     }
 
 
+def driver_then_actors(max_rounds: int = 4) -> dict[str, Any]:
+    """Rounds on a runtime the trainer starts itself, whose clients sleep a second each: the
+    driver trains the first ones while Ray starts, the actors the rest once they are ready
+    (the rounds go on until an actor has trained a client). Every client's hash, and who ran
+    it, against the sequential trainer's hashes."""
+    slow, fast = faulty(delay_s=1.0), faulty()
+    payload = tiny_experiment().server().downlink_package()
+    rounds: list[dict[str, Any]] = []
+    with (
+        RayClientTrainer(slow, seed=0, num_workers=2) as ray_trainer,
+        BaseClientTrainer(fast, seed=0) as sequential,
+    ):
+        for t in range(1, max_rounds + 1):
+            ray_sha = {r.cid: r.sha256 for r in ray_trainer.train_round(payload, all_clients(), t)}
+            plain = {r.cid: r.sha256 for r in sequential.train_round(payload, all_clients(), t)}
+            ran = {cid: ray_trainer.client_nodes[cid] for cid in all_clients()}
+            rounds.append(
+                {
+                    "same": ray_sha == plain,
+                    "by_driver": [cid for cid, where in ran.items() if where == DRIVER_LABEL],
+                    "by_actors": [cid for cid, where in ran.items() if where != DRIVER_LABEL],
+                }
+            )
+            if rounds[-1]["by_actors"]:
+                break
+    return {"rounds": rounds}
+
+
 def main(out: str) -> None:
     import ray
 
@@ -39,6 +69,7 @@ def main(out: str) -> None:
     seen["fedavg"] = [outcome(SPEC, "sequential"), outcome(SPEC, "ray")]
     seen["initialized_after"] = ray.is_initialized()
     seen["children_after"] = [p.name() for p in psutil.Process().children(recursive=True)]
+    seen["driver_then_actors"] = driver_then_actors()
 
     # 2. a Ray session of the caller's own: used, left running
     ray.init(num_cpus=2, include_dashboard=False, logging_level=30)  # WARNING

@@ -208,17 +208,28 @@ def descendants(pid: int) -> list[psutil.Process]:
     return found
 
 
-def interrupt_after_first_round(
+def _runs_actors(pid: int) -> bool:
+    """Whether a Ray actor of the client trainer runs among `pid`'s processes (Ray names an
+    actor's process after its class once the actor exists: Ray itself is up by then)."""
+    for child in descendants(pid):
+        with contextlib.suppress(psutil.Error):
+            if any("ClientActor" in part for part in child.cmdline()):
+                return True
+    return False
+
+
+def interrupt_once_actors_run(
     proc: subprocess.Popen, pid: int
 ) -> tuple[float, list[psutil.Process], str]:
-    """Wait for round 1's line on `proc`'s stderr, send SIGINT to `pid` (the blazefl
-    process), and return the seconds it took to exit, the processes it had started, and its
-    stderr."""
+    """Wait for a round's line on `proc`'s stderr printed while the Ray actors exist (before
+    that, Ray itself may still be starting, and the driver trains), send SIGINT to `pid` (the
+    blazefl process), and return the seconds it took to exit, the processes it had started,
+    and its stderr."""
     assert proc.stderr is not None
     seen = ""
     for line in proc.stderr:
         seen += line
-        if line.startswith("round   1/"):
+        if line.startswith("round ") and _runs_actors(pid):
             break
     children = descendants(pid)
     start = time.monotonic()

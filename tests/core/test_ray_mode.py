@@ -35,11 +35,12 @@ from tests.core.ray_support import (
     TINY_RAY_SETS,
     Namespace,
     descendants,
-    interrupt_after_first_round,
+    interrupt_once_actors_run,
     needs_namespace,
     needs_ray,
     ray_env,
 )
+from tests.core.workloads import all_clients
 
 # -- without a Ray runtime ----------------------------------------------------------------------
 
@@ -146,6 +147,21 @@ def test_ray_mode_gives_the_bytes_of_sequential(embedded: dict[str, Any], algori
 
 @needs_ray
 @needs_namespace
+def test_the_driver_trains_while_a_local_runtime_starts_with_the_same_bytes(
+    embedded: dict[str, Any],
+) -> None:
+    rounds = embedded["driver_then_actors"]["rounds"]
+    assert all(r["same"] for r in rounds), rounds  # every client: the sequential hash
+    assert rounds[0]["by_driver"][:1] == [0], rounds  # Ray takes seconds to start
+    assert rounds[-1]["by_actors"], rounds  # then the actors take over, within 4 rounds
+    driver = [cid for r in rounds for cid in r["by_driver"]]
+    assert driver, rounds
+    for r in rounds:  # the driver takes the first clients of a round, the actors the rest
+        assert r["by_driver"] == all_clients()[: len(r["by_driver"])], rounds
+
+
+@needs_ray
+@needs_namespace
 def test_the_embedded_runtime_stops_with_the_trainer(embedded: dict[str, Any]) -> None:
     assert embedded["initialized_after"] is False
     assert embedded["children_after"] == []  # no raylet, GCS, worker or agent left
@@ -187,10 +203,10 @@ def test_ctrl_c_exits_130_within_2_s_and_leaves_no_ray_process(tmp_path: Path) -
     ns = Namespace()
     try:
         sets = [a for s in TINY_RAY_SETS for a in ("--set", s)]
-        more = ["--set", "fl.rounds=50", "--set", "data.size=400"]
+        more = ["--set", "fl.rounds=400", "--set", "data.size=400"]  # interrupted long before
         args = [sys.executable, "-m", "blazefl.pipeline.cli", "run", "--out", str(tmp_path / "r")]
         proc = ns.popen([*args, "--mode", "ray", "--workers", "2", *sets, *more], ROOT)
-        seconds, children, stderr = interrupt_after_first_round(proc, proc.pid)
+        seconds, children, stderr = interrupt_once_actors_run(proc, proc.pid)
     finally:
         ns.close()
     assert proc.returncode == 130, stderr[-3000:]
