@@ -58,6 +58,7 @@ def summarize(
             "minflt": stat([r["minflt"] for r in ok]),
             "foreign_cpu_share": stat([r.get("foreign_cpu_share") for r in ok]),
             "distinct_processes": stat([r.get("distinct_processes") for r in ok]),
+            "driver_share": stat([r.get("driver_share") for r in ok]),
         }
         m = mem.get(v.name)
         s["peak_pss_mb"] = (m or {}).get("peak_pss_mb")
@@ -221,6 +222,13 @@ def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]
             add(f"{name} whole run (wall) <= 0.50x flower-2", versus(name, "wall_s"), 0.5)
         add("ray-2 steady round / flower-2", versus("ray-2", "steady_round_s"), None)
         add("ray-2 peak PSS / flower-2 (process trees)", versus("ray-2", "peak_pss_mb"), None)
+        share = med("ray-2", "driver_share")  # the driver trains while the actors start
+        add(
+            "ray-2 clients the driver trained while Ray started (share of all)",
+            None if share is None else share * 100,
+            None,
+            "%",
+        )
         for name in ("processes-2-shm", "processes-2-sto"):
             # main + 2 workers + multiprocessing's resource tracker; a pool rebuilt every round
             # would show up as more distinct pids (the tree is listed every 250 ms)

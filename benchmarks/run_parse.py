@@ -76,6 +76,10 @@ def parse_blazefl(run_dir: Path, p: Proc, rounds: int) -> dict[str, Any]:
         "round1_s": total[0],
         "final_metrics": json.loads((run_dir / "metrics" / f"round-{rounds:04d}.json").read_text()),
     }
+    if any("driver_clients" in x for x in timings):  # ray mode: trained by the driver
+        done = sum(x.get("driver_clients", 0) for x in timings)
+        rec["driver_clients"] = [x.get("driver_clients") for x in timings]
+        rec["driver_share"] = done / max(1, sum(x["clients"] for x in timings))
     steady_c, steady_w = sum(comp[1:]), sum(write[1:])
     rec["write_share_timings"] = steady_w / (steady_c + steady_w) if comp[1:] else None
     if rec["steady_total_s"] is not None and comp[1:]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from blazefl.core.loop import ExecutionSettings, run_round
+from blazefl.core.ray_driver_clients import DRIVER_LABEL
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.core.server import StatefulServer
 from blazefl.core.step_trace import combine_traces
@@ -349,8 +350,18 @@ class Session:
             f"round-{t:04d}/{MANIFEST}": sha256_bytes(canonical_json(manifest)),
             **{f"round-{t:04d}/{k}": v for k, v in outputs.items()},
         }
+        placed = getattr(self.trainer, "client_nodes", None)  # ray mode: who ran each client
         return RoundOutputs(
-            t, files, manifest, metrics, seconds, result.uplink_sha256, unchanged=unchanged
+            t,
+            files,
+            manifest,
+            metrics,
+            seconds,
+            result.uplink_sha256,
+            unchanged=unchanged,
+            driver_clients=None
+            if placed is None
+            else sum(placed.get(c) == DRIVER_LABEL for c in result.clients),
         )
 
     def commit(self, out: RoundOutputs) -> float:
@@ -383,6 +394,8 @@ class Session:
             "workers": self.execution.workers,
             "write_seconds": write_seconds,
         }
+        if out.driver_clients is not None:
+            timings["driver_clients"] = out.driver_clients
         atomic_write(self.run.timings_path(out.round), canonical_json(timings), root)
         return write_seconds
 

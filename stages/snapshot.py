@@ -134,3 +134,6 @@ class RoundOutputs:
     uplinks: dict[int, str] = field(default_factory=dict)
     #: Files identical to the previous round's, which the commit hard-links instead of writing.
     unchanged: frozenset[str] = frozenset()
+    #: `ray` mode: the clients the driver trained itself while Ray's actors started (its
+    #: timings file says so; bytes do not depend on it). None in the other modes.
+    driver_clients: int | None = None

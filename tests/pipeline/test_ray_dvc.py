@@ -48,6 +48,10 @@ def test_dvc_repro_with_runtime_mode_ray_gives_the_sequential_bytes(
     for t in (1, 2):  # the rounds ran on Ray
         timing = json.loads((repo / OUT / "timings" / f"round-{t:04d}.json").read_bytes())
         assert (timing["mode"], timing["workers"]) == ("ray", 2), timing
+        # how many of the round's clients the driver trained while the actors started
+        assert 0 <= timing["driver_clients"] <= timing["clients"], timing
+        plain = json.loads((sequential / OUT / "timings" / f"round-{t:04d}.json").read_bytes())
+        assert "driver_clients" not in plain  # no Ray, nothing to say
     # the execution mode is no byte-relevant key: same stages, same files
     assert tree_hashes(repo / OUT) == tree_hashes(sequential / OUT)
     assert (repo / "dvc.yaml").read_text() == (sequential / "dvc.yaml").read_text()
