@@ -307,10 +307,11 @@ def render_markdown(result: dict[str, Any], variants: list[Variant]) -> str:
         table(result["summary"], variants),
         "",
         "median [min-max] over repeats; steady = mean of rounds 2+ (blazefl: `round_seconds`, "
-        "compute incl. server evaluation); ratios are of medians (steady round, and whole-run "
-        "wall in parentheses) against the reference named in `vs`; write share = share of the "
-        "round (incl. artifacts) spent serialising and writing them; RSS-sum counts shared "
-        "pages once per process; PSS (multi-process variants) from "
+        "compute incl. server evaluation; ray-2: only rounds in which the driver trained no "
+        "client, as it trains while Ray's actors start); ratios are of medians (steady round, "
+        "and whole-run wall in parentheses) against the reference named in `vs`; write share = "
+        "share of the round (incl. artifacts) spent serialising and writing them; RSS-sum "
+        "counts shared pages once per process; PSS (multi-process variants) from "
         + {
             "pass": "an extra untimed run per variant",
             "inline": "the timed runs",

@@ -23,7 +23,9 @@ Measured per run (definitions are also written into the JSON):
   blazefl's prepare/partition/init stages, all rounds, report, interpreter exit).
 - steady round: mean seconds of rounds 2+. blazefl: ``round_seconds`` from
   ``RUN/timings/round-NNNN.json`` (client training + aggregation + server evaluation on the
-  test set); reference: the same work timed by the reference itself.
+  test set); reference: the same work timed by the reference itself. ray-2: rounds 2+ in
+  which the driver trained no client (``driver_clients`` 0: the driver trains while Ray's
+  actors start, so such a round is still start-up).
 - round incl. artifacts (blazefl): the whole period of a round, compute + serialising and
   hashing the snapshot + committing it (+ metrics and timings files): the time between the
   mtimes of consecutive ``RUN/timings/round-NNNN.json`` files, rounds 2+.

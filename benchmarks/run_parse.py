@@ -80,6 +80,9 @@ def parse_blazefl(run_dir: Path, p: Proc, rounds: int) -> dict[str, Any]:
         done = sum(x.get("driver_clients", 0) for x in timings)
         rec["driver_clients"] = [x.get("driver_clients") for x in timings]
         rec["driver_share"] = done / max(1, sum(x["clients"] for x in timings))
+        # a round the driver helped in is still Ray's start-up, not its steady state
+        steady = [c for c, x in zip(comp[1:], timings[1:], strict=True) if not x["driver_clients"]]
+        rec["steady_round_s"] = mean(steady)
     steady_c, steady_w = sum(comp[1:]), sum(write[1:])
     rec["write_share_timings"] = steady_w / (steady_c + steady_w) if comp[1:] else None
     if rec["steady_total_s"] is not None and comp[1:]:
