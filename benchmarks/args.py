@@ -104,3 +104,15 @@ def find_flower_python(arg: str | None) -> tuple[str | None, str]:
 def ray_version() -> str | None:
     """Ray's version for this interpreter (blazefl's ray mode runs here), None if missing."""
     return _versions(sys.executable, "ray")
+
+
+def ray_install(python: str) -> str:
+    """Which Ray install `python` has: "minimal" (`pip install ray`, what `blazefl[ray]` and
+    Flower's extra install) or "default" (with `ray[default]`'s dashboard packages, whose
+    modules Ray's daemons then load: its start takes seconds more on 2 cores)."""
+    code = "import ray.dashboard.optional_deps"  # Ray's own test for ray[default]
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return "default" if done.returncode == 0 else "minimal"

@@ -163,6 +163,16 @@ def table(summary: dict[str, Any], variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
+def _ray_line(info: dict[str, Any]) -> str:
+    """Which Ray each side ran, and how it was installed (ray[default] starts slower)."""
+    parts = []
+    if info.get("blazefl_ray"):
+        parts.append(f"blazefl: ray {info['blazefl_ray']} ({info.get('blazefl_ray_install')})")
+    if info.get("flower"):
+        parts.append(f"Flower: {info['flower']} ({info.get('flower_ray_install')})")
+    return f" Ray installs: {'; '.join(parts)}." if parts else ""
+
+
 def check_targets(wl: Workload, summary: dict[str, Any], startup: dict[str, Any]) -> list[dict]:
     """The issue's targets that this workload can check, each PASS / FAIL (n/a when a variant
     did not run), plus informative lines (status "info", no limit)."""
@@ -302,7 +312,8 @@ def render_markdown(result: dict[str, Any], variants: list[Variant]) -> str:
         f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_mb']} MB; Python "
         f"{m['python']}, torch {m['torch']}; commit {m['git_commit'][:10]}"
         f"{' (dirty)' if m['git_dirty'] else ''}; {result['repeats']} repeat(s), interleaved; "
-        f"load average before/after {result['loadavg_before']} / {result['loadavg_after']}.",
+        f"load average before/after {result['loadavg_before']} / {result['loadavg_after']}."
+        + _ray_line(result.get("ray") or {}),
         "",
         table(result["summary"], variants),
         "",

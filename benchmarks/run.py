@@ -85,7 +85,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.args import find_flower_python, parse_args, ray_version
+from benchmarks.args import find_flower_python, parse_args, ray_install, ray_version
 from benchmarks.measure import LOOPBACK_NETNS, Proc, loopback_netns_available, run_measured
 from benchmarks.report import (
     ROOT,
@@ -300,6 +300,7 @@ def _ray_setup(
 
     if any(v.uses_ray and v.kind == "blazefl" for v in variants):
         info["blazefl_ray"] = ray_version()
+        info["blazefl_ray_install"] = ray_install(sys.executable)
         if info["blazefl_ray"] is None:
             drop("blazefl", "ray-2: Ray is not installed here; pip install -e '.[ray]'")
     if any(v.kind == "flower" for v in variants):
@@ -309,6 +310,7 @@ def _ray_setup(
         else:
             bench.flower_python = python
             info["flower_python"], info["flower"] = python, what
+            info["flower_ray_install"] = ray_install(python)
     if any(v.uses_ray for v in variants) and args.ray_netns != "off":
         bench.netns = loopback_netns_available()
         if not bench.netns:
