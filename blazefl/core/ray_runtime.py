@@ -29,7 +29,10 @@ from blazefl.core.devices import is_cuda
 from blazefl.core.environment import environment
 from blazefl.core.ray_actor import ClientActor
 
-__all__ = ["RayStart", "stop_local_runtime"]
+__all__ = ["USAGE_STATS_ENV", "RayStart", "stop_local_runtime"]
+
+#: Ray's switch for reporting usage statistics to Ray's servers (on by default in Ray).
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 
 #: How long `close()` waits for a background start still in progress (Ctrl-C during the
 #: driver's start-up) before stopping what it started.
@@ -130,6 +133,9 @@ class RayStart:
                     "`ray start --head`, or leave --ray-address out for a local Ray runtime)"
                 ) from None
             return ray
+        # the runtime is blazefl's doing, not the user's: it does not report Ray usage to
+        # Ray's servers unless the user's environment asks for that (RAY_USAGE_STATS_ENABLED=1)
+        os.environ.setdefault(USAGE_STATS_ENV, "0")
         # a start in the background is not in the main thread, where Ray would set a SIGTERM
         # handler; the driver keeps its own, so Ray's warning about it says nothing here
         with _quiet_logger("ray._private.worker"):

@@ -91,6 +91,38 @@ BLOCK_RAY = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("user_setting", [None, "1"])
+def test_the_embedded_runtime_reports_no_usage_unless_the_user_asks(
+    monkeypatch: pytest.MonkeyPatch, user_setting: str | None
+) -> None:
+    """Ray reports usage statistics to its servers by default; a runtime blazefl starts does
+    not, unless the user's environment says so (Ray itself is not started here)."""
+    from blazefl.core import ray_runtime
+
+    seen: dict[str, Any] = {}
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kwargs: Any) -> None:
+            seen["setting"] = os.environ.get(ray_runtime.USAGE_STATS_ENV)
+            seen["kwargs"] = kwargs
+
+    monkeypatch.setattr(ray_runtime, "_ray", lambda: FakeRay)
+    if user_setting is None:
+        monkeypatch.delenv(ray_runtime.USAGE_STATS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ray_runtime.USAGE_STATS_ENV, user_setting)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    start = ray_runtime.RayStart(num_workers=2, threads_per_client=1, device="cpu")
+    assert start._connect() is FakeRay and start.owns_runtime
+    assert seen["setting"] == (user_setting or "0")
+    assert seen["kwargs"]["num_cpus"] == 2
+
+
 def test_without_ray_the_mode_is_one_line_and_help_never_imports_ray(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
