@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from blazefl.core.cancellation import ClientCancelledError
-from blazefl.core.client_task import ClientTrainingError, WorkerStartError
+from blazefl.core.client_task import ClientTrainingError, WorkerStartError, one_line
 from blazefl.core.devices import is_cuda
 from blazefl.core.packages import ClientResult, ClientTask, DownlinkT, UplinkT, package_layout
 from blazefl.core.pool_worker import WorkerCrashedError
@@ -430,6 +430,10 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         starter, self._starter = self._starter, None
         if starter is not None:  # bounded: Ray's own start (seconds), then one poll
             starter.join()
+        error, self._start_error = self._start_error, None
+        if error is not None and not isinstance(error, ClientCancelledError):
+            # every client ran in the driver: the results stand, but Ray never started
+            self._warn(f"Ray did not start, so the driver trained every client: {one_line(error)}")
         self._close_local()
         self._kill_actors()
         self._workload_ref = None

@@ -140,6 +140,10 @@ class RayStart:
         # handler; the driver keeps its own, so Ray's warning about it says nothing here
         with _quiet_logger("ray._private.worker"):
             ray.init(
+                # "local": a runtime of our own even where `ray start` left the address of a
+                # cluster (Ray joins the last one started on this machine when given none,
+                # dead or not, and then refuses num_cpus); RAY_ADDRESS was read above
+                address="local",
                 num_cpus=self.num_workers * self.threads_per_client,
                 num_gpus=self.local_gpus,
                 include_dashboard=False,

@@ -72,7 +72,7 @@ def main(out: str) -> None:
     seen["driver_then_actors"] = driver_then_actors()
 
     # 2. a Ray session of the caller's own: used, left running
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=30)  # WARNING
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=30)  # WARNING
     for name, spec in {
         "scaffold": TINY_SPEC.updated({"fl.algorithm": "scaffold"}),
         "dsfl": TINY_SPEC.updated(

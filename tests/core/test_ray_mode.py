@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -227,6 +229,27 @@ def test_a_node_of_another_environment_is_refused_unless_allowed(
     # every result says where it ran and what differs there: the round records it
     for cid, where in mixed["environments"].items():
         assert where == {"node": mixed["client_nodes"][cid], "cpu_isa": mixed["cpu_isa"]}
+
+
+@needs_ray
+@needs_namespace
+def test_the_embedded_runtime_is_its_own_where_ray_start_left_a_cluster_address() -> None:
+    """Given no address, Ray joins the cluster that `ray start` last recorded on the machine
+    (RAY_TMPDIR/ray/ray_current_cluster), even a dead one; blazefl's runtime is its own."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    (temp / "ray").mkdir()
+    (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nobody there
+    ns = Namespace()
+    try:
+        sets = [a for s in TINY_RAY_SETS for a in ("--set", s)]
+        args = [sys.executable, "-m", "blazefl.pipeline.cli", "run", "--out", str(temp / "r")]
+        done = ns.run([*args, "--mode", "ray", "--workers", "2", "-q", *sets], ROOT,
+                      RAY_TMPDIR=str(temp))  # fmt: skip
+    finally:
+        ns.close()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning" not in done.stderr, done.stderr[-3000:]  # Ray started (not the driver alone)
 
 
 @needs_ray
