@@ -125,6 +125,55 @@ def test_the_embedded_runtime_reports_no_usage_unless_the_user_asks(
     assert seen["kwargs"]["num_cpus"] == 2
 
 
+def test_a_ray_start_that_fails_after_the_driver_trained_every_client_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver trains while Ray starts (`blazefl.core.ray_driver_clients`); when the round
+    ends before the start fails, the results stand and one warning line says Ray never ran
+    (Ray itself is not started here: the start is a stand-in that fails after a second)."""
+    from blazefl.core.ray_driver_clients import DRIVER_LABEL
+    from blazefl.core.ray_pool import RayClientTrainer
+    from blazefl.core.trainers import BaseClientTrainer
+    from tests.core.workloads import tiny_experiment
+
+    class FailingStart:
+        starts_local_runtime = True
+        driver_environment: dict[str, Any] = {}
+
+        def key(self) -> tuple[Any, ...]:
+            return (2, 1, "cpu", None)
+
+        def begin(self) -> FailingStart:
+            return self
+
+        def adopt(self) -> Any:
+            time.sleep(1.0)
+            raise ValueError("no room for Ray here")
+
+        def close(self) -> None:
+            pass
+
+    warnings: list[str] = []
+    workload = tiny_experiment().workload()
+    payload = tiny_experiment().server().downlink_package()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    trainer = RayClientTrainer(
+        workload,
+        seed=0,
+        num_workers=2,
+        warn=warnings.append,
+        prestarted=FailingStart(),  # type: ignore[arg-type]
+    )
+    with trainer, BaseClientTrainer(workload, seed=0) as sequential:
+        got = {r.cid: r.sha256 for r in trainer.train_round(payload, all_clients(), 1)}
+        want = {r.cid: r.sha256 for r in sequential.train_round(payload, all_clients(), 1)}
+        assert set(trainer.client_nodes.values()) == {DRIVER_LABEL}
+    assert got == want
+    assert warnings == [
+        "Ray did not start, so the driver trained every client: ValueError: no room for Ray here"
+    ]
+
+
 def test_without_ray_the_mode_is_one_line_and_help_never_imports_ray(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
