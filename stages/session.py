@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from blazefl.core.loop import ExecutionSettings, run_round
-from blazefl.core.ray_driver_clients import DRIVER_LABEL
+from blazefl.core.ray_pool import DRIVER_LABEL
 from blazefl.core.serialization import load_model_state_dict, model_state_dict
 from blazefl.core.server import StatefulServer
 from blazefl.core.step_trace import combine_traces

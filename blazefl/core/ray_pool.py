@@ -12,9 +12,12 @@ the very same bytes as every other execution mode.
   yielded in ascending client-id order, whatever order they complete in.
 - The driver alone writes the run directory: actors never see a path of it.
 - On a local runtime this trainer starts (no address, no Ray session of the caller's), the
-  driver trains the round's first clients itself, one at a time, until the actors are ready
-  (`blazefl.core.ray_driver_clients`): Ray's start takes seconds that it would otherwise wait
-  through, and a client's bytes do not depend on where it runs.
+  driver trains the round's first clients itself, on a one-thread `ThreadPoolClientTrainer`,
+  until the actors are ready: Ray's start takes seconds (its daemons, then a process per actor
+  that imports torch) that the driver would otherwise wait through, and a client's bytes do
+  not depend on where it runs. One thread, not one per worker: with more, the driver leaves
+  Ray's start no CPU and trains every client itself. Never on a cluster: a driver that joins
+  one may sit on a login node that must not train.
 - Each actor compares its node's bit-relevant environment with the driver's before it runs a
   client (refused in one line naming the node and the field, or a warning line with
   `allow_mixed_env`; each result of a client that ran on such a node then carries the node
@@ -33,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -49,11 +52,13 @@ from blazefl.core.ray_actor import (
     read_uplink,
     tensors_from_reply,
 )
-from blazefl.core.ray_driver_clients import DRIVER_LABEL, DriverClients
 from blazefl.core.ray_runtime import RayStart
-from blazefl.core.trainers import BaseClientTrainer
+from blazefl.core.trainers import BaseClientTrainer, ThreadPoolClientTrainer
 
-__all__ = ["NodeEnvironmentError", "RayClientTrainer", "RayWorkerLostError"]
+__all__ = ["DRIVER_LABEL", "NodeEnvironmentError", "RayClientTrainer", "RayWorkerLostError"]
+
+#: How `RayClientTrainer.client_nodes` names the driver, for the clients it trained itself.
+DRIVER_LABEL = "driver"
 
 #: Seconds to wait for every actor to be placed and started before giving up (a cluster
 #: without room for them would otherwise wait forever); override with this variable.
@@ -165,7 +170,7 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
         self._starter: threading.Thread | None = None
         self._start_error: BaseException | None = None
         self._cancel_start = threading.Event()
-        self._local: DriverClients | None = None
+        self._local: ThreadPoolClientTrainer[UplinkT, DownlinkT] | None = None
         self._workload_ref: Any = None
         self._version = 0
         self._round_open = False
@@ -239,24 +244,32 @@ class RayClientTrainer(BaseClientTrainer[UplinkT, DownlinkT]):
     def _train_while_starting(
         self, payload: DownlinkT, tasks: list[ClientTask], stop: threading.Event
     ) -> Generator[ClientResult, None, int]:
-        """The round's first clients, trained by the driver until the actors are ready
-        (`blazefl.core.ray_driver_clients`); returns how many it trained."""
+        """The round's first clients, trained in the driver until the actors are ready (see
+        the module docstring); returns how many it trained."""
         self._begin_start()
         if self._local is None:
-            self._local = DriverClients(self.workload, self.threads_per_client, self.devices)
-        done = 0
-        finished = False
+            self._local = ThreadPoolClientTrainer(
+                self.workload,
+                seed=self.seed,
+                num_workers=1,
+                threads_per_client=self.threads_per_client,
+                device=self.device,
+            )
+        # leaving this generator early (actors ready, or the round abandoned) stops the local
+        # one's clients in flight at their next check; the actors run those clients again
+        local = cast(Generator[ClientResult, None, None], self._local._execute(payload, tasks))
+        trained = 0
         try:
-            while done < len(tasks) and self._starter is not None and self._starter.is_alive():
-                result = self._local.train(tasks[done], payload, stop)
+            while trained < len(tasks) and self._starter is not None and self._starter.is_alive():
+                if stop.is_set():
+                    raise ClientCancelledError("round cancelled: the trainer was closed")
+                result = next(local)
                 self.client_nodes[result.cid] = DRIVER_LABEL
                 yield result
-                done += 1
-            finished = True
+                trained += 1
         finally:
-            if not finished:  # abandoned: the client in the driver's thread stops too
-                stop.set()
-        return done
+            local.close()
+        return trained
 
     def _close_local(self) -> None:
         local, self._local = self._local, None

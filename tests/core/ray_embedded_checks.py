@@ -15,8 +15,7 @@ import torch
 
 from blazefl import ExperimentSpec, simulate
 from blazefl.core.client_task import ClientTrainingError
-from blazefl.core.ray_driver_clients import DRIVER_LABEL
-from blazefl.core.ray_pool import NodeEnvironmentError, RayClientTrainer
+from blazefl.core.ray_pool import DRIVER_LABEL, NodeEnvironmentError, RayClientTrainer
 from blazefl.core.trainers import BaseClientTrainer
 from tests.core.workloads import TINY_SPEC, all_clients, faulty, run_all_clients, tiny_experiment
 

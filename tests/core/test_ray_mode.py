@@ -128,11 +128,10 @@ def test_the_embedded_runtime_reports_no_usage_unless_the_user_asks(
 def test_a_ray_start_that_fails_after_the_driver_trained_every_client_is_a_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The driver trains while Ray starts (`blazefl.core.ray_driver_clients`); when the round
+    """The driver trains while Ray starts (`blazefl.core.ray_pool`); when the round
     ends before the start fails, the results stand and one warning line says Ray never ran
     (Ray itself is not started here: the start is a stand-in that fails after a second)."""
-    from blazefl.core.ray_driver_clients import DRIVER_LABEL
-    from blazefl.core.ray_pool import RayClientTrainer
+    from blazefl.core.ray_pool import DRIVER_LABEL, RayClientTrainer
     from blazefl.core.trainers import BaseClientTrainer
     from tests.core.workloads import tiny_experiment
 
