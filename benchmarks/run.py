@@ -113,6 +113,10 @@ class Bench:
         self.env.pop("BLAZEFL_TEST_PERTURB_UPLINK", None)
         self.env.pop("RAY_ADDRESS", None)  # ray-2 is the embedded runtime, never a cluster
         self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray's sessions in the scratch folder: a `ray_current_cluster` that an earlier `ray
+        # start` left in /tmp/ray makes `ray.init()` without an address (Flower's) join that
+        # cluster, dead or not, and wait there; and they go away with the scratch folder
+        self.env["RAY_TMPDIR"] = str(self.workdir)
         self.env["FLWR_TELEMETRY_ENABLED"] = "0"
         self.flower_python = sys.executable  # set by bench_workload when flower-2 runs
         self.netns = False  # run Ray variants on loopback only (set by bench_workload)

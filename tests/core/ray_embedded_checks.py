@@ -40,6 +40,7 @@ def driver_then_actors(max_rounds: int = 4) -> dict[str, Any]:
     slow, fast = faulty(delay_s=1.0), faulty()
     payload = tiny_experiment().server().downlink_package()
     rounds: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
     with (
         RayClientTrainer(slow, seed=0, num_workers=2) as ray_trainer,
         BaseClientTrainer(fast, seed=0) as sequential,
@@ -56,8 +57,11 @@ def driver_then_actors(max_rounds: int = 4) -> dict[str, Any]:
                 }
             )
             if rounds[-1]["by_actors"]:
+                import ray._private.state  # the running runtime's own settings
+
+                settings = ray._private.state.state.get_system_config()
                 break
-    return {"rounds": rounds}
+    return {"rounds": rounds, "system_config": settings}
 
 
 def main(out: str) -> None:

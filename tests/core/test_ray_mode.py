@@ -123,6 +123,7 @@ def test_the_embedded_runtime_reports_no_usage_unless_the_user_asks(
     assert start._connect() is FakeRay and start.owns_runtime
     assert seen["setting"] == (user_setting or "0")
     assert seen["kwargs"]["num_cpus"] == 2
+    assert seen["kwargs"]["_system_config"] == ray_runtime.LOCAL_SYSTEM_CONFIG
 
 
 def test_a_ray_start_that_fails_after_the_driver_trained_every_client_is_a_warning(
@@ -240,6 +241,15 @@ def test_the_driver_trains_while_a_local_runtime_starts_with_the_same_bytes(
     assert driver, rounds
     for r in rounds:  # the driver takes the first clients of a round, the actors the rest
         assert r["by_driver"] == all_clients()[: len(r["by_driver"])], rounds
+
+
+@needs_ray
+@needs_namespace
+def test_the_local_runtime_runs_with_blazefls_ray_settings(embedded: dict[str, Any]) -> None:
+    from blazefl.core.ray_runtime import LOCAL_SYSTEM_CONFIG
+
+    running = embedded["driver_then_actors"]["system_config"]
+    assert {key: running.get(key) for key in LOCAL_SYSTEM_CONFIG} == LOCAL_SYSTEM_CONFIG
 
 
 @needs_ray
