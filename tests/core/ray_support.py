@@ -73,6 +73,10 @@ class Namespace:
     """A network namespace with loopback up, held by a sleeping process until `close()`."""
 
     def __init__(self) -> None:
+        # Ray's temp folder (RAY_TMPDIR) for everything run in here, removed by `close()`:
+        # `ray start` records its cluster in RAY_TMPDIR/ray/ray_current_cluster, which a later
+        # `ray.init()` on this machine (a user's, Flower's) would try to join, dead or not
+        self.temp = tempfile.mkdtemp(prefix="bfns", dir="/tmp")  # short: Ray's socket paths
         self.holder = subprocess.Popen(
             ["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 100000"],
             start_new_session=True,
@@ -96,7 +100,7 @@ class Namespace:
         return subprocess.run(
             self.enter(args),
             cwd=cwd,
-            env=ray_env(**env),
+            env=ray_env(**{"RAY_TMPDIR": self.temp, **env}),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -106,7 +110,7 @@ class Namespace:
         return subprocess.Popen(
             self.enter(args),
             cwd=cwd,
-            env=ray_env(**env),
+            env=ray_env(**{"RAY_TMPDIR": self.temp, **env}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -115,6 +119,7 @@ class Namespace:
     def close(self) -> None:
         self.holder.kill()
         self.holder.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 class LocalCluster:
