@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -338,3 +339,52 @@ def test_out_below_a_file_is_a_one_line_error(tmp_path: Path) -> None:
     code, output = invoke("run", "--out", str(blocker / "run"), "--quiet", *TINY)
     _assert_clean_failure(code, output, "not-a-dir")
     assert blocker.read_text() == "x"
+
+
+class _SlowClose:
+    """A session whose close takes a while and says when it ran."""
+
+    def __init__(self, wait_for: threading.Event | None = None, fail: bool = False) -> None:
+        self.wait_for = wait_for
+        self.fail = fail
+        self.closed = threading.Event()
+        self.thread = ""
+
+    def close(self) -> None:
+        self.thread = threading.current_thread().name
+        if self.wait_for is not None:
+            assert self.wait_for.wait(10)
+        time.sleep(0.2)
+        self.closed.set()
+        if self.fail:
+            raise OSError("a worker would not stop")
+
+
+def test_the_report_is_written_while_the_workers_stop() -> None:
+    from blazefl.pipeline.runner import _closing_in_background
+
+    reporting = threading.Event()
+    session = _SlowClose(wait_for=reporting)  # closes only once the report has begun
+    with _closing_in_background(session):  # type: ignore[arg-type]
+        reporting.set()
+        assert not session.closed.is_set()
+    assert session.closed.is_set() and session.thread == "blazefl-session-close"
+
+
+def test_the_close_ends_before_a_failing_report_or_ctrl_c_propagates() -> None:
+    from blazefl.pipeline.runner import _closing_in_background
+
+    for raised in (ValueError("disk full"), KeyboardInterrupt()):
+        session = _SlowClose()
+        with pytest.raises(type(raised)), _closing_in_background(session):  # type: ignore[arg-type]
+            raise raised
+        assert session.closed.is_set()  # the `with Session` that follows closes nothing at once
+
+
+def test_a_close_that_fails_is_raised_after_the_report() -> None:
+    from blazefl.pipeline.runner import _closing_in_background
+
+    session, reported = _SlowClose(fail=True), []
+    with pytest.raises(OSError, match="would not stop"), _closing_in_background(session):  # type: ignore[arg-type]
+        reported.append(True)
+    assert reported == [True]
