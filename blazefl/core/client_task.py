@@ -17,8 +17,10 @@ from blazefl.core.packages import ClientResult, ClientTask, package_sha256
 from blazefl.core.protocols import ClientWorker, ClientWorkload
 from blazefl.core.step_trace import tracing
 from blazefl.reproducibility import RNGSuite
+from blazefl.reproducibility.global_rng import global_rng_state
 
 __all__ = [
+    "GLOBAL_RNG_DRAWN",
     "ClientTrainingError",
     "WorkerStartError",
     "PERTURB_ENV",
@@ -40,6 +42,15 @@ class ClientTrainingError(RuntimeError):
         self.cid = cid
         self.round = round
         self.detail = message
+
+
+#: Why a client fails whose code drew from torch's process-global generator.
+GLOBAL_RNG_DRAWN = (
+    "its code drew from torch's process-global RNG (nn.Dropout, F.dropout, torch.rand/randn/"
+    "randperm without generator=, a DataLoader without generator=): threads share that "
+    "generator and a re-executed round starts it elsewhere, so the bytes would not reproduce; "
+    "draw from the client's RNGSuite instead (rng.torch as generator=)"
+)
 
 
 class WorkerStartError(ValueError):
@@ -132,10 +143,13 @@ def run_client_task(
             # deferred: the session validated every state when it loaded the round
             rng = RNGSuite.from_state_tensors(task.rng, deferred=True)
             raise_if_cancelled()  # a queued client of a cancelled round does not start
+            global_before = global_rng_state()
             with tracing(rng.torch) as trace:  # the steps the client's loop records
                 uplink, state = worker.train(task, payload, rng)
-    except ClientCancelledError:
-        raise  # a cancellation, not a client failure
+            if not torch.equal(global_before, global_rng_state()):
+                raise ClientTrainingError(task.cid, task.round, GLOBAL_RNG_DRAWN)
+    except (ClientCancelledError, ClientTrainingError):
+        raise  # a cancellation, not a client failure; or already named
     except KeyboardInterrupt as exc:
         if _interrupt_may_be_real():
             raise  # sequential mode: a real Ctrl-C (exit 130)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from blazefl.models.inputs import factory_kwargs, is_image_input, model_factory_
 from blazefl.models.resnet import resnet18
 from blazefl.models.small_cnn import SmallCNN
 from blazefl.registry import Registry
+from blazefl.reproducibility.global_rng import GLOBAL_RNG_LOCK, global_rng_borrowed
 
 __all__ = ["MODELS", "ModelSelector", "build_model"]
 
@@ -43,12 +43,6 @@ MODELS.register("char_lstm", char_lstm)  # int64 character ids (shakespeare), no
 """Names accepted by :func:`build_model` and :meth:`ModelSelector.select_model`."""
 
 _SMALL_INPUT_MAX_SIDE = 64
-
-# Module constructors draw their default init from torch's process-global RNG. Worker threads
-# build models too (every worker once, DS-FL clients a first model inside client work), so
-# every construction here holds this lock: a save / seed / construct / restore of one thread
-# never interleaves with another's draws.
-_GLOBAL_RNG_LOCK = threading.Lock()
 
 
 def build_model(
@@ -128,18 +122,14 @@ def build_model(
         raise ValueError(f"model {name!r} has no dropout; dropout={dropout} is only for 'cnn'")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU generator, got device {generator.device}")
-    if generator is None:
-        with _GLOBAL_RNG_LOCK:
+    if generator is None:  # the caller asked for torch's own init (global draws)
+        with GLOBAL_RNG_LOCK:
             return factory(**args)
-    # Construction draws its throwaway default init from the global RNG; put its state back so
-    # callers see no change. (Building on the meta device would avoid the draws but imports
-    # torch's symbolic-shape machinery: ~0.4 s and ~40 MB per process.)
-    with _GLOBAL_RNG_LOCK:
-        saved = torch.get_rng_state()
-        try:
-            model = factory(**args)
-        finally:
-            torch.set_rng_state(saved)
+    # Construction draws its throwaway default init from the global RNG; the borrow puts its
+    # state back. (Building on the meta device would avoid the draws but imports torch's
+    # symbolic-shape machinery: ~0.4 s and ~40 MB per process.)
+    with global_rng_borrowed():
+        model = factory(**args)
     conv_init = "kaiming_normal_fan_out" if name == "resnet18" else "default"
     _init_from_generator(model, generator, conv_init)
     return model
@@ -156,17 +146,12 @@ def _build_user_model(
     weights are a function of the generator alone, whatever init scheme the user's modules
     use."""
     if generator is None:
-        with _GLOBAL_RNG_LOCK:
+        with GLOBAL_RNG_LOCK:
             model = factory(**args)
     else:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with _GLOBAL_RNG_LOCK:  # seeded, built and restored while no other thread draws
-            saved = torch.get_rng_state()
-            try:
-                torch.manual_seed(seed)
-                model = factory(**args)
-            finally:
-                torch.set_rng_state(saved)
+        with global_rng_borrowed(seed):  # seeded, built and restored; no other borrow between
+            model = factory(**args)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not a Module")
     return model
