@@ -4,6 +4,7 @@ without running pickled code: only tensors, containers and the uplink's own data
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 from pathlib import Path
@@ -74,3 +75,36 @@ def test_files_outside_a_private_round_folder_are_refused(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="not a file of this round's private folder"):
         private_round_file(folder / "link.pt")
     assert private_round_file(folder / "2.pt") == folder / "2.pt"
+
+
+#: Every place the package unpickles, and what it reads: nothing there is an artifact (run
+#: directories hold safetensors, zarr and JSON only), and only the contrib example's worker
+#: unpickles a file in full, the config its own parent process wrote into the private folder.
+UNPICKLERS = {
+    ("blazefl/contrib/fedavg_clients.py", "torch.load"): "the private round folder's config",
+    ("blazefl/core/original_pool.py", "torch.load"): "uplinks, weights_only=True",
+    ("blazefl/core/original_workers.py", "_TaskUnpickler"): "tasks on the pool's own pipe",
+    ("blazefl/core/pool_worker.py", "pickle.loads"): "the workload on the pool's own pipe",
+    ("blazefl/core/ray_actor.py", "pickle.loads"): "the workload from the driver (object store)",
+}
+
+
+def test_the_package_unpickles_only_its_own_pipes_and_private_round_files() -> None:
+    root = Path(__file__).resolve().parents[2]
+    found: dict[tuple[str, str], list[ast.Call]] = {}
+    for folder in ("blazefl", "stages", "pipeline"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    name = ast.unparse(node.func)
+                    if name in {"torch.load", "pickle.load", "pickle.loads", "_TaskUnpickler"}:
+                        key = (path.relative_to(root).as_posix(), name)
+                        found.setdefault(key, []).append(node)
+    assert set(found) == set(UNPICKLERS)  # stages/ and pipeline/, the artifact readers: none
+    for (file, name), calls in found.items():
+        for call in calls:
+            if name == "torch.load":  # reads a checked private round file, whatever it holds
+                assert ast.unparse(call.args[0]).startswith("private_round_file("), file
+                weights_only = {k.arg: ast.unparse(k.value) for k in call.keywords}
+                full = file == "blazefl/contrib/fedavg_clients.py"
+                assert weights_only.get("weights_only") == ("False" if full else "True"), file
