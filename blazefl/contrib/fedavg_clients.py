@@ -39,6 +39,7 @@ from blazefl.core import (
 )
 from blazefl.core.original_pool import load_package, private_round_file
 from blazefl.reproducibility import RNGSuite, create_rng_suite, setup_reproducibility
+from blazefl.reproducibility.global_rng import global_rng_borrowed
 
 __all__ = [
     "FedAvgBaseClientTrainer",
@@ -227,7 +228,10 @@ class FedAvgThreadPoolClientTrainer(
         loader = self.dataset.get_dataloader(
             FedAvgPartitionType.TRAIN, cid, self.batch_size, self.rng_suite_list[cid].torch_cpu
         )
-        model = self.model_selector.select_model(self.model_name)
+        # the payload overwrites every weight: the constructor's global draws are borrowed and
+        # given back, so threads leave torch's global generator as they found it
+        with global_rng_borrowed():
+            model = self.model_selector.select_model(self.model_name)
         return train_client(
             model, payload.model_parameters, loader, device, self.epochs, self.lr, cid, stop_event
         )

@@ -21,8 +21,9 @@ import torch
 
 __all__ = ["GLOBAL_RNG_LOCK", "global_rng_borrowed", "global_rng_state"]
 
-#: Held by every package path that draws from, seeds or reads torch's global CPU generator.
-GLOBAL_RNG_LOCK = threading.Lock()
+#: Held by every package path that draws from, seeds or reads torch's global CPU generator;
+#: reentrant, as a borrow may build a model whose selector takes the lock itself.
+GLOBAL_RNG_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager

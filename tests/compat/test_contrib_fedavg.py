@@ -27,7 +27,7 @@ from blazefl.contrib import (
     FedAvgUplinkPackage,
 )
 from blazefl.core import IPCMode, PartitionedDataset, serialize_model
-from tests.compat.contrib_data import Data, ModelName, Selector
+from tests.compat.contrib_data import CLASSES, FEATURES, Data, ModelName, Selector
 
 COMMON = ["model_selector", "model_name", "dataset", "device", "num_clients", "epochs"]
 
@@ -174,3 +174,26 @@ def test_server_samples_averages_and_evaluates() -> None:
     once = serialize_model(handler.model)
     handler.global_update(sorted(ups, key=lambda p: p.cid))
     assert torch.equal(serialize_model(handler.model), once)
+
+
+class GlobalInitSelector(Selector):
+    """A selector as users write them: torch's own init, drawn from the global generator."""
+
+    def select_model(self, model_name: ModelName) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(FEATURES, CLASSES))
+
+
+def test_thread_clients_leave_the_global_rng_as_they_found_it(tmp_path: Path) -> None:
+    """Each thread client builds its model (global draws, then overwritten by the payload)
+    under the package's borrow of the generator, which gives the state back."""
+    data = Data(num_clients=4, size=12, seed=0)
+    handler = server(data)
+    trainer = make_trainer("threads", data, tmp_path)
+    trainer.model_selector = GlobalInitSelector(0)
+    payload, cids = handler.downlink_package(), handler.sample_clients()
+    before = torch.get_rng_state()
+    try:
+        trainer.local_process(payload, cids)
+    finally:
+        trainer.close()
+    assert torch.equal(before, torch.get_rng_state())
